@@ -1,0 +1,73 @@
+"""Shared test fixtures: tiny random LLMs and an independent dense-mask statement of the chunk pattern."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from videoxl.engine.layout import Group
+
+
+def tiny_qwen2(seed: int = 0, layers: int = 2) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         rope_theta=10000.0, attn_implementation="sdpa", tie_word_embeddings=False)
+    return Qwen2ForCausalLM(config).eval()
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=4096,
+                         attn_implementation="sdpa")
+    return LlamaForCausalLM(config).eval()
+
+
+def random_groups(n_groups: int, hidden: int | None = None, vocab: int = 96, seed: int = 1,
+                  ts_len=(2, 4), vis_len=(5, 11)) -> list[Group]:
+    """Groups with varying timestamp and visual lengths; visual parts as embeddings when ``hidden`` is given."""
+    g = torch.Generator().manual_seed(seed)
+    groups = []
+    for _ in range(n_groups):
+        t = int(torch.randint(ts_len[0], ts_len[1] + 1, (1,), generator=g))
+        v = int(torch.randint(vis_len[0], vis_len[1] + 1, (1,), generator=g))
+        ts = torch.randint(0, vocab, (t,), generator=g)
+        vis = torch.randn(v, hidden, generator=g) * 0.5 if hidden else torch.randint(0, vocab, (v,), generator=g)
+        groups.append(Group(ts, vis))
+    return groups
+
+
+def reference_mask(prefix: int, groups: list[Group], chunk: int, window: int | None, timestamps: str,
+                   question: int = 0) -> torch.Tensor:
+    """The chunk attention pattern as one dense (L, L) boolean matrix, built rule by rule (brief §8)."""
+    owner, is_ts = [-1] * prefix, [False] * prefix
+    for g, group in enumerate(groups):
+        owner += [g // chunk] * len(group)
+        is_ts += [True] * group.timestamp.shape[0] + [False] * group.visual.shape[0]
+    owner += [-2] * question  # the question after the video sees everything
+    is_ts += [False] * question
+    n = len(owner)
+    allowed = torch.zeros(n, n, dtype=torch.bool)
+    for i in range(n):
+        for j in range(i + 1):
+            if owner[j] == -1 or owner[i] in (-1, -2):
+                allowed[i, j] = True  # prefix columns; prefix and question rows
+            elif is_ts[j]:
+                allowed[i, j] = True  # timestamp columns are global
+            elif is_ts[i] and timestamps == "global":
+                allowed[i, j] = True  # timestamp rows see everything before them
+            elif window is None or owner[i] - owner[j] <= window:
+                allowed[i, j] = True  # own chunk and the window of previous chunks
+    return allowed
+
+
+def full_embeddings(model, prefix: torch.Tensor, groups: list[Group], question: torch.Tensor | None = None):
+    table = model.get_input_embeddings()
+    parts = [table(prefix)]
+    for group in groups:
+        for part in (group.timestamp, group.visual):
+            parts.append(table(part) if part.dtype == torch.long else part.to(table.weight.dtype))
+    if question is not None:
+        parts.append(table(question))
+    return torch.cat(parts)

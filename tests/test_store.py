@@ -1,0 +1,80 @@
+"""Sparse KVs against a hand computation, RoPE re-rotation, and byte accounting."""
+
+import math
+
+import torch
+from helpers import random_groups, tiny_qwen2
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from videoxl.engine.prefill import PrefillConfig, prefill
+from videoxl.engine.rope import Rope
+
+
+def rotate_by_hand(key: list[float], position: float, inv_freq: list[float]) -> list[float]:
+    """RoPE of one key vector, pair (i, i + D/2) by pair, with Python floats."""
+    half = len(key) // 2
+    out = list(key)
+    for i in range(half):
+        a = position * inv_freq[i]
+        x, y = key[i], key[i + half]
+        out[i] = x * math.cos(a) - y * math.sin(a)
+        out[i + half] = y * math.cos(a) + x * math.sin(a)
+    return out
+
+
+def test_rope_matches_transformers_and_composes():
+    model = tiny_qwen2()
+    rope = Rope.of(model)
+    k = torch.randn(2, 6, 16)
+    pos = torch.tensor([0, 3, 7, 100, 2048, 5])
+    cos, sin = model.model.rotary_emb(k, pos[None])
+    _, expected = apply_rotary_pos_emb(k[None], k[None], cos, sin)
+    torch.testing.assert_close(rope.rotate(k, pos.double()), expected[0], atol=1e-5, rtol=1e-5)
+    back = rope.rotate(rope.rotate(k, pos.double()), -pos.double())
+    torch.testing.assert_close(back, k, atol=1e-5, rtol=1e-5)
+
+
+def test_sparse_kvs_match_hand_computation():
+    model = tiny_qwen2()
+    groups = random_groups(5, hidden=64, ts_len=(3, 3), vis_len=(9, 14))  # lengths that do not divide by 4
+    video = prefill(model, torch.arange(4), groups, PrefillConfig(chunk=2, window=1, pool=4))
+    store = video.store
+    inv_freq = Rope.of(model).inv_freq.tolist()
+    for layer in range(store.layers):
+        for span in store.groups:
+            dense_k = store.dense.k[layer]
+            dense_v = store.dense.v[layer]
+            sparse_k = store.sparse.k[layer][:, span.sparse_start:span.sparse_end]
+            sparse_v = store.sparse.v[layer][:, span.sparse_start:span.sparse_end]
+            n_ts = span.visual_start - span.start
+            # timestamp KVs verbatim
+            torch.testing.assert_close(sparse_k[:, :n_ts], dense_k[:, span.start:span.visual_start])
+            torch.testing.assert_close(sparse_v[:, :n_ts], dense_v[:, span.start:span.visual_start])
+            visual = list(range(span.visual_start, span.end))
+            windows = [visual[i:i + 4] for i in range(0, len(visual), 4)]
+            assert sparse_k.shape[1] == n_ts + len(windows)
+            for w, window in enumerate(windows):
+                for h in range(store.kv_heads):
+                    raw = [rotate_by_hand(dense_k[h, t].tolist(), -t, inv_freq) for t in window]
+                    mean = [sum(col) / len(window) for col in zip(*raw)]
+                    centre = sum(window) / len(window)
+                    expected_k = rotate_by_hand(mean, centre, inv_freq)
+                    expected_v = [sum(col) / len(window) for col in zip(*(dense_v[h, t].tolist() for t in window))]
+                    torch.testing.assert_close(sparse_k[h, n_ts + w], torch.tensor(expected_k), atol=1e-5, rtol=1e-5)
+                    torch.testing.assert_close(sparse_v[h, n_ts + w], torch.tensor(expected_v), atol=1e-5, rtol=1e-5)
+                    assert store.sparse_pos[span.sparse_start + n_ts + w] == centre
+
+
+def test_byte_accounting_counts_every_layer_head_and_token():
+    model = tiny_qwen2(layers=3)
+    groups = random_groups(6, hidden=64)
+    video = prefill(model, torch.arange(4), groups, PrefillConfig(chunk=2, window=1))
+    store = video.store
+    per_token = 3 * 2 * 2 * 16 * 4  # layers x (k, v) x kv heads x head dim x fp32 bytes
+    assert store.bytes_per_token == per_token
+    assert store.dense_bytes == (4 + sum(len(g) for g in groups)) * per_token
+    expected_sparse = sum(g.timestamp.numel() + -(-g.visual.shape[0] // 4) for g in groups)
+    assert store.sparse_bytes == expected_sparse * per_token
+    all_sparse = torch.zeros(6, dtype=torch.bool)
+    assert store.mixed_tokens(all_sparse) == 4 + expected_sparse
+    assert store.mixed_tokens(~all_sparse) == store.length

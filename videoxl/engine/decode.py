@@ -1,0 +1,262 @@
+"""Bi-level KV decoding: reload the chunks that matter dense, keep the rest sparse, then answer.
+
+Positions (brief §10) come in the two reference modes:
+
+* ``"absolute"``: every key keeps the position it had in pre-fill (a pooled key the mean of its window); the
+  question continues after the full, uncompacted sequence.
+* ``"contiguous"``: keys are re-indexed 0..N-1 after compaction and the question continues at N.
+
+The default is the one ``benchmarks/engine.py`` measured as more accurate (see the README).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Sequence
+
+import torch
+
+from .attention import DecodeCache, DecodeStep, run_step
+from .layout import embed
+from .prefill import PrefilledVideo
+from .rope import Rope
+from .select import SCORERS, GroupSummaries, choose_dense, chunk_ranges, reduce_to_chunks, relevance, score_groups
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How a question is answered from a pre-filled video.
+
+    Selection: ``topk`` relevant chunks (besides the always-dense first and last) and/or a ``kv_budget`` (fraction
+    of the dense KV) decide which chunks are reloaded dense; with neither, every chunk is dense. ``chunk`` is the
+    decoding chunk size in groups (None: the pre-fill chunk size). Generation: greedy when ``temperature`` is 0.
+    """
+
+    topk: int | None = None
+    kv_budget: float | None = None
+    chunk: int | None = None
+    scorer: str = "bounds"
+    score_layers: tuple[int, ...] | None = None
+    positions: Literal["absolute", "contiguous"] = "absolute"
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.topk is not None and (not isinstance(self.topk, int) or self.topk < 0):
+            raise ValueError(f"topk must be a number of chunks >= 0, got {self.topk!r}")
+        if self.kv_budget is not None and not 0 < self.kv_budget <= 1:
+            raise ValueError(f"kv_budget is a fraction of the dense KV in (0, 1], got {self.kv_budget!r}")
+        if self.chunk is not None and (not isinstance(self.chunk, int) or self.chunk < 1):
+            raise ValueError(f"chunk must be a positive number of groups, got {self.chunk!r}")
+        if self.scorer not in SCORERS:
+            raise ValueError(f"unknown scorer {self.scorer!r}; choose one of {', '.join(SCORERS)}")
+        if self.positions not in ("absolute", "contiguous"):
+            raise ValueError(f"positions must be 'absolute' or 'contiguous', got {self.positions!r}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError("sampling needs temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
+
+    @property
+    def selects(self) -> bool:
+        return self.topk is not None or self.kv_budget is not None
+
+
+@dataclass
+class Answer:
+    """A generated answer, with what decoding used to produce it."""
+
+    text: str
+    tokens: list[int]
+    chunks: int
+    dense_chunks: list[int]
+    relevance: list[float] | None
+    kv_bytes_dense: int
+    kv_bytes_used: int
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def kv_ratio(self) -> float:
+        return self.kv_bytes_used / self.kv_bytes_dense
+
+
+class Decoder:
+    """Answers questions about one pre-filled video; summaries for chunk scoring are shared across questions."""
+
+    def __init__(self, model: torch.nn.Module, video: PrefilledVideo, tokenizer=None):
+        self.model, self.video, self.tokenizer = model, video, tokenizer
+        self.rope = Rope.of(model)
+        self.summaries = GroupSummaries(video.store)
+        self.device = next(model.parameters()).device
+        cfg = model.config
+        self.scale = (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads) ** -0.5
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+        if tokenizer is not None and tokenizer.eos_token_id is not None:
+            self.eos.add(tokenizer.eos_token_id)
+
+    # -- the mixed cache ------------------------------------------------------------------------------------------
+    def _cache(self, dense_groups: torch.Tensor, positions: str, room: int) -> tuple[DecodeCache, int]:
+        """Gather the mixed cache; returns it and the position the next token takes."""
+        store = self.video.store
+        from_dense, index, pos = store.layout(dense_groups)
+        keys, values = [], []
+        for layer in range(store.layers):
+            k, v = store.gather(layer, from_dense, index)
+            if positions == "contiguous":
+                k = self.rope.rotate(k, torch.arange(pos.numel(), dtype=torch.float64) - pos)
+            keys.append(k.to(self.device))
+            values.append(v.to(self.device))
+        cache = DecodeCache(keys, values, room)
+        return cache, (store.length if positions == "absolute" else cache.length)
+
+    def _step(self, cache: DecodeCache, embeds: torch.Tensor, position: int, capture=()):
+        n = embeds.shape[0]
+        step = DecodeStep(cache, n, capture)
+        hidden = run_step(self.model, embeds, torch.arange(position, position + n, device=self.device), step)
+        step.finish()
+        return hidden, step
+
+    # -- selection --------------------------------------------------------------------------------------------
+    def score(self, question: torch.Tensor, config: DecodeConfig, ranges: list[tuple[int, int]],
+              forced: list[int]) -> torch.Tensor:
+        """Relevance (chunks,) of each decoding chunk to the question, computed by the model (see select.py)."""
+        store = self.video.store
+        dense_groups = torch.zeros(len(store.groups), dtype=torch.bool)
+        for c in forced:
+            dense_groups[ranges[c][0]:ranges[c][1]] = True
+        layers = config.score_layers or tuple(range(store.layers))
+        cache, position = self._cache(dense_groups, "absolute", question.shape[0])
+        _, step = self._step(cache, embed(self.model, question), position, capture=layers)
+        counts = torch.tensor([s.end - s.start for s in store.groups], dtype=torch.float64)
+        per_layer = []
+        for layer in layers:
+            per_group, how = score_groups(config.scorer, step.queries[layer], layer, store, self.summaries,
+                                          self.scale)
+            per_layer.append(reduce_to_chunks(per_group, how, ranges, counts))
+        return relevance(per_layer)
+
+    def select(self, question: torch.Tensor, config: DecodeConfig, chunk_scores: Sequence[float] | None = None):
+        """(ranges, dense chunk indices, relevance or None) for a question."""
+        store = self.video.store
+        ranges = chunk_ranges(len(store.groups), config.chunk or self.video.config.chunk)
+        n = len(ranges)
+        if chunk_scores is not None:
+            if not config.selects:
+                raise ValueError("chunk_scores need topk or kv_budget to say how many chunks to reload dense")
+            if len(chunk_scores) != n:
+                raise ValueError(f"chunk_scores has {len(chunk_scores)} entries but the video has {n} decoding chunks")
+            scores = torch.as_tensor(chunk_scores, dtype=torch.float32)
+        elif not config.selects:
+            return ranges, list(range(n)), None
+        forced = sorted({0, n - 1})
+        if chunk_scores is None:
+            scores = self.score(question, config, ranges, forced)
+        dense_tok = [sum(store.groups[g].end - store.groups[g].start for g in range(s, e)) for s, e in ranges]
+        sparse_tok = [sum(store.groups[g].sparse_end - store.groups[g].sparse_start for g in range(s, e))
+                      for s, e in ranges]
+        budget = None if config.kv_budget is None else int(config.kv_budget * store.length) - store.prefix_length
+        candidates = [c for c in range(n) if c not in forced]
+        dense = choose_dense(scores, candidates, forced, config.topk, budget, dense_tok, sparse_tok)
+        return ranges, dense, scores
+
+    # -- answering --------------------------------------------------------------------------------------------
+    def answer(self, question: torch.Tensor, config: DecodeConfig = DecodeConfig(),
+               chunk_scores: Sequence[float] | None = None,
+               on_text: Callable[[str], None] | None = None) -> Answer:
+        """Answer ``question`` (token ids, or embeddings) about the video; ``on_text`` streams text pieces."""
+        store = self.video.store
+        t0 = time.perf_counter()
+        ranges, dense, scores = self.select(question, config, chunk_scores)
+        t1 = time.perf_counter()
+        dense_groups = torch.zeros(len(store.groups), dtype=torch.bool)
+        for c in dense:
+            dense_groups[ranges[c][0]:ranges[c][1]] = True
+        cache, position = self._cache(dense_groups, config.positions, question.shape[0] + config.max_new_tokens)
+        used_bytes = cache.nbytes
+        hidden, _ = self._step(cache, embed(self.model, question), position)
+        position += question.shape[0]
+        t2 = time.perf_counter()
+
+        lm_head = self.model.get_output_embeddings()
+        generator = None
+        if config.temperature > 0:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(config.seed if config.seed is not None else torch.seed())
+        text = _TextStream(self.tokenizer, config.stop, on_text)
+        tokens: list[int] = []
+        for i in range(config.max_new_tokens):
+            with torch.inference_mode():
+                logits = lm_head(hidden[-1:]).float()[0]
+            token = _sample(logits, config, generator)
+            if token in self.eos:
+                break
+            tokens.append(token)
+            if text.push(tokens):
+                break
+            if i + 1 < config.max_new_tokens:
+                hidden, _ = self._step(cache, embed(self.model, torch.tensor([token])), position)
+                position += 1
+        text.flush()
+        t3 = time.perf_counter()
+        return Answer(text.text, tokens, len(ranges), dense,
+                      None if scores is None else scores.tolist(), store.dense_bytes, used_bytes,
+                      {"select": t1 - t0, "question": t2 - t1, "generate": t3 - t2})
+
+
+def _sample(logits: torch.Tensor, config: DecodeConfig, generator) -> int:
+    if config.temperature == 0:
+        return int(logits.argmax())
+    logits = logits / config.temperature
+    if config.top_k:
+        kth = torch.topk(logits, min(config.top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, -float("inf"))
+    probs = torch.softmax(logits, -1)
+    if config.top_p < 1:
+        sorted_p, order = probs.sort(descending=True)
+        keep = sorted_p.cumsum(0) - sorted_p < config.top_p  # the smallest prefix reaching top_p
+        probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_p[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class _TextStream:
+    """Incremental detokenization with stop strings; text that may start a stop string is held back."""
+
+    def __init__(self, tokenizer, stop: tuple[str, ...], on_text):
+        if stop and tokenizer is None:
+            raise ValueError("stop strings need a tokenizer")
+        self.tokenizer, self.stop, self.on_text = tokenizer, stop, on_text
+        self.text, self.sent = "", 0
+
+    def push(self, tokens: list[int]) -> bool:
+        """Take the tokens so far; True when a stop string ended the answer."""
+        if self.tokenizer is None:
+            return False
+        self.text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        hits = [self.text.find(s) for s in self.stop if s in self.text]
+        if hits:
+            self.text = self.text[: min(hits)]
+            return True
+        hold = 0
+        for s in self.stop:
+            for k in range(min(len(s) - 1, len(self.text)), 0, -1):
+                if self.text.endswith(s[:k]):
+                    hold = max(hold, k)
+                    break
+        if self.text.endswith("\ufffd"):  # an incomplete multi-byte character
+            hold = max(hold, 1)
+        self._emit(len(self.text) - hold)
+        return False
+
+    def _emit(self, upto: int) -> None:
+        if self.on_text is not None and upto > self.sent:
+            self.on_text(self.text[self.sent: upto])
+        self.sent = max(self.sent, upto)
+
+    def flush(self) -> None:
+        self._emit(len(self.text))

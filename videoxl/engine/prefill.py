@@ -1,0 +1,216 @@
+"""Chunk-based pre-filling that really streams.
+
+Groups arrive one by one (a video is decoded and encoded while earlier chunks are pre-filled). Every ``chunk``
+groups form a chunk, pre-filled by one forward of the LLM over just that chunk's tokens. A chunk's tokens attend to
+the prefix, causally to the chunk itself, to every token of the previous ``window`` chunks and to the timestamp
+tokens of all earlier chunks; nothing else is computed, so attention memory is (chunk tokens x keys it attends to)
+and total attention work grows linearly with the video once the timestamp memory is small next to the window.
+
+Timestamp tokens come in two variants (brief §8):
+
+* ``"global"`` (default; the published evaluation, behind the published scores): a timestamp token attends to
+  every token before it. Cheap: timestamp tokens are a few percent of the sequence.
+* ``"chunk"`` (the published streaming mode): a timestamp token sees what its chunk sees.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Literal
+
+import torch
+
+from .accounting import attention_flops, causal_pairs, linear_flops_per_token
+from .attention import PrefillStep, run_step
+from .layout import Group, embed
+from .rope import Rope
+from .store import KVStore
+
+SUPPORTED_FAMILIES = ("llama", "qwen2")
+
+
+@dataclass(frozen=True)
+class PrefillConfig:
+    """How a sequence is pre-filled: chunk size in groups, window in chunks, timestamp semantics, sparse pooling.
+
+    ``window=None`` lets every chunk see all earlier chunks (full causal attention). ``window=0`` means "own chunk
+    only" (plus prefix and earlier timestamps); it never silently means "everything".
+    """
+
+    chunk: int = 4
+    window: int | None = 3
+    timestamps: Literal["global", "chunk"] = "global"
+    pool: int = 4
+
+    def __post_init__(self):
+        if not isinstance(self.chunk, int) or self.chunk < 1:
+            raise ValueError(f"chunk must be a positive number of groups, got {self.chunk!r}")
+        if self.window is not None and (not isinstance(self.window, int) or self.window < 0):
+            raise ValueError(f"window must be a number of chunks >= 0 or None (all), got {self.window!r}")
+        if self.timestamps not in ("global", "chunk"):
+            raise ValueError(f"timestamps must be 'global' or 'chunk', got {self.timestamps!r}")
+        if not isinstance(self.pool, int) or self.pool < 1:
+            raise ValueError(f"pool must be a positive integer, got {self.pool!r}")
+
+
+@dataclass
+class PrefillStats:
+    """What a pre-fill cost, next to what dense one-shot pre-fill of the same tokens costs."""
+
+    tokens: int = 0
+    groups: int = 0
+    chunks: int = 0
+    pairs: int = 0
+    seconds: float = 0.0
+    config: object = field(default=None, repr=False)
+
+    @property
+    def dense_pairs(self) -> int:
+        return causal_pairs(self.tokens)
+
+    @property
+    def attn_flops(self) -> int:
+        return attention_flops(self.pairs, self.config)
+
+    @property
+    def dense_attn_flops(self) -> int:
+        return attention_flops(self.dense_pairs, self.config)
+
+    @property
+    def total_flops(self) -> int:
+        return self.attn_flops + linear_flops_per_token(self.config) * self.tokens
+
+    @property
+    def dense_total_flops(self) -> int:
+        return self.dense_attn_flops + linear_flops_per_token(self.config) * self.tokens
+
+    def as_dict(self) -> dict:
+        return {
+            "tokens": self.tokens, "groups": self.groups, "chunks": self.chunks, "seconds": self.seconds,
+            "attn_flops": self.attn_flops, "dense_attn_flops": self.dense_attn_flops,
+            "total_flops": self.total_flops, "dense_total_flops": self.dense_total_flops,
+        }
+
+
+@dataclass
+class PrefilledVideo:
+    """The result of pre-filling: the KV store plus what decoding needs to know about the sequence."""
+
+    store: KVStore
+    config: PrefillConfig
+    stats: PrefillStats
+    hidden: list[torch.Tensor] | None = None  # per step final hidden states, if asked for
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.store.groups)
+
+
+def check_model(model: torch.nn.Module) -> None:
+    """Raise ValueError unless ``model`` is a decoder-only causal LM of a family the engine drives."""
+    config = getattr(model, "config", None)
+    family = getattr(config, "model_type", None)
+    if family not in SUPPORTED_FAMILIES:
+        raise ValueError(f"unsupported model family {family!r}: the engine drives {', '.join(SUPPORTED_FAMILIES)} "
+                         "causal LMs")
+    if getattr(config, "use_sliding_window", False):
+        raise ValueError("models with sliding-window attention layers are not supported")
+    if not hasattr(model, "model") or not hasattr(model.model, "rotary_emb"):
+        raise ValueError(f"{type(model).__name__} is not a causal LM with a decoder stack (.model.rotary_emb)")
+
+
+def _chunks(groups: Iterable[Group], size: int) -> Iterator[list[Group]]:
+    batch: list[Group] = []
+    for group in groups:
+        batch.append(group)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def prefill(
+    model: torch.nn.Module,
+    prefix: torch.Tensor,
+    groups: Iterable[Group],
+    config: PrefillConfig = PrefillConfig(),
+    expected_tokens: int = 0,
+    on_chunk: Callable[[int, int], None] | None = None,
+    keep_hidden: bool = False,
+) -> PrefilledVideo:
+    """Pre-fill ``prefix`` then ``groups`` chunk by chunk into a new :class:`KVStore`.
+
+    ``groups`` may be a generator: at most one chunk of groups is held at a time. ``expected_tokens`` pre-sizes the
+    store. ``on_chunk(chunks_done, tokens_done)`` reports progress. ``keep_hidden`` keeps each step's final hidden
+    states (for tests and for scoring heads that read them).
+    """
+    check_model(model)
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    rope = Rope.of(model)
+    store = KVStore(cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim, dtype, device, pool=config.pool)
+    stats = PrefillStats(config=cfg)
+    hidden: list[torch.Tensor] | None = [] if keep_hidden else None
+    started = time.perf_counter()
+
+    prefix_embeds = embed(model, prefix)
+    n_prefix = prefix_embeds.shape[0]
+    store.reserve(max(expected_tokens, n_prefix))
+    if n_prefix:
+        step = PrefillStep(store, n_prefix, torch.arange(n_prefix), None, torch.empty(0, dtype=torch.long))
+        out = run_step(model, prefix_embeds, torch.arange(n_prefix, device=device), step)
+        store.commit(n_prefix)
+        stats.pairs += step.pairs
+        if hidden is not None:
+            hidden.append(out)
+    store.prefix_length = n_prefix
+
+    chunk_starts: list[int] = []  # first token of each chunk
+    chunk_ts: list[torch.Tensor] = []  # absolute indices of each chunk's timestamp tokens
+    for j, batch in enumerate(_chunks(groups, config.chunk)):
+        parts, is_ts = [], []
+        for group in batch:
+            ts, vis = embed(model, group.timestamp), embed(model, group.visual)
+            if vis.shape[0] == 0:
+                raise ValueError(f"group {stats.groups + len(parts) // 2} has no visual tokens")
+            parts += [ts, vis]
+            is_ts += [torch.ones(ts.shape[0], dtype=torch.bool), torch.zeros(vis.shape[0], dtype=torch.bool)]
+        embeds, is_ts = torch.cat(parts), torch.cat(is_ts)
+        n, start = embeds.shape[0], store.length
+        store.reserve(start + n)
+
+        first_visible = 0 if config.window is None else max(0, j - config.window)
+        evicted_ts = chunk_ts[:first_visible]
+        window_start = chunk_starts[first_visible] if first_visible < j else start
+        past = torch.cat([torch.arange(n_prefix), *evicted_ts, torch.arange(window_start, start)])
+        local = torch.arange(n)
+        global_ts = is_ts if config.timestamps == "global" else torch.zeros(n, dtype=torch.bool)
+        step = PrefillStep(store, n, local[~global_ts], past, local[global_ts])
+        out = run_step(model, embeds, torch.arange(start, start + n, device=device), step)
+        store.commit(n, is_ts)
+
+        offset = start
+        for group in batch:
+            t = group.timestamp.shape[0]
+            store.add_group(offset, t, offset + len(group), rope)
+            offset += len(group)
+        chunk_starts.append(start)
+        chunk_ts.append(start + is_ts.nonzero().squeeze(1))
+        stats.pairs += step.pairs
+        stats.groups += len(batch)
+        stats.chunks += 1
+        if hidden is not None:
+            hidden.append(out)
+        if on_chunk is not None:
+            on_chunk(stats.chunks, store.length)
+
+    if stats.groups == 0:
+        raise ValueError("the input has no groups: chunked pre-fill needs at least one group of visual tokens")
+    stats.tokens = store.length
+    stats.seconds = time.perf_counter() - started
+    return PrefilledVideo(store, config, stats, hidden)

@@ -1,0 +1,37 @@
+"""Rotary position embedding applied to cached keys: moving keys to new (possibly fractional) positions.
+
+Cached keys are stored already rotated at their own position. RoPE rotations compose, R(a) R(b) = R(a + b), so a
+key rotated at p is moved to q by one rotation of (q - p). That serves both position modes of decoding (keep the
+original positions, or re-index contiguously after compaction) and gives pooled sparse keys the mean position of
+the tokens they summarize.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class Rope:
+    """The rotation of one model (its inverse frequencies), in the half-split layout of Llama and Qwen2."""
+
+    def __init__(self, inv_freq: torch.Tensor, attention_scaling: float = 1.0):
+        if attention_scaling != 1.0:
+            raise ValueError(
+                f"RoPE variants that scale attention (attention_scaling={attention_scaling}) are not supported: "
+                "cached keys could not be re-rotated exactly"
+            )
+        self.inv_freq = inv_freq.detach().double().cpu()
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> "Rope":
+        rotary = model.model.rotary_emb
+        return cls(rotary.inv_freq, float(getattr(rotary, "attention_scaling", 1.0)))
+
+    def rotate(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """Rotate ``x`` (..., T, D) by ``delta`` (T,) positions; angles in float64 so large positions stay exact."""
+        angles = delta.double().cpu()[:, None] * self.inv_freq[None, :]  # (T, D/2)
+        angles = torch.cat([angles, angles], dim=-1).to(x.device)
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        half = x.shape[-1] // 2
+        rotated_half = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated_half * sin

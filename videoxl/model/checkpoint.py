@@ -1,0 +1,147 @@
+"""Checkpoints in the official Video-XL-2 layout (brief §11): config.json, safetensors shards, tokenizer files.
+
+Key layout: ``lm_head.weight``; ``model.{embed_tokens,layers.N,norm}.*`` (Qwen2);
+``model.vision_tower.vision_tower.vision_model.*`` (SigLIP, no head, 26 layers); ``model.sae.*`` (DTS);
+``model.mm_projector.{0,2}.*``. Loading is strict: a missing, unexpected or wrongly shaped key is an error naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+# defined in the released eval model but never used; tolerated (and skipped) when present
+IGNORED_PREFIXES = ("model.text_mlp.",)
+VISUAL_PREFIXES = ("model.vision_tower.", "model.sae.", "model.mm_projector.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as Video-XL-2: missing files, wrong keys or shapes, unreachable hub."""
+
+
+def to_checkpoint_key(name: str) -> str:
+    """Our parameter name -> the official key."""
+    if name.startswith("visual."):
+        return "model." + name[len("visual."):]
+    if name.startswith("llm."):
+        return name[len("llm."):]
+    raise KeyError(name)
+
+
+def from_checkpoint_key(key: str) -> str:
+    """The official key -> our parameter name."""
+    if key.startswith(VISUAL_PREFIXES):
+        return "visual." + key[len("model."):]
+    return "llm." + key
+
+
+def resolve(path_or_id: str | os.PathLike) -> Path:
+    """A local checkpoint folder, or a hub id downloaded through huggingface_hub (clear error when offline)."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or str(path_or_id).startswith((".", "/", "~")) or str(path_or_id).count("/") != 1:
+        raise CheckpointError(f"{path_or_id}: not a checkpoint folder (expected a folder with config.json and "
+                              "*.safetensors, or a hub id such as BAAI/Video-XL-2)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(path_or_id), allow_patterns=[
+            "*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*"]))
+    except Exception as e:  # network, auth, missing repo: all end the same way for the user
+        raise CheckpointError(
+            f"could not download {path_or_id} from the Hugging Face hub ({type(e).__name__}: {str(e)[:200]}). "
+            f"Download it where the hub is reachable (huggingface-cli download {path_or_id} --local-dir DIR), "
+            "copy DIR here and pass that folder instead") from None
+
+
+def shards(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [folder / n for n in names]
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{folder}: no *.safetensors weights found")
+    return files
+
+
+def check_keys(module: torch.nn.Module, files: list[Path]) -> None:
+    """Compare checkpoint keys and shapes with the module's, before anything is loaded."""
+    expected = {to_checkpoint_key(n): tuple(t.shape) for n, t in module.state_dict().items()}
+    found: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        if not f.is_file():
+            raise CheckpointError(f"{f}: weight shard listed in the index is missing")
+        with safe_open(str(f), framework="pt") as sf:
+            for key in sf.keys():
+                found[key] = tuple(sf.get_slice(key).get_shape())
+    found = {k: v for k, v in found.items() if not k.startswith(IGNORED_PREFIXES)}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing[:8])}" + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else ""))
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected[:8])}" + (f" (+{len(unexpected) - 8} more)" if len(unexpected) > 8 else ""))
+    for k in wrong[:8]:
+        problems.append(f"{k} has shape {list(found[k])}, the config expects {list(expected[k])}")
+    if problems:
+        raise CheckpointError(f"{files[0].parent}: checkpoint does not match the config: " + "; ".join(problems))
+
+
+def load_weights(module: torch.nn.Module, files: list[Path], device: torch.device, dtype: torch.dtype) -> None:
+    """Assign the shards' tensors to ``module`` (built on the meta device), shard by shard."""
+    for f in files:
+        state = {from_checkpoint_key(k): v.to(dtype) if v.is_floating_point() else v
+                 for k, v in load_file(str(f), device=str(device)).items() if not k.startswith(IGNORED_PREFIXES)}
+        module.load_state_dict(state, strict=False, assign=True)
+
+
+def save(module: torch.nn.Module, config_dict: dict, folder: Path, tokenizer=None,
+         max_shard_bytes: int = 4 * 2**30) -> None:
+    """Write config.json, safetensors shards (with an index when several) and the tokenizer, atomically."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        state, seen = {}, set()
+        for name, t in module.state_dict().items():
+            t = t.detach().cpu().contiguous()
+            state[to_checkpoint_key(name)] = t.clone() if t.data_ptr() in seen else t  # tied weights
+            seen.add(t.data_ptr())
+        groups, size = [[]], 0
+        for key, tensor in state.items():
+            nbytes = tensor.numel() * tensor.element_size()
+            if groups[-1] and size + nbytes > max_shard_bytes:
+                groups.append([])
+                size = 0
+            groups[-1].append(key)
+            size += nbytes
+        if len(groups) == 1:
+            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        else:
+            weight_map = {}
+            for i, keys in enumerate(groups):
+                name = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+                save_file({k: state[k] for k in keys}, str(tmp / name), metadata={"format": "pt"})
+                weight_map.update({k: name for k in keys})
+            (tmp / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}, indent=1))
+        (tmp / "config.json").write_text(json.dumps(config_dict, indent=2))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.chmod(0o755)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,237 @@
+"""Video-XL-2 end to end: frames -> visual tokens -> streaming chunked pre-fill -> bi-level decoding -> answer.
+
+    model = VideoXL2.from_pretrained("path/or/BAAI/Video-XL-2")
+    session = model.ingest("video.mp4")          # decode, encode and pre-fill, chunk by chunk
+    print(session.ask("What happens at the end?").text)   # many questions, no re-encoding
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from transformers import AutoTokenizer, Qwen2ForCausalLM
+
+from ..engine.decode import Answer, DecodeConfig, Decoder
+from ..engine.layout import Group
+from ..engine.prefill import PrefillConfig, PrefilledVideo, prefill
+from ..video import VideoError, decode_frames, plan_frames, preprocess, probe
+from ..video.sampling import FRAMES_PER_GROUP
+from . import checkpoint
+from .config import VideoXL2Config
+from .vision import VisualEncoder
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@contextmanager
+def _quiet_transformers():
+    """AutoTokenizer warns that config.json's llava_qwen type is unknown to it; that is expected here."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class IngestStats:
+    """What ingesting one video cost."""
+
+    frames: int = 0
+    groups: int = 0
+    tokens: int = 0
+    chunks: int = 0
+    seconds: dict = field(default_factory=lambda: {"decode": 0.0, "encode": 0.0, "prefill": 0.0})
+
+
+class Session:
+    """One ingested video: its KV store and decoder. Answers any number of questions without re-encoding."""
+
+    def __init__(self, model: "VideoXL2", video: PrefilledVideo, group_times: list[float], stats: IngestStats,
+                 thumbnails: list[np.ndarray] | None = None):
+        self.model, self.video, self.group_times, self.stats = model, video, group_times, stats
+        self.thumbnails = thumbnails
+        self.decoder = Decoder(model.llm, video, model.tokenizer)
+
+    def question_ids(self, question: str) -> torch.Tensor:
+        text = f"\n{question}<|im_end|>\n<|im_start|>assistant\n"
+        return torch.tensor(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def ask(self, question: str, config: DecodeConfig = DecodeConfig(), on_text: Callable[[str], None] | None = None,
+            chunk_scores: Sequence[float] | None = None) -> Answer:
+        """Answer a question about the video (bi-level decoding per ``config``)."""
+        if not question.strip():
+            raise ValueError("the question is empty")
+        return self.decoder.answer(self.question_ids(question), config, chunk_scores=chunk_scores, on_text=on_text)
+
+
+class VideoXL2(nn.Module):
+    """The Video-XL-2 model: :class:`VisualEncoder` (SigLIP, DTS, projector, pooling) and a Qwen2 LLM."""
+
+    def __init__(self, config: VideoXL2Config, tokenizer=None):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.visual = VisualEncoder(config)
+        self.llm = Qwen2ForCausalLM(config.llm.to_qwen2())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    # -- loading and saving ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, dtype: torch.dtype | None = None,
+                        device: str | torch.device | None = None) -> "VideoXL2":
+        """Load a checkpoint in the official layout from a folder or a hub id (strict; CheckpointError if not)."""
+        import json
+
+        folder = checkpoint.resolve(path_or_id)
+        config_file = folder / "config.json"
+        if not config_file.is_file():
+            raise checkpoint.CheckpointError(f"{folder}: no config.json")
+        try:
+            config = VideoXL2Config.from_dict(json.loads(config_file.read_text()))
+        except (ValueError, TypeError, json.JSONDecodeError) as e:
+            raise checkpoint.CheckpointError(f"{config_file}: {e}") from None
+        try:
+            with _quiet_transformers():
+                tokenizer = AutoTokenizer.from_pretrained(folder)
+        except Exception as e:
+            raise checkpoint.CheckpointError(f"{folder}: no usable tokenizer files ({type(e).__name__}: {e})") from None
+        device = torch.device(device) if device is not None else default_device()
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        files = checkpoint.shards(folder)
+        with torch.device("meta"):
+            model = cls(config, tokenizer)
+        checkpoint.check_keys(model, files)
+        checkpoint.load_weights(model, files, device, dtype)
+        model._materialize_buffers(device)
+        return model.eval()
+
+    def _materialize_buffers(self, device: torch.device) -> None:
+        """Rebuild the non-persistent buffers (RoPE frequencies, SigLIP position ids) after a meta-device load."""
+        rotary = self.llm.model.rotary_emb
+        self.llm.model.rotary_emb = type(rotary)(config=self.llm.config).to(device)
+        embeddings = self.visual.vision_tower.vision_tower.vision_model.embeddings
+        embeddings.register_buffer("position_ids", torch.arange(embeddings.num_positions, device=device)[None],
+                                   persistent=False)
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """Write the official layout: config.json, safetensors, tokenizer."""
+        checkpoint.save(self, self.config.to_dict(), Path(folder), self.tokenizer)
+
+    # -- encoding ---------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(4G, 3, S, S) preprocessed frames -> (G, tokens_per_group, llm_hidden) visual tokens."""
+        return self.visual(pixels.to(self.device, self.dtype))
+
+    def _prompt_prefix(self) -> torch.Tensor:
+        text = f"<|im_start|>system\n{self.config.system_prompt}<|im_end|>\n<|im_start|>user\n"
+        return torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def timestamp_ids(self, t: float | None) -> torch.Tensor:
+        if t is None:  # images carry no timestamp
+            return torch.empty(0, dtype=torch.long)
+        return torch.tensor(self.tokenizer(f"Time {t}s:", add_special_tokens=False)["input_ids"])
+
+    # -- ingesting ----------------------------------------------------------------------------------------------
+    def ingest(self, video: str | os.PathLike | Sequence, *, max_frames: int = 512, fps: float = 1.0,
+               max_fps: float | None = 4, frame_times: Sequence[float] | None = None,
+               prefill_config: PrefillConfig = PrefillConfig(), on_progress: Progress | None = None,
+               thumbnails: int = 0) -> Session:
+        """Decode, encode and pre-fill a video chunk by chunk; no more than one chunk of frames is in memory.
+
+        ``video`` is a file path (any container FFmpeg reads; an image file becomes one untimed group) or a
+        sequence of RGB frames (H x W x 3 uint8 arrays or PIL images), already sampled, shown at ``frame_times``
+        seconds (default 0, 1, 2, ...). ``thumbnails`` keeps that many small frames per group for pictures.
+        """
+        if self.tokenizer is None:
+            raise ValueError("the model has no tokenizer")
+        frames, group_times, n_frames = self._frame_source(video, max_frames, fps, max_fps, frame_times)
+        stats = IngestStats(frames=n_frames, groups=len(group_times))
+        size = self.config.vision.image_size
+        thumbs: list[np.ndarray] | None = [] if thumbnails else None
+
+        def groups() -> Iterator[Group]:
+            done = 0
+            for start in range(0, len(group_times), prefill_config.chunk):
+                times = group_times[start: start + prefill_config.chunk]
+                t0 = time.perf_counter()
+                batch = []
+                for _ in range(len(times) * FRAMES_PER_GROUP):
+                    frame = next(frames)
+                    batch.append(preprocess(frame, size))
+                    if thumbs is not None and len(batch) % FRAMES_PER_GROUP == 1:
+                        thumbs.append(np.asarray(Image.fromarray(np.asarray(frame)).convert("RGB").resize((96, 54))))
+                t1 = time.perf_counter()
+                tokens = self.encode(torch.stack(batch))  # (groups in chunk, T, hidden)
+                t2 = time.perf_counter()
+                stats.seconds["decode"] += t1 - t0
+                stats.seconds["encode"] += t2 - t1
+                done += len(batch)
+                if on_progress:
+                    on_progress("encode", done, len(group_times) * FRAMES_PER_GROUP)
+                for t, visual in zip(times, tokens):
+                    yield Group(self.timestamp_ids(t), visual)
+
+        started = time.perf_counter()
+
+        def chunk_done(chunks: int, tokens: int) -> None:
+            if on_progress:
+                on_progress("prefill", chunks, -(-len(group_times) // prefill_config.chunk))
+
+        tokens_per_group = self.config.tokens_per_group + 8
+        video_kv = prefill(self.llm, self._prompt_prefix(), groups(), prefill_config,
+                           expected_tokens=64 + len(group_times) * tokens_per_group, on_chunk=chunk_done)
+        total = time.perf_counter() - started
+        stats.seconds["prefill"] = total - stats.seconds["decode"] - stats.seconds["encode"]
+        stats.tokens, stats.chunks = video_kv.stats.tokens, video_kv.stats.chunks
+        return Session(self, video_kv, list(group_times), stats, thumbs)
+
+    def _frame_source(self, video, max_frames, fps, max_fps, frame_times):
+        """(iterator of frames, group timestamps (None for images), number of sampled frames)."""
+        if isinstance(video, (str, os.PathLike)):
+            path = Path(video)
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                try:
+                    image = np.asarray(Image.open(path).convert("RGB"))
+                except (OSError, ValueError) as e:
+                    raise VideoError(f"{path}: not a readable image ({e})") from None
+                return iter([image] * FRAMES_PER_GROUP), [None], 1
+            info = probe(path)
+            plan = plan_frames(info.frame_times, fps=fps, max_fps=max_fps, max_frames=max_frames)
+            return decode_frames(info, plan.indices), plan.group_times, len(plan.indices)
+        frames = list(video)
+        if not frames:
+            raise VideoError("no frames given")
+        times = list(frame_times) if frame_times is not None else [float(i) for i in range(len(frames))]
+        if len(times) != len(frames):
+            raise ValueError(f"{len(frames)} frames but {len(times)} frame_times")
+        pad = (-len(frames)) % FRAMES_PER_GROUP
+        frames += [frames[-1]] * pad
+        times += [times[-1]] * pad
+        group_times = [round(times[g], 1) for g in range(0, len(frames), FRAMES_PER_GROUP)]
+        return (np.asarray(f) if not isinstance(f, Image.Image) else f for f in frames), group_times, len(frames)

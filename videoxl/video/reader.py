@@ -1,0 +1,127 @@
+"""Reading videos with PyAV: a demux-only probe for exact frame times, then decoding of chosen frames.
+
+The probe walks the packets without decoding them, which gives every frame's presentation time (variable frame
+rate included) and the keyframes. Decoding then streams the chosen frames in order: it decodes forward while the
+next chosen frame is near, and seeks to the last keyframe before it when a keyframe lies in between, so sparse
+sampling of long videos does not decode the whole stream and dense sampling does not seek at all.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import av
+import numpy as np
+
+
+class VideoError(ValueError):
+    """A video that cannot be used: missing, empty, corrupt, or without a video stream."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the probe learned about a video's first video stream."""
+
+    path: str
+    pts: list[int]  # presentation timestamps of all frames, ascending, in stream time base
+    time_base: float
+    keyframes: list[int]  # indices (into pts) of keyframes
+    width: int
+    height: int
+
+    @property
+    def frames(self) -> int:
+        return len(self.pts)
+
+    @property
+    def frame_times(self) -> list[float]:
+        start = self.pts[0]
+        return [(p - start) * self.time_base for p in self.pts]
+
+    @property
+    def duration(self) -> float:
+        return self.frame_times[-1] if self.pts else 0.0
+
+
+def _open(path: str):
+    if not os.path.exists(path):
+        raise VideoError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise VideoError(f"{path}: is a directory, not a video file")
+    if os.path.getsize(path) == 0:
+        raise VideoError(f"{path}: the file is empty (0 bytes)")
+    try:
+        container = av.open(path)
+    except av.FFmpegError as e:
+        raise VideoError(f"{path}: not a readable video ({e.__class__.__name__}: {e})") from None
+    if not container.streams.video:
+        kinds = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
+        container.close()
+        raise VideoError(f"{path}: has no video stream (found: {kinds})")
+    return container
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Demux ``path`` (no decoding) and return its frame times and keyframes; VideoError if unusable."""
+    path = os.fspath(path)
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        entries = []
+        for packet in container.demux(stream):
+            if packet.pts is None or packet.size == 0:
+                continue
+            entries.append((packet.pts, packet.is_keyframe))
+        width, height = stream.codec_context.width, stream.codec_context.height
+        time_base = float(stream.time_base)
+    except av.FFmpegError as e:
+        raise VideoError(f"{path}: corrupt or truncated video ({e})") from None
+    finally:
+        container.close()
+    if not entries:
+        raise VideoError(f"{path}: the video stream has no frames")
+    entries.sort()
+    pts = [p for p, _ in entries]
+    keyframes = [i for i, (_, key) in enumerate(entries) if key] or [0]
+    return VideoInfo(path, pts, time_base, keyframes, width, height)
+
+
+def decode_frames(info: VideoInfo, indices: list[int]) -> Iterator[np.ndarray]:
+    """Yield the frames at ``indices`` (non-decreasing, repeats allowed) as H x W x 3 uint8 RGB arrays."""
+    if any(b < a for a, b in zip(indices, indices[1:])):
+        raise ValueError("frame indices must be non-decreasing")
+    if indices and not 0 <= indices[0] <= indices[-1] < info.frames:
+        raise ValueError(f"frame indices must lie in [0, {info.frames})")
+    container = _open(info.path)
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    position = -1  # index of the last decoded frame
+    frames = None
+    last: tuple[int, np.ndarray] | None = None
+    try:
+        for target in indices:
+            if last is not None and last[0] == target:
+                yield last[1]
+                continue
+            key = info.keyframes[bisect.bisect_right(info.keyframes, target) - 1]
+            if frames is None or key > position + 1 or target <= position:
+                container.seek(info.pts[key], stream=stream, backward=True, any_frame=False)
+                frames = container.decode(stream)
+                position = -1
+            for frame in frames:
+                index = bisect.bisect_left(info.pts, frame.pts) if frame.pts is not None else position + 1
+                position = index
+                if index >= target:
+                    last = (target, frame.to_ndarray(format="rgb24"))
+                    yield last[1]
+                    break
+            else:
+                raise VideoError(f"{info.path}: the stream ended before frame {target} of {info.frames} "
+                                 "(truncated or corrupt file)")
+    except av.FFmpegError as e:
+        raise VideoError(f"{info.path}: corrupt or truncated video, decoding failed ({e})") from None
+    finally:
+        container.close()

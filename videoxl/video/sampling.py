@@ -1,0 +1,64 @@
+"""The reference frame-sampling rule (brief §7) and 4-frame grouping with timestamps.
+
+1 fps base; raised up to ``max_fps`` when ``max_frames`` allows; then ``linspace`` down to ``max_frames``. The frame
+count is padded to a multiple of 4 by repeating the last frame; each group carries the timestamp of its first frame
+rounded to 0.1 s. Timestamps come from the frames' presentation times, so variable-frame-rate video gets true times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FRAMES_PER_GROUP = 4
+
+
+def sample_indices(total_frames: int, native_fps: float, fps: float = 1.0, max_fps: float | None = 4,
+                   max_frames: int = 512) -> list[int]:
+    """Indices (presentation order) of the frames the reference rule keeps."""
+    if total_frames <= 0:
+        return []
+    if max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    step = max(1, round(native_fps / fps)) if native_fps > 0 else 1
+    indices = list(range(0, total_frames, step))
+    if max_fps is not None:
+        higher = min(max_frames // len(indices), max_fps)
+        if higher > fps:
+            indices = list(range(0, total_frames, max(1, round(native_fps / higher))))
+    if len(indices) > max_frames:
+        indices = np.linspace(0, total_frames - 1, max_frames, dtype=int).tolist()
+    return indices
+
+
+@dataclass(frozen=True)
+class SampledFrames:
+    """Which frames to decode (padded to whole groups) and the timestamp of each group."""
+
+    indices: list[int]  # presentation-order frame indices, len % 4 == 0 (last frame repeated)
+    frame_times: list[float]  # presentation time of each sampled frame, seconds
+    group_times: list[float]  # timestamp of each 4-frame group: its first frame's time rounded to 0.1 s
+
+    @property
+    def groups(self) -> int:
+        return len(self.group_times)
+
+
+def plan_frames(frame_times: list[float], fps: float = 1.0, max_fps: float | None = 4,
+                max_frames: int = 512) -> SampledFrames:
+    """Apply the sampling rule to a video whose frames are shown at ``frame_times`` (seconds, ascending)."""
+    n = len(frame_times)
+    duration = frame_times[-1] - frame_times[0] if n > 1 else 0.0
+    # average rate over the stream, as decord's get_avg_fps; exact for constant frame rate
+    native = (n - 1) / duration if duration > 0 else 1.0
+    indices = sample_indices(n, native, fps, max_fps, max_frames)
+    if not indices:
+        return SampledFrames([], [], [])
+    pad = (-len(indices)) % FRAMES_PER_GROUP
+    indices = indices + [indices[-1]] * pad
+    times = [frame_times[i] for i in indices]
+    groups = [round(times[g], 1) for g in range(0, len(indices), FRAMES_PER_GROUP)]
+    return SampledFrames(indices, times, groups)
