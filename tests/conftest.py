@@ -14,3 +14,34 @@ def smollm2():
     from videoxl.llm import load_smollm2
 
     return load_smollm2()
+
+
+TINY_CORPUS = [
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n",
+    "\nWhat colour is the square?<|im_end|>\n<|im_start|>assistant\n",
+    "Time 0.0s: Time 1.5s: Time 12.3s: Time 104.7s:",
+    "red green blue yellow circle square triangle one two three four five six seven eight nine zero",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from videoxl.model.tokenizer import build_tokenizer
+
+    return build_tokenizer(TINY_CORPUS * 5, vocab_size=400)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_tokenizer):
+    """A tiny random Video-XL-2 saved in the official layout."""
+    from videoxl.model import TINY, VideoXL2
+
+    torch.manual_seed(0)
+    model = VideoXL2(TINY, tiny_tokenizer).eval()
+    with torch.no_grad():  # DTS temporal blocks start as identities; give them weights so they count
+        for name, p in model.visual.sae.named_parameters():
+            if "qkv" in name or "proj_out" in name:
+                p.normal_(0, 0.05)
+    folder = tmp_path_factory.mktemp("ckpt") / "tiny"
+    model.save_pretrained(folder)
+    return folder

@@ -71,3 +71,67 @@ def full_embeddings(model, prefix: torch.Tensor, groups: list[Group], question: 
     if question is not None:
         parts.append(table(question))
     return torch.cat(parts)
+
+
+def index_frame(i: int, size: int = 64):
+    """A grey frame whose four horizontal bands carry the base-8 digits of its index (robust to lossy coding)."""
+    import numpy as np
+
+    frame = np.zeros((size, size, 3), np.uint8)
+    band = size // 4
+    for d in range(4):
+        frame[d * band:(d + 1) * band] = 16 + 32 * (i // 8 ** d % 8)
+    return frame
+
+
+def frame_index(frame) -> int:
+    """Read back the index written by :func:`index_frame`."""
+    band = frame.shape[0] // 4
+    digits = [frame[d * band + band // 4: d * band + 3 * band // 4].astype(float).mean() for d in range(4)]
+    return sum(8 ** d * int(round((v - 16) / 32)) for d, v in enumerate(digits))
+
+
+def write_video(path, n: int, fps: int = 30, times_ms: list[int] | None = None, codec: str = "mpeg4",
+                gop: int = 12, size: int = 64) -> None:
+    """A real video file of ``n`` index-coded frames; ``times_ms`` gives variable frame times (ms)."""
+    import fractions
+
+    import av
+
+    container = av.open(str(path), "w")
+    stream = container.add_stream(codec, rate=fps)
+    stream.width = stream.height = size
+    stream.pix_fmt = "yuv420p"
+    stream.codec_context.gop_size = gop
+    stream.codec_context.options = {"qscale": "2"} if codec == "mpeg4" else {}
+    if times_ms is not None:
+        stream.codec_context.time_base = fractions.Fraction(1, 1000)
+    for i in range(n):
+        frame = av.VideoFrame.from_ndarray(index_frame(i, size), format="rgb24")
+        if times_ms is not None:
+            frame.pts = times_ms[i]
+            frame.time_base = fractions.Fraction(1, 1000)
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+
+
+def write_audio(path, seconds: float = 1.0) -> None:
+    """An audio-only file (a sine tone)."""
+    import av
+    import numpy as np
+
+    container = av.open(str(path), "w")
+    stream = container.add_stream("aac", rate=16000)
+    t = np.arange(int(16000 * seconds)) / 16000
+    samples = (np.sin(2 * np.pi * 440 * t) * 0.3).astype(np.float32)
+    for start in range(0, len(samples), 1024):
+        frame = av.AudioFrame.from_ndarray(samples[None, start:start + 1024], format="flt", layout="mono")
+        frame.sample_rate = 16000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()

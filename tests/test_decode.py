@@ -74,6 +74,7 @@ def test_model_scored_selection_finds_the_needle_and_answers(passkey_video):
     needle_chunk = 9 // 2
     assert answer.dense_chunks == [0, needle_chunk, 7]
     assert max(range(1, 7), key=lambda c: answer.relevance[c]) == needle_chunk
+    assert answer.relevance[0] is None and answer.relevance[7] is None
     assert "48213" in answer.text
     assert answer.kv_bytes_used < 0.62 * answer.kv_bytes_dense
 

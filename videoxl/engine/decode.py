@@ -38,6 +38,7 @@ class DecodeConfig:
     chunk: int | None = None
     scorer: str = "bounds"
     score_layers: tuple[int, ...] | None = None
+    score_positions: bool = False  # keep RoPE in relevance scores (an ablation: recency then dominates)
     positions: Literal["absolute", "contiguous"] = "absolute"
     max_new_tokens: int = 64
     temperature: float = 0.0
@@ -75,7 +76,7 @@ class Answer:
     tokens: list[int]
     chunks: int
     dense_chunks: list[int]
-    relevance: list[float] | None
+    relevance: list[float | None] | None  # per chunk; None for the always-dense first and last
     kv_bytes_dense: int
     kv_bytes_used: int
     seconds: dict = field(default_factory=dict)
@@ -91,7 +92,9 @@ class Decoder:
     def __init__(self, model: torch.nn.Module, video: PrefilledVideo, tokenizer=None):
         self.model, self.video, self.tokenizer = model, video, tokenizer
         self.rope = Rope.of(model)
-        self.summaries = GroupSummaries(video.store)
+        # position-free summaries (the default), and rotated ones for the score_positions ablation
+        self.summaries = {False: GroupSummaries(video.store, self.rope),
+                          True: GroupSummaries(video.store, Rope.identity())}
         self.device = next(model.parameters()).device
         cfg = model.config
         self.scale = (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads) ** -0.5
@@ -125,8 +128,13 @@ class Decoder:
     # -- selection --------------------------------------------------------------------------------------------
     def score(self, question: torch.Tensor, config: DecodeConfig, ranges: list[tuple[int, int]],
               forced: list[int]) -> torch.Tensor:
-        """Relevance (chunks,) of each decoding chunk to the question, computed by the model (see select.py)."""
+        """Relevance (chunks,) of each decoding chunk to the question, computed by the model (see select.py);
+        the always-dense ``forced`` chunks are not scored (NaN)."""
         store = self.video.store
+        scores = torch.full((len(ranges),), float("nan"))
+        candidates = [c for c in range(len(ranges)) if c not in forced]
+        if not candidates:
+            return scores
         dense_groups = torch.zeros(len(store.groups), dtype=torch.bool)
         for c in forced:
             dense_groups[ranges[c][0]:ranges[c][1]] = True
@@ -134,12 +142,15 @@ class Decoder:
         cache, position = self._cache(dense_groups, "absolute", question.shape[0])
         _, step = self._step(cache, embed(self.model, question), position, capture=layers)
         counts = torch.tensor([s.end - s.start for s in store.groups], dtype=torch.float64)
+        q_pos = torch.arange(position, position + question.shape[0], dtype=torch.float64)
+        summaries = self.summaries[config.score_positions]
         per_layer = []
         for layer in layers:
-            per_group, how = score_groups(config.scorer, step.queries[layer], layer, store, self.summaries,
-                                          self.scale)
-            per_layer.append(reduce_to_chunks(per_group, how, ranges, counts))
-        return relevance(per_layer)
+            queries = summaries.rope.rotate(step.queries[layer], -q_pos)  # position-free, like the summaries
+            per_group, how = score_groups(config.scorer, queries, layer, store, summaries, self.scale)
+            per_layer.append(reduce_to_chunks(per_group, how, ranges, counts)[..., candidates])
+        scores[candidates] = relevance(per_layer)
+        return scores
 
     def select(self, question: torch.Tensor, config: DecodeConfig, chunk_scores: Sequence[float] | None = None):
         """(ranges, dense chunk indices, relevance or None) for a question."""
@@ -205,7 +216,8 @@ class Decoder:
         text.flush()
         t3 = time.perf_counter()
         return Answer(text.text, tokens, len(ranges), dense,
-                      None if scores is None else scores.tolist(), store.dense_bytes, used_bytes,
+                      None if scores is None else [None if x != x else x for x in scores.tolist()],
+                      store.dense_bytes, used_bytes,
                       {"select": t1 - t0, "question": t2 - t1, "generate": t3 - t2})
 
 

@@ -23,15 +23,21 @@ class Rope:
         self.inv_freq = inv_freq.detach().double().cpu()
 
     @classmethod
+    def identity(cls) -> "Rope":
+        """A rotation by zero angles: leaves keys and queries as they are."""
+        return cls(torch.zeros(1))
+
+    @classmethod
     def of(cls, model: torch.nn.Module) -> "Rope":
         rotary = model.model.rotary_emb
         return cls(rotary.inv_freq, float(getattr(rotary, "attention_scaling", 1.0)))
 
     def rotate(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """Rotate ``x`` (..., T, D) by ``delta`` (T,) positions; angles in float64 so large positions stay exact."""
-        angles = delta.double().cpu()[:, None] * self.inv_freq[None, :]  # (T, D/2)
+        half = x.shape[-1] // 2
+        inv_freq = self.inv_freq.expand(half) if self.inv_freq.numel() == 1 else self.inv_freq
+        angles = delta.double().cpu()[:, None] * inv_freq[None, :]  # (T, D/2)
         angles = torch.cat([angles, angles], dim=-1).to(x.device)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        half = x.shape[-1] // 2
         rotated_half = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated_half * sin

@@ -70,16 +70,13 @@ class Session:
         self.thumbnails = thumbnails
         self.decoder = Decoder(model.llm, video, model.tokenizer)
 
-    def question_ids(self, question: str) -> torch.Tensor:
-        text = f"\n{question}<|im_end|>\n<|im_start|>assistant\n"
-        return torch.tensor(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     def ask(self, question: str, config: DecodeConfig = DecodeConfig(), on_text: Callable[[str], None] | None = None,
             chunk_scores: Sequence[float] | None = None) -> Answer:
         """Answer a question about the video (bi-level decoding per ``config``)."""
         if not question.strip():
             raise ValueError("the question is empty")
-        return self.decoder.answer(self.question_ids(question), config, chunk_scores=chunk_scores, on_text=on_text)
+        return self.decoder.answer(self.model.question_ids(question), config, chunk_scores=chunk_scores,
+                                   on_text=on_text)
 
 
 class VideoXL2(nn.Module):
@@ -138,9 +135,9 @@ class VideoXL2(nn.Module):
         embeddings.register_buffer("position_ids", torch.arange(embeddings.num_positions, device=device)[None],
                                    persistent=False)
 
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """Write the official layout: config.json, safetensors, tokenizer."""
-        checkpoint.save(self, self.config.to_dict(), Path(folder), self.tokenizer)
+    def save_pretrained(self, folder: str | os.PathLike, max_shard_bytes: int = 4 * 2**30) -> None:
+        """Write the official layout: config.json, safetensors shards, tokenizer (atomically)."""
+        checkpoint.save(self, self.config.to_dict(), Path(folder), self.tokenizer, max_shard_bytes)
 
     # -- encoding ---------------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -148,14 +145,39 @@ class VideoXL2(nn.Module):
         """(4G, 3, S, S) preprocessed frames -> (G, tokens_per_group, llm_hidden) visual tokens."""
         return self.visual(pixels.to(self.device, self.dtype))
 
+    def _ids(self, text: str) -> torch.Tensor:
+        return torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+
     def _prompt_prefix(self) -> torch.Tensor:
-        text = f"<|im_start|>system\n{self.config.system_prompt}<|im_end|>\n<|im_start|>user\n"
-        return torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self._ids(f"<|im_start|>system\n{self.config.system_prompt}<|im_end|>\n<|im_start|>user\n")
+
+    def question_ids(self, question: str) -> torch.Tensor:
+        """The text after the video: the question and the assistant header (ChatML)."""
+        return self._ids(f"\n{question}<|im_end|>\n<|im_start|>assistant\n")
+
+    def prompt_ids(self, group_times: Sequence[float | None], question: str) -> torch.Tensor:
+        """The whole prompt as token ids, with ``tokens_per_group`` <|vision_pad|> slots after each timestamp."""
+        pad = self.tokenizer.convert_tokens_to_ids("<|vision_pad|>")
+        parts = [self._prompt_prefix()]
+        for t in group_times:
+            parts += [self.timestamp_ids(t), torch.full((self.config.tokens_per_group,), pad, dtype=torch.long)]
+        return torch.cat(parts + [self.question_ids(question)])
+
+    @torch.inference_mode()
+    def embed_prompt(self, ids: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        """Embed ``ids`` and overwrite the <|vision_pad|> slots, in order, with ``visual`` (G, T, D) tokens."""
+        pad = self.tokenizer.convert_tokens_to_ids("<|vision_pad|>")
+        embeds = self.llm.get_input_embeddings()(ids.to(self.device)).clone()
+        slots = (ids == pad).nonzero().squeeze(1)
+        if slots.numel() != visual.shape[0] * visual.shape[1]:
+            raise ValueError(f"{slots.numel()} vision slots for {visual.shape[0] * visual.shape[1]} visual tokens")
+        embeds[slots.to(self.device)] = visual.reshape(-1, visual.shape[-1]).to(embeds.dtype)
+        return embeds
 
     def timestamp_ids(self, t: float | None) -> torch.Tensor:
         if t is None:  # images carry no timestamp
             return torch.empty(0, dtype=torch.long)
-        return torch.tensor(self.tokenizer(f"Time {t}s:", add_special_tokens=False)["input_ids"])
+        return self._ids(f"Time {t}s:")
 
     # -- ingesting ----------------------------------------------------------------------------------------------
     def ingest(self, video: str | os.PathLike | Sequence, *, max_frames: int = 512, fps: float = 1.0,

@@ -1,0 +1,96 @@
+"""Video input on real files made here: constant and variable frame rate, seeking, and broken inputs."""
+
+import pytest
+from helpers import frame_index, write_audio, write_video
+
+from videoxl.video import VideoError, decode_frames, plan_frames, probe
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    write_video(root / "cfr.mp4", 300, fps=30, gop=30)
+    write_video(root / "x264.mp4", 90, fps=30, codec="libx264", gop=25)  # B-frames: decode order != display order
+    times = [0]
+    for i in range(1, 60):
+        times.append(times[-1] + (40 if i % 3 else 300))  # bursts and gaps
+    write_video(root / "vfr.mkv", 60, times_ms=times)
+    return root, times
+
+
+def test_constant_frame_rate_probe_and_decode(videos):
+    root, _ = videos
+    info = probe(root / "cfr.mp4")
+    assert info.frames == 300
+    assert info.frame_times[:3] == pytest.approx([0, 1 / 30, 2 / 30])
+    assert (info.width, info.height) == (64, 64)
+    plan = plan_frames(info.frame_times, max_frames=64)
+    frames = list(decode_frames(info, plan.indices))
+    assert [frame_index(f) for f in frames] == plan.indices
+    assert frames[0].shape == (64, 64, 3)
+
+
+def test_sparse_sampling_seeks_and_dense_sampling_reads_through_agree(videos):
+    root, _ = videos
+    for name in ("cfr.mp4", "x264.mp4"):
+        info = probe(root / name)
+        picks = [1, 2, 40, 41, 75, 89 % info.frames, info.frames - 1]
+        picks = sorted(set(picks))
+        assert [frame_index(f) for f in decode_frames(info, picks)] == picks
+        every = list(range(info.frames))
+        assert [frame_index(f) for f in decode_frames(info, every)] == every
+
+
+def test_repeated_indices_yield_the_same_frame(videos):
+    root, _ = videos
+    info = probe(root / "cfr.mp4")
+    assert [frame_index(f) for f in decode_frames(info, [5, 5, 5, 9])] == [5, 5, 5, 9]
+
+
+def test_variable_frame_rate_uses_real_timestamps(videos):
+    root, times = videos
+    info = probe(root / "vfr.mkv")
+    assert info.frames == 60
+    assert info.frame_times == pytest.approx([t / 1000 for t in times], abs=1e-6)
+    plan = plan_frames(info.frame_times, fps=1, max_fps=None, max_frames=512)
+    frames = list(decode_frames(info, plan.indices))
+    assert [frame_index(f) for f in frames] == plan.indices
+    # each group's timestamp is its first frame's true presentation time, not index / fps
+    for g, t in enumerate(plan.group_times):
+        assert t == round(times[plan.indices[4 * g]] / 1000, 1)
+
+
+def test_truncated_file_is_a_clear_error(videos, tmp_path):
+    root, _ = videos
+    data = (root / "cfr.mp4").read_bytes()
+    broken = tmp_path / "truncated.mp4"
+    broken.write_bytes(data[: len(data) // 3])
+    with pytest.raises(VideoError, match="truncated.mp4"):
+        info = probe(broken)
+        list(decode_frames(info, list(range(info.frames))))
+
+
+def test_garbage_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "noise.mp4"
+    bad.write_bytes(bytes(range(256)) * 40)
+    with pytest.raises(VideoError, match="noise.mp4: not a readable video"):
+        probe(bad)
+
+
+def test_zero_length_file(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(VideoError, match="empty"):
+        probe(empty)
+
+
+def test_audio_only_file(tmp_path):
+    audio = tmp_path / "tone.m4a"
+    write_audio(audio)
+    with pytest.raises(VideoError, match="no video stream .*audio"):
+        probe(audio)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(VideoError, match="no such file"):
+        probe(tmp_path / "nope.mp4")
