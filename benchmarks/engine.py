@@ -37,7 +37,7 @@ QUESTION = "\nWhat is the pass key? Answer with the number only.<|im_end|>\n<|im
 GROUP_TEXT = 144
 PREFILL = PrefillConfig(chunk=4, window=3)
 # bi-level decoding as benchmarked: decoding chunks of one group, the first and last always dense, plus the 3
-# groups the model scores most relevant
+# groups the model scores most relevant; positions: the default (contiguous), absolute as the ablation
 BILEVEL = dict(topk=3, chunk=1, max_new_tokens=8)
 # relevance scorers compared by needle-selection hit rate; the last keeps RoPE in the scores (ablation)
 SCORERS = {"bounds": {}, "mean": {"scorer": "mean"}, "sparse": {"scorer": "sparse"}, "dense": {"scorer": "dense"},
@@ -118,12 +118,12 @@ def worker(method: str, tokens: int, cases: int) -> dict:
             decoder = Decoder(model, video, tokenizer)
             chunked = decoder.answer(question, DecodeConfig(max_new_tokens=8))
             runs = {"chunked": chunked}
-            for positions in ("absolute", "contiguous"):
-                runs[f"bilevel_{positions}"] = decoder.answer(question, DecodeConfig(positions=positions, **BILEVEL))
+            runs["bilevel"] = decoder.answer(question, DecodeConfig(**BILEVEL))  # default: contiguous positions
+            runs["bilevel_absolute"] = decoder.answer(question, DecodeConfig(positions="absolute", **BILEVEL))
             for name, answer in runs.items():
                 result.setdefault(f"correct_{name}", []).append(case["key"] in answer.text)
-            result["answers"].append(runs["bilevel_absolute"].text)
-            result["kv_ratio"] = runs["bilevel_absolute"].kv_ratio
+            result["answers"].append(runs["bilevel"].text)
+            result["kv_ratio"] = runs["bilevel"].kv_ratio
             result["store_mb"] = (video.store.dense_bytes + video.store.sparse_bytes) / 2**20
             for name, options in SCORERS.items():
                 _, dense, _ = decoder.select(question, DecodeConfig(**options, **BILEVEL))
@@ -168,7 +168,7 @@ def main() -> None:
     rows = []
     header = (f"{'tokens':>7} {'dense s':>8} {'chunk s':>8} {'time':>6} {'attnFLOP':>8} {'totFLOP':>8} "
               f"{'dRSS MB':>8} {'cRSS MB':>8} {'RSS':>6} {'KV':>6} {'acc dense':>9} {'chunked':>8} "
-              f"{'bilevel':>8} {'contig':>7}  needle chunk selected % (" + "/".join(SCORERS) + ")")
+              f"{'bilevel':>8} {'abs pos':>7}  needle chunk selected % (" + "/".join(SCORERS) + ")")
     print(header)
     for tokens in lengths:
         cases = args.cases or ((4 if tokens <= 4096 else 2) if args.quick else 20)
@@ -190,8 +190,8 @@ def main() -> None:
             "kv_ratio": chunked["kv_ratio"],
             "needle_acc_dense": 100 * mean(dense["correct"]),
             "needle_acc_chunked": 100 * mean(chunked["correct_chunked"]),
-            "needle_acc_bilevel": 100 * mean(chunked["correct_bilevel_absolute"]),
-            "needle_acc_bilevel_contiguous": 100 * mean(chunked["correct_bilevel_contiguous"]),
+            "needle_acc_bilevel": 100 * mean(chunked["correct_bilevel"]),
+            "needle_acc_bilevel_absolute": 100 * mean(chunked["correct_bilevel_absolute"]),
             **{f"selection_hit_{s}": 100 * mean(chunked[f"hit_{s}"]) for s in SCORERS},
         }
         rows.append(row)
@@ -199,13 +199,13 @@ def main() -> None:
               f"{row['prefill_time_ratio']:>6.2f} {row['attn_flops_ratio']:>8.2f} {row['total_flops_ratio']:>8.2f} "
               f"{row['dense_peak_rss_mb']:>8.0f} {row['chunked_peak_rss_mb']:>8.0f} {row['peak_rss_ratio']:>6.2f} "
               f"{row['kv_ratio']:>6.2f} {row['needle_acc_dense']:>9.0f} {row['needle_acc_chunked']:>8.0f} "
-              f"{row['needle_acc_bilevel']:>8.0f} {row['needle_acc_bilevel_contiguous']:>7.0f}  "
+              f"{row['needle_acc_bilevel']:>8.0f} {row['needle_acc_bilevel_absolute']:>7.0f}  "
               + "/".join(f"{row[f'selection_hit_{s}']:.0f}" for s in SCORERS), flush=True)
+        if args.json:  # after every row, so a long run leaves what it measured
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(rows, indent=2))
     print(f"pre-fill: chunk {PREFILL.chunk} groups, window {PREFILL.window}, timestamps {PREFILL.timestamps}; "
           f"bi-level: {BILEVEL}; ratios are chunked over dense; RSS: peak increase over the loaded model during the first pre-fill")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -129,8 +129,8 @@ def test_ingest_and_ask_answer_like_a_dense_one_shot_reference(tiny_checkpoint, 
     text = model.tokenizer.decode(ids)
     assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nTime 0.0s:")
     assert text.endswith("Time 4.0s:" + "<|vision_pad|>" * 4 + f"\n{question}<|im_end|>\n<|im_start|>assistant\n")
-    embeds = model.embed_prompt(ids, visual)
     with torch.no_grad():
+        embeds = model.embed_prompt(ids, visual)
         out = model.llm.generate(inputs_embeds=embeds[None], attention_mask=torch.ones(1, ids.numel(), dtype=torch.long),
                                  max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
     reference = out[0, -6:].tolist() if out.shape[1] > 6 else out[0].tolist()

@@ -134,3 +134,14 @@ def test_full_window_equals_one_shot_forward_on_smollm2(smollm2):
         torch.testing.assert_close(video.store.dense.k[layer][:, : full.numel()], cache.layers[layer].keys[0],
                                    atol=1e-4, rtol=1e-4)
     assert (logits.argmax(-1) == ref.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("chunk,window,timestamps", [(4, 3, "global"), (2, 0, "chunk"), (3, None, "global"),
+                                                     (1, 1, "chunk")])
+def test_training_mask_equals_the_reference_pattern(chunk, window, timestamps):
+    from videoxl.engine.pattern import chunk_mask
+
+    groups = random_groups(9)
+    expected = reference_mask(5, groups, chunk, window, timestamps, question=6)
+    got = chunk_mask(5, [(g.timestamp.numel(), g.visual.numel()) for g in groups], 6, chunk, window, timestamps)
+    assert torch.equal(got, expected)

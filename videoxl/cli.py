@@ -41,23 +41,46 @@ def _kv_budget(text: str) -> float:
     return value
 
 
+DEFAULT_MODEL_NOTE = (
+    "The default model is videoxl's own small model, trained from scratch on a CPU on the synthetic world of "
+    "videoxl.synth (coloured shapes on coloured backgrounds, scene cuts, object icons, stars): it answers "
+    "questions about such videos (which object appears, when, which came first, how many stars, what colour or "
+    "shape at a time), best at which object appears and in what order, and knows nothing else. For real videos pass --model BAAI/Video-XL-2 (or a local copy of it).")
+
+
+def default_model() -> str:
+    from . import DEFAULT_MODEL
+
+    return str(DEFAULT_MODEL)
+
+
 def _add_ask(sub) -> None:
-    p = sub.add_parser("ask", help="answer a question about a video",
-                       description="Answer a question about a video file (or an image).")
-    p.add_argument("video", help="video file (any container FFmpeg reads) or image file")
+    p = sub.add_parser("ask", help="answer a question about a video", description=(
+        "Answer a question about a video file (or an image). VIDEO 'demo' is the demo video, generated on first "
+        "use. " + DEFAULT_MODEL_NOTE))
+    p.add_argument("video", help="video file (any container FFmpeg reads), image file, or 'demo'")
     p.add_argument("question")
-    p.add_argument("--model", required=True, help="checkpoint folder or hub id (e.g. BAAI/Video-XL-2)")
-    p.add_argument("--max-frames", type=int, default=512, help="frame budget (default 512)")
-    p.add_argument("--fps", type=float, default=1.0, help="base sampling rate (default 1)")
-    p.add_argument("--max-fps", type=float, default=4.0, help="highest sampling rate for short videos (default 4)")
-    p.add_argument("--chunk", type=int, default=4, help="pre-fill chunk size in 4-frame groups (default 4)")
-    p.add_argument("--window", type=int, default=3, help="previous chunks each chunk attends to (default 3; -1: all)")
-    p.add_argument("--topk", type=int, help="relevant chunks reloaded dense besides the first and last")
-    p.add_argument("--kv-budget", type=_kv_budget, help="fraction of the dense KV cache decoding may use")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--model", default=None, help="checkpoint folder or hub id, e.g. BAAI/Video-XL-2 "
+                                                 "(default: the bundled synthetic-world model)")
+    frames = p.add_argument_group("frames")
+    frames.add_argument("--max-frames", type=int, default=512, help="frame budget (default 512)")
+    frames.add_argument("--fps", type=float, default=1.0, help="base sampling rate (default 1)")
+    frames.add_argument("--max-fps", type=float, default=4.0, help="highest rate for short videos (default 4)")
+    chunking = p.add_argument_group("chunked pre-fill")
+    chunking.add_argument("--chunk", type=int, default=4, help="chunk size in 4-frame groups (default 4)")
+    chunking.add_argument("--window", type=int, default=3, help="previous chunks a chunk sees (default 3; -1: all)")
+    decoding = p.add_argument_group("bi-level decoding")
+    decoding.add_argument("--topk", type=int, default=4,
+                          help="relevant chunks reloaded dense besides the first and last (default 4)")
+    decoding.add_argument("--kv-budget", type=_kv_budget, help="instead of --topk: fraction of the dense KV to use")
+    decoding.add_argument("--decode-chunk", type=int, default=1,
+                          help="decoding chunk size in groups (default 1: 4 frames)")
+    decoding.add_argument("--dense", action="store_true", help="decode with every chunk dense")
+    decoding.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--explain", metavar="FILE.png", help="draw the timeline with chunk relevance and thumbnails")
     p.add_argument("--progress", action="store_true", help="show progress bars even when stderr is not a terminal")
     p.set_defaults(run=_ask)
 
@@ -70,23 +93,40 @@ def _ask(args) -> int:
     from .model import VideoXL2
 
     started = time.perf_counter()
+    video = args.video
+    if video == "demo":
+        from pathlib import Path
+
+        from .synth.demo import demo_video
+
+        video = str(demo_video()) if not Path("demo").exists() else video
     prefill_config = PrefillConfig(chunk=args.chunk, window=None if args.window == -1 else args.window)
-    decode_config = DecodeConfig(topk=args.topk, kv_budget=args.kv_budget, max_new_tokens=args.max_new_tokens)
+    if args.dense:
+        decode_config = DecodeConfig(max_new_tokens=args.max_new_tokens)
+    else:
+        decode_config = DecodeConfig(topk=None if args.kv_budget else args.topk, kv_budget=args.kv_budget,
+                                     chunk=args.decode_chunk, max_new_tokens=args.max_new_tokens)
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    model = VideoXL2.from_pretrained(args.model, dtype=dtype, device=args.device)
+    model = VideoXL2.from_pretrained(args.model or default_model(), dtype=dtype, device=args.device)
     load_s = time.perf_counter() - started
     bars = _Bars(args.progress or sys.stderr.isatty())
     try:
-        session = model.ingest(args.video, max_frames=args.max_frames, fps=args.fps, max_fps=args.max_fps,
-                               prefill_config=prefill_config, on_progress=bars)
+        session = model.ingest(video, max_frames=args.max_frames, fps=args.fps, max_fps=args.max_fps,
+                               prefill_config=prefill_config, on_progress=bars, thumbnails=bool(args.explain))
     finally:
         bars.close()
     answer = session.ask(args.question, decode_config)
     stats = session.stats
     seconds = {"load": load_s, **stats.seconds, "answer": sum(answer.seconds.values())}
+    if args.explain:
+        from .explain import render_explanation
+
+        render_explanation(args.explain, args.question, answer, session.group_times,
+                           decode_config.chunk or prefill_config.chunk, session.thumbnails, stats.frames,
+                           stats.tokens)
     if args.json:
         print(json.dumps({
-            "answer": answer.text, "frames": stats.frames, "tokens": stats.tokens, "chunks": answer.chunks,
+            "answer": answer.text.strip(), "frames": stats.frames, "tokens": stats.tokens, "chunks": answer.chunks,
             "dense_chunks": len(answer.dense_chunks), "dense_chunk_indices": answer.dense_chunks,
             "kv_bytes_dense": answer.kv_bytes_dense, "kv_bytes_used": answer.kv_bytes_used,
             "seconds": {k: round(v, 3) for k, v in seconds.items()}}))
@@ -94,9 +134,74 @@ def _ask(args) -> int:
         print(answer.text.strip())
         mb = 2 ** 20
         print(f"[{stats.frames} frames, {stats.tokens} tokens, {answer.chunks} chunks, "
-              f"{len(answer.dense_chunks)} dense; KV {answer.kv_bytes_dense / mb:.1f} MB dense, "
-              f"{answer.kv_bytes_used / mb:.1f} MB used; "
+              f"{len(answer.dense_chunks)} dense; KV {answer.kv_bytes_dense / mb:.2f} MB dense, "
+              f"{answer.kv_bytes_used / mb:.2f} MB used; "
               + ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items()) + "]", file=sys.stderr)
+    return EXIT_OK
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="write the demo video and print questions about it")
+    p.add_argument("path", nargs="?", default="demo.mp4")
+    p.set_defaults(run=_demo)
+
+
+def _demo(args) -> int:
+    from .synth.demo import demo_script, demo_video
+
+    path = demo_video(args.path)
+    print(path)
+    for qa in demo_script()[1]:
+        print(f"  videoxl ask {path} {json.dumps(qa.question)}    # expected: {qa.answer}")
+    return EXIT_OK
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="benchmarks on held-out synthetic videos")
+    tasks = p.add_subparsers(dest="task", required=True)
+    n = tasks.add_parser("needle", help="needle in a video: dense vs chunked vs chunked + bi-level")
+    n.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
+    n.add_argument("--quick", action="store_true", help="256 and 2,048 frames, 10 cases each (< 5 minutes)")
+    n.add_argument("--lengths", help="comma-separated haystack lengths in frames "
+                                     "(default 256,512,1024,2048,4096,8192)")
+    n.add_argument("--cases", type=int, help="cases per length (default 50; --quick: 10)")
+    n.add_argument("--json", type=str, help="write one row per length here")
+    n.add_argument("--heatmap", type=str, help="write the depth x length accuracy heatmap here (PNG)")
+    n.add_argument("--device")
+    n.set_defaults(run=_eval_needle)
+
+
+def _eval_needle(args) -> int:
+    from pathlib import Path
+
+    from .eval import needle
+    from .model import VideoXL2
+
+    lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else (
+        [256, 2048] if args.quick else [256, 512, 1024, 2048, 4096, 8192])
+    cases = args.cases or (10 if args.quick else 50)
+    model = VideoXL2.from_pretrained(args.model or default_model(), device=args.device)
+    header = f"{'frames':>6} {'cases':>5} {'tokens':>7} {'dense':>6} {'chunked':>7} {'bilevel':>7} {'KV':>5} " \
+             f"{'dense s':>7} {'chunk s':>7} {'bilev s':>7}"
+    print(header)
+    rows: list[dict] = []
+
+    def on_case(row):
+        rows.append(row)
+        if sum(r["frames"] == row["frames"] for r in rows) == cases:
+            s = needle.summarize([r for r in rows if r["frames"] == row["frames"]])[0]
+            print(f"{s['frames']:>6} {s['cases']:>5} {s['tokens']:>7} {s['acc_dense']:>6.0f} {s['acc_chunked']:>7.0f} "
+                  f"{s['acc_bilevel']:>7.0f} {s['kv_ratio']:>5.2f} {s['dense_s']:>7.2f} {s['chunked_s']:>7.2f} "
+                  f"{s['bilevel_s']:>7.2f}", flush=True)
+            if args.json:  # after every length, so a long run keeps what it measured
+                needle.write_json(rows, Path(args.json))
+
+    needle.run(model, lengths, cases, on_case=on_case)
+    print("accuracy in %; KV: bi-level cache over dense; seconds per case after encoding (pre-fill + answer)")
+    if args.json:
+        needle.write_json(rows, Path(args.json))
+    if args.heatmap:
+        needle.heatmap(rows, Path(args.heatmap))
     return EXIT_OK
 
 
@@ -104,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="videoxl", description="Question answering over very long videos.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_ask(sub)
+    _add_demo(sub)
+    _add_eval(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from .model.checkpoint import CheckpointError

@@ -58,27 +58,38 @@ class PrefillStep:
             self.global_mask = torch.cat([torch.ones(global_rows.numel(), start, dtype=torch.bool), own], 1)
         # attention-score entries this step computes (the accounting's unit)
         self.pairs = sum(int(m.sum()) for m in (self.plain_mask, self.global_mask) if m is not None)
+        self._on_device: dict | None = None
+
+    def _device_tensors(self, device: torch.device) -> dict:
+        """Masks and indices moved to the compute device once per step, not once per layer."""
+        if self._on_device is None:
+            move = lambda t: None if t is None else t.to(device, non_blocking=True)
+            past = None if self.past is None else torch.cat([self.past, torch.arange(self.end - self.n, self.end)])
+            self._on_device = {"plain_mask": move(self.plain_mask), "global_mask": move(self.global_mask),
+                               "plain_rows": move(self.plain_rows), "global_rows": move(self.global_rows),
+                               "past": move(past)}
+        return self._on_device
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         store = self.store
         store.write(layer, k, v)
         k_all = store.dense.k[layer][:, : self.end]
         v_all = store.dense.v[layer][:, : self.end]
+        d = self._device_tensors(q.device)
         if self.plain_rows.numel() == self.n and self.global_rows.numel() == 0 and self.past is None:
-            return _sdpa(q, k_all, v_all, None if self.plain_causal else self.plain_mask.to(q.device), scale,
+            return _sdpa(q, k_all, v_all, None if self.plain_causal else d["plain_mask"], scale,
                          causal=self.plain_causal)
         out = q.new_empty(q.shape)
         if self.plain_rows.numel():
             if self.past is None:
                 kp, vp = k_all, v_all
             else:
-                idx = torch.cat([self.past, torch.arange(self.end - self.n, self.end)]).to(k_all.device)
-                kp, vp = k_all.index_select(1, idx), v_all.index_select(1, idx)
-            rows = self.plain_rows.to(q.device)
-            out[:, rows] = _sdpa(q[:, rows], kp, vp, self.plain_mask.to(q.device), scale)
+                kp, vp = k_all.index_select(1, d["past"]), v_all.index_select(1, d["past"])
+            rows = d["plain_rows"]
+            out[:, rows] = _sdpa(q[:, rows], kp, vp, d["plain_mask"], scale)
         if self.global_rows.numel():
-            rows = self.global_rows.to(q.device)
-            out[:, rows] = _sdpa(q[:, rows], k_all, v_all, self.global_mask.to(q.device), scale)
+            rows = d["global_rows"]
+            out[:, rows] = _sdpa(q[:, rows], k_all, v_all, d["global_mask"], scale)
         return out
 
 

@@ -39,7 +39,7 @@ class DecodeConfig:
     scorer: str = "bounds"
     score_layers: tuple[int, ...] | None = None
     score_positions: bool = False  # keep RoPE in relevance scores (an ablation: recency then dominates)
-    positions: Literal["absolute", "contiguous"] = "absolute"
+    positions: Literal["absolute", "contiguous"] = "contiguous"
     max_new_tokens: int = 64
     temperature: float = 0.0
     top_p: float = 1.0

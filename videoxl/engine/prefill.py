@@ -194,11 +194,11 @@ def prefill(
         out = run_step(model, embeds, torch.arange(start, start + n, device=device), step)
         store.commit(n, is_ts)
 
-        offset = start
+        spans, offset = [], start
         for group in batch:
-            t = group.timestamp.shape[0]
-            store.add_group(offset, t, offset + len(group), rope)
+            spans.append((offset, group.timestamp.shape[0], offset + len(group)))
             offset += len(group)
+        store.add_groups(spans, rope)
         chunk_starts.append(start)
         chunk_ts.append(start + is_ts.nonzero().squeeze(1))
         stats.pairs += step.pairs

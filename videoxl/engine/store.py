@@ -99,36 +99,53 @@ class KVStore:
             self.is_timestamp[self.length : self.length + n] = is_timestamp
         self.length += n
 
-    def add_group(self, start: int, timestamp_tokens: int, end: int, rope: Rope) -> None:
-        """Register a group whose dense KVs are written, and compute its sparse KVs."""
-        visual_start = start + timestamp_tokens
-        n_visual = end - visual_start
-        n_pooled = -(-n_visual // self.pool)
-        n_sparse = timestamp_tokens + n_pooled
-        s0 = self.sparse_length
-        self.sparse.reserve(s0 + n_sparse)
-        # position of each pooled token: the mean position of its window
-        pos = torch.arange(visual_start, end, dtype=torch.float64)
-        windows = torch.arange(n_visual) // self.pool
-        counts = torch.bincount(windows, minlength=n_pooled).double()
-        pooled_pos = torch.zeros(n_pooled, dtype=torch.float64).index_add_(0, windows, pos) / counts
-        ts_pos = torch.arange(start, visual_start, dtype=torch.float64)
-        index = windows.to(self.device)
-        scale = (1.0 / counts).to(self.device, self.dtype)[None, :, None]
+    def add_groups(self, spans: list[tuple[int, int, int]], rope: Rope) -> None:
+        """Register groups whose dense KVs are written, given as (start, timestamp_tokens, end), and compute their
+        sparse KVs: all groups of a chunk in one pass per layer."""
+        ts_index, vis_index, windows, sparse_rows, pooled_pos, new_spans = [], [], [], [], [], []
+        n_sparse = self.sparse_length
+        for start, timestamp_tokens, end in spans:
+            visual_start = start + timestamp_tokens
+            n_visual = end - visual_start
+            n_pooled = -(-n_visual // self.pool)
+            s0 = n_sparse
+            ts_index.append(torch.arange(start, visual_start))
+            vis_index.append(torch.arange(visual_start, end))
+            # pooled token w of this group lands on sparse row s0 + timestamp_tokens + w
+            windows.append(s0 + timestamp_tokens + torch.arange(n_visual) // self.pool)
+            sparse_rows.append(torch.arange(s0, s0 + timestamp_tokens))
+            pos = torch.arange(visual_start, end, dtype=torch.float64)
+            w = torch.arange(n_visual) // self.pool
+            pooled_pos.append(torch.cat([
+                torch.arange(start, visual_start, dtype=torch.float64),
+                torch.zeros(n_pooled, dtype=torch.float64).index_add_(0, w, pos) / torch.bincount(w).double()]))
+            n_sparse = s0 + timestamp_tokens + n_pooled
+            new_spans.append(GroupSpan(start, visual_start, end, s0, n_sparse))
+        first = self.sparse_length
+        self.sparse.reserve(n_sparse)
+        ts_index, vis_index = torch.cat(ts_index), torch.cat(vis_index)
+        windows, sparse_rows = torch.cat(windows), torch.cat(sparse_rows)
+        positions = torch.cat(pooled_pos)  # every new sparse row's position, in order
+        counts = torch.bincount(windows - first, minlength=n_sparse - first).to(self.device, self.dtype)
+        vis_pos = vis_index.double()
+        dev = self.device
+        ts_d, vis_d, win_d, rows_d = (t.to(dev) for t in (ts_index, vis_index, windows - first, sparse_rows))
+        pooled = (counts > 0).nonzero().squeeze(1)
         for layer in range(self.layers):
-            k_vis = self.dense.k[layer][:, visual_start:end]
-            v_vis = self.dense.v[layer][:, visual_start:end]
-            k_raw = rope.rotate(k_vis, -pos)  # un-rotate before averaging
-            k_pool = torch.zeros(self.kv_heads, n_pooled, self.head_dim, dtype=self.dtype, device=self.device)
-            v_pool = torch.zeros_like(k_pool)
-            k_pool.index_add_(1, index, k_raw)
-            v_pool.index_add_(1, index, v_vis)
-            k_pool = rope.rotate(k_pool * scale, pooled_pos)
-            self.sparse.write(layer, s0, self.dense.k[layer][:, start:visual_start], self.dense.v[layer][:, start:visual_start])
-            self.sparse.write(layer, s0 + timestamp_tokens, k_pool, v_pool * scale)
-        self.sparse_pos = torch.cat([self.sparse_pos[:s0], ts_pos, pooled_pos])
-        self.sparse_length = s0 + n_sparse
-        self.groups.append(GroupSpan(start, visual_start, end, s0, s0 + n_sparse))
+            k_raw = rope.rotate(self.dense.k[layer].index_select(1, vis_d), -vis_pos)  # un-rotate before averaging
+            k_new = torch.zeros(self.kv_heads, n_sparse - first, self.head_dim, dtype=self.dtype, device=dev)
+            v_new = torch.zeros_like(k_new)
+            k_new.index_add_(1, win_d, k_raw)
+            v_new.index_add_(1, win_d, self.dense.v[layer].index_select(1, vis_d))
+            k_new[:, pooled] /= counts[pooled][None, :, None]
+            v_new[:, pooled] /= counts[pooled][None, :, None]
+            k_new[:, pooled] = rope.rotate(k_new[:, pooled], positions[pooled.cpu()])
+            k_new[:, rows_d - first] = self.dense.k[layer].index_select(1, ts_d)  # timestamps verbatim
+            v_new[:, rows_d - first] = self.dense.v[layer].index_select(1, ts_d)
+            self.sparse.write(layer, first, k_new, v_new)
+        self.sparse_pos = torch.cat([self.sparse_pos[:first], positions])
+        self.sparse_length = n_sparse
+        self.groups.extend(new_spans)
 
     def to(self, device) -> "KVStore":
         """Move the stored KVs (e.g. to CPU memory after a GPU pre-fill)."""

@@ -1,8 +1,8 @@
 """The Video-XL-2 model: vision tower, DTS, projector, Qwen2 LLM, checkpoints in the official layout."""
 
 from .checkpoint import CheckpointError
-from .config import PRESETS, TINY, VIDEO_XL_2, LLMConfig, VideoXL2Config, VisionConfig, preset
+from .config import PRESETS, SYNTH, TINY, VIDEO_XL_2, LLMConfig, VideoXL2Config, VisionConfig, preset
 from .videoxl2 import IngestStats, Session, VideoXL2
 
-__all__ = ["VideoXL2", "Session", "IngestStats", "VideoXL2Config", "VisionConfig", "LLMConfig", "PRESETS", "TINY",
+__all__ = ["VideoXL2", "Session", "IngestStats", "VideoXL2Config", "VisionConfig", "LLMConfig", "PRESETS", "TINY", "SYNTH",
            "VIDEO_XL_2", "preset", "CheckpointError"]

@@ -126,7 +126,16 @@ TINY = VideoXL2Config(
                   rope_theta=10000.0, max_position_embeddings=32768),
 )
 
-PRESETS = {"video-xl-2": VIDEO_XL_2, "tiny": TINY}
+# The default model shipped with the package: trained from scratch on the synthetic world (videoxl.synth) on a
+# CPU. 64x64 frames, patch 8 -> an 8x8 grid -> 16 tokens per 4-frame group.
+SYNTH = VideoXL2Config(
+    vision=VisionConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, image_size=64,
+                        patch_size=8, grid=8),
+    llm=LLMConfig(vocab_size=640, hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
+                  num_kv_heads=2, rope_theta=100000.0, max_position_embeddings=131072),
+)
+
+PRESETS = {"video-xl-2": VIDEO_XL_2, "tiny": TINY, "synth": SYNTH}
 
 
 def preset(name: str, **changes) -> VideoXL2Config:

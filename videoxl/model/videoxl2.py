@@ -84,6 +84,9 @@ class VideoXL2(nn.Module):
 
     def __init__(self, config: VideoXL2Config, tokenizer=None):
         super().__init__()
+        if tokenizer is not None and len(tokenizer) > config.llm.vocab_size:
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the LLM's vocabulary only "
+                             f"{config.llm.vocab_size}: use a config with vocab_size >= {len(tokenizer)}")
         self.config = config
         self.tokenizer = tokenizer
         self.visual = VisualEncoder(config)
@@ -163,16 +166,14 @@ class VideoXL2(nn.Module):
             parts += [self.timestamp_ids(t), torch.full((self.config.tokens_per_group,), pad, dtype=torch.long)]
         return torch.cat(parts + [self.question_ids(question)])
 
-    @torch.inference_mode()
     def embed_prompt(self, ids: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
         """Embed ``ids`` and overwrite the <|vision_pad|> slots, in order, with ``visual`` (G, T, D) tokens."""
         pad = self.tokenizer.convert_tokens_to_ids("<|vision_pad|>")
-        embeds = self.llm.get_input_embeddings()(ids.to(self.device)).clone()
-        slots = (ids == pad).nonzero().squeeze(1)
-        if slots.numel() != visual.shape[0] * visual.shape[1]:
-            raise ValueError(f"{slots.numel()} vision slots for {visual.shape[0] * visual.shape[1]} visual tokens")
-        embeds[slots.to(self.device)] = visual.reshape(-1, visual.shape[-1]).to(embeds.dtype)
-        return embeds
+        embeds = self.llm.get_input_embeddings()(ids.to(self.device))
+        slots = (ids == pad).to(self.device)
+        if int(slots.sum()) != visual.shape[0] * visual.shape[1]:
+            raise ValueError(f"{int(slots.sum())} vision slots for {visual.shape[0] * visual.shape[1]} visual tokens")
+        return embeds.masked_scatter(slots[:, None], visual.reshape(-1, visual.shape[-1]).to(embeds.dtype))
 
     def timestamp_ids(self, t: float | None) -> torch.Tensor:
         if t is None:  # images carry no timestamp
@@ -183,51 +184,75 @@ class VideoXL2(nn.Module):
     def ingest(self, video: str | os.PathLike | Sequence, *, max_frames: int = 512, fps: float = 1.0,
                max_fps: float | None = 4, frame_times: Sequence[float] | None = None,
                prefill_config: PrefillConfig = PrefillConfig(), on_progress: Progress | None = None,
-               thumbnails: int = 0) -> Session:
+               thumbnails: bool = False) -> Session:
         """Decode, encode and pre-fill a video chunk by chunk; no more than one chunk of frames is in memory.
 
         ``video`` is a file path (any container FFmpeg reads; an image file becomes one untimed group) or a
         sequence of RGB frames (H x W x 3 uint8 arrays or PIL images), already sampled, shown at ``frame_times``
-        seconds (default 0, 1, 2, ...). ``thumbnails`` keeps that many small frames per group for pictures.
+        seconds (default 0, 1, 2, ...). ``thumbnails`` keeps a small copy of each group's first frame.
         """
         if self.tokenizer is None:
             raise ValueError("the model has no tokenizer")
         frames, group_times, n_frames = self._frame_source(video, max_frames, fps, max_fps, frame_times)
         stats = IngestStats(frames=n_frames, groups=len(group_times))
-        size = self.config.vision.image_size
         thumbs: list[np.ndarray] | None = [] if thumbnails else None
+        encoded = self._encode_stream(frames, group_times, prefill_config.chunk, stats, thumbs, on_progress)
+        groups = (Group(self.timestamp_ids(t), visual) for t, visual in encoded)
+        return self._prefill(groups, group_times, stats, prefill_config, on_progress, thumbs)
 
-        def groups() -> Iterator[Group]:
-            done = 0
-            for start in range(0, len(group_times), prefill_config.chunk):
-                times = group_times[start: start + prefill_config.chunk]
-                t0 = time.perf_counter()
-                batch = []
-                for _ in range(len(times) * FRAMES_PER_GROUP):
-                    frame = next(frames)
-                    batch.append(preprocess(frame, size))
-                    if thumbs is not None and len(batch) % FRAMES_PER_GROUP == 1:
-                        thumbs.append(np.asarray(Image.fromarray(np.asarray(frame)).convert("RGB").resize((96, 54))))
-                t1 = time.perf_counter()
-                tokens = self.encode(torch.stack(batch))  # (groups in chunk, T, hidden)
-                t2 = time.perf_counter()
-                stats.seconds["decode"] += t1 - t0
-                stats.seconds["encode"] += t2 - t1
-                done += len(batch)
-                if on_progress:
-                    on_progress("encode", done, len(group_times) * FRAMES_PER_GROUP)
-                for t, visual in zip(times, tokens):
-                    yield Group(self.timestamp_ids(t), visual)
+    def ingest_tokens(self, visual: torch.Tensor, group_times: Sequence[float | None],
+                      prefill_config: PrefillConfig = PrefillConfig()) -> Session:
+        """Pre-fill visual tokens (G, tokens_per_group, hidden) encoded earlier (see :meth:`encode_video`)."""
+        stats = IngestStats(frames=len(group_times) * FRAMES_PER_GROUP, groups=len(group_times))
+        groups = (Group(self.timestamp_ids(t), v) for t, v in zip(group_times, visual))
+        return self._prefill(groups, list(group_times), stats, prefill_config, None, None)
 
-        started = time.perf_counter()
+    def encode_video(self, video: str | os.PathLike | Sequence, *, max_frames: int = 512, fps: float = 1.0,
+                     max_fps: float | None = 4, frame_times: Sequence[float] | None = None,
+                     batch_groups: int = 16) -> tuple[torch.Tensor, list[float | None], IngestStats]:
+        """All visual tokens of a video at once: (G, tokens_per_group, hidden), group timestamps, timings."""
+        frames, group_times, n_frames = self._frame_source(video, max_frames, fps, max_fps, frame_times)
+        stats = IngestStats(frames=n_frames, groups=len(group_times))
+        tokens = [v for _, v in self._encode_stream(frames, group_times, batch_groups, stats, None, None)]
+        return torch.stack(tokens), group_times, stats
 
-        def chunk_done(chunks: int, tokens: int) -> None:
+    def _encode_stream(self, frames: Iterator, group_times: list, batch_groups: int, stats: IngestStats,
+                       thumbs: list | None, on_progress: Progress | None) -> Iterator[tuple[float | None, torch.Tensor]]:
+        """(timestamp, visual tokens) per group, decoding and encoding ``batch_groups`` groups at a time."""
+        size = self.config.vision.image_size
+        total = len(group_times) * FRAMES_PER_GROUP
+        done = 0
+        for start in range(0, len(group_times), batch_groups):
+            times = group_times[start: start + batch_groups]
+            t0 = time.perf_counter()
+            batch = []
+            for _ in range(len(times) * FRAMES_PER_GROUP):
+                frame = next(frames)
+                batch.append(preprocess(frame, size))
+                if thumbs is not None and len(batch) % FRAMES_PER_GROUP == 1:
+                    image = frame if isinstance(frame, Image.Image) else Image.fromarray(np.asarray(frame))
+                    thumbs.append(np.asarray(image.convert("RGB").resize((96, 96))))
+            t1 = time.perf_counter()
+            tokens = self.encode(torch.stack(batch))  # (groups in batch, T, hidden)
+            stats.seconds["decode"] += t1 - t0
+            stats.seconds["encode"] += time.perf_counter() - t1
+            done += len(batch)
             if on_progress:
-                on_progress("prefill", chunks, -(-len(group_times) // prefill_config.chunk))
+                on_progress("encode", done, total)
+            yield from zip(times, tokens)
 
-        tokens_per_group = self.config.tokens_per_group + 8
-        video_kv = prefill(self.llm, self._prompt_prefix(), groups(), prefill_config,
-                           expected_tokens=64 + len(group_times) * tokens_per_group, on_chunk=chunk_done)
+    def _prefill(self, groups: Iterator[Group], group_times: list, stats: IngestStats,
+                 prefill_config: PrefillConfig, on_progress: Progress | None, thumbs) -> Session:
+        started = time.perf_counter()
+        chunks = -(-len(group_times) // prefill_config.chunk)
+
+        def chunk_done(done: int, tokens: int) -> None:
+            if on_progress:
+                on_progress("prefill", done, chunks)
+
+        expected = 64 + len(group_times) * (self.config.tokens_per_group + 12)
+        video_kv = prefill(self.llm, self._prompt_prefix(), groups, prefill_config, expected_tokens=expected,
+                           on_chunk=chunk_done)
         total = time.perf_counter() - started
         stats.seconds["prefill"] = total - stats.seconds["decode"] - stats.seconds["encode"]
         stats.tokens, stats.chunks = video_kv.stats.tokens, video_kv.stats.chunks

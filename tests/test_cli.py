@@ -1,0 +1,84 @@
+"""The videoxl command line, run as a real subprocess."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from videoxl.synth import make_qa, write
+
+
+def videoxl(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "videoxl.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    import random
+
+    script, _ = make_qa(random.Random(11), 64, family="needle")
+    return write(script, tmp_path_factory.mktemp("cli") / "clip.mp4")
+
+
+def test_ask_prints_answer_and_stats(tiny_checkpoint, clip):
+    run = videoxl("ask", clip, "What object appears in the video?", "--model", tiny_checkpoint, "--max-new-tokens", 3)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip()  # the answer (a random tiny model says something)
+    assert "64 frames" in run.stderr and "chunks" in run.stderr and "MB used" in run.stderr
+
+
+def test_ask_json(tiny_checkpoint, clip):
+    run = videoxl("ask", clip, "What colour is the shape at 2.0s?", "--model", tiny_checkpoint, "--json",
+                  "--topk", 1, "--max-new-tokens", 2)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    for key in ("answer", "frames", "tokens", "chunks", "dense_chunks", "kv_bytes_dense", "kv_bytes_used", "seconds"):
+        assert key in out
+    assert out["frames"] == 64 and out["chunks"] == 16 and out["dense_chunks"] == 3  # first, last and top-1
+    assert out["kv_bytes_used"] < out["kv_bytes_dense"]
+    assert set(out["seconds"]) >= {"load", "decode", "encode", "prefill", "answer"}
+
+
+def test_explain_writes_a_picture(tiny_checkpoint, clip, tmp_path):
+    png = tmp_path / "why.png"
+    run = videoxl("ask", clip, "What object appears in the video?", "--model", tiny_checkpoint, "--explain", png,
+                  "--max-new-tokens", 2)
+    assert run.returncode == 0, run.stderr
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size[0] > 1000
+
+
+def test_bad_inputs_exit_2_with_a_message(tiny_checkpoint, tmp_path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"garbage" * 100)
+    run = videoxl("ask", junk, "q?", "--model", tiny_checkpoint)
+    assert run.returncode == 2 and "junk.mp4" in run.stderr and "Traceback" not in run.stderr
+    run = videoxl("ask", junk, "q?", "--model", tmp_path / "no-model")
+    assert run.returncode == 2 and "not a checkpoint folder" in run.stderr
+    run = videoxl("ask", junk, "q?", "--kv-budget", "3")
+    assert run.returncode == 2 and "kv-budget" in run.stderr
+
+
+def test_demo_writes_the_demo_video(tmp_path):
+    run = videoxl("demo", tmp_path / "demo.mp4")
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "demo.mp4").stat().st_size > 10_000
+    assert "What object appears in the video?" in run.stdout and "expected: moon" in run.stdout
+
+
+def test_bundled_model_answers_the_readme_question_on_the_demo(tmp_path):
+    """The README's first command: the shipped model, the demo video generated on first use, the right answer."""
+    import os
+
+    env = {**os.environ, "VIDEOXL_CACHE": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "videoxl.cli", "ask", "demo", "What object appears in the video?",
+                          "--json"], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["answer"] == "moon"
+    assert (tmp_path / "demo.mp4").is_file() and out["frames"] == 480 and out["chunks"] == 120
+    assert 84 in out["dense_chunk_indices"]  # the moon is at 84.25 s: group 84 (one group per second) is dense
+    assert out["kv_bytes_used"] < 0.62 * out["kv_bytes_dense"]

@@ -1,0 +1,1 @@
+"""Evaluations: question families on held-out synthetic clips, and the needle-in-a-video benchmark."""

@@ -1,0 +1,165 @@
+"""Needle in a video: an object icon shown once in a long synthetic haystack; "What object appears in the video?"
+
+For each haystack length (in frames, at 4 fps) and each case (a depth among ``depths`` evenly spaced ones), a real
+MP4 is written, decoded and encoded once, and the question is answered three ways:
+
+* ``dense``: the whole prompt in one forward of the LLM (transformers, SDPA), then greedy decoding;
+* ``chunked``: streaming chunked pre-fill, every chunk dense in decoding;
+* ``bilevel``: the same pre-fill, then bi-level decoding (relevant chunks dense, the rest sparse).
+
+Cases use seeds of their own ("needle/..."), never drawn in training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..engine.decode import DecodeConfig
+from ..engine.prefill import PrefillConfig
+from ..llm import cache_dir
+from ..model.videoxl2 import VideoXL2
+from ..synth import is_correct, make_qa, write
+
+FPS = 4.0
+
+
+@dataclass(frozen=True)
+class NeedleCase:
+    frames: int
+    depth: float
+    index: int
+    seed: int = 0
+
+    def make(self):
+        rng = random.Random(f"needle/{self.seed}/{self.frames}/{self.index}")
+        return make_qa(rng, self.frames, FPS, family="needle", multiple_choice=False, depth=self.depth)
+
+    def video(self, folder: Path) -> Path:
+        path = folder / f"needle-{self.seed}-{self.frames}-{self.index}.mp4"
+        if not path.is_file():
+            write(self.make()[0], path)
+        return path
+
+
+def run_case(model: VideoXL2, case: NeedleCase, folder: Path, prefill_config: PrefillConfig,
+             bilevel: DecodeConfig) -> dict:
+    script, qa = case.make()
+    path = case.video(folder)
+    t0 = time.perf_counter()
+    visual, times, stats = model.encode_video(path, max_frames=case.frames)
+    encode_s = time.perf_counter() - t0
+    assert stats.frames == case.frames, "the haystack is sampled at its native rate"
+    row = {"frames": case.frames, "depth": case.depth, "answer": qa.answer, "encode_s": encode_s}
+
+    t0 = time.perf_counter()
+    ids = model.prompt_ids(times, qa.question)
+    with torch.inference_mode():
+        embeds = model.embed_prompt(ids, visual)
+        out = model.llm.generate(inputs_embeds=embeds[None], attention_mask=torch.ones(1, ids.numel(), dtype=torch.long),
+                                 max_new_tokens=bilevel.max_new_tokens, do_sample=False,
+                                 pad_token_id=model.tokenizer.pad_token_id,
+                                 eos_token_id=model.tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    dense_text = model.tokenizer.decode(out[0], skip_special_tokens=True)
+    row.update(dense=is_correct(qa, dense_text), dense_text=dense_text, dense_s=time.perf_counter() - t0,
+               tokens=ids.numel())
+
+    t0 = time.perf_counter()
+    session = model.ingest_tokens(visual, times, prefill_config)
+    prefill_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    chunked = session.ask(qa.question, DecodeConfig(max_new_tokens=bilevel.max_new_tokens))
+    row.update(chunked=is_correct(qa, chunked.text), chunked_text=chunked.text,
+               chunked_s=prefill_s + time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    answer = session.ask(qa.question, bilevel)
+    row.update(bilevel=is_correct(qa, answer.text), bilevel_text=answer.text,
+               bilevel_s=prefill_s + time.perf_counter() - t0, kv_ratio=answer.kv_ratio,
+               needle_chunk_dense=(qa.meta["frame"] // 4) // (bilevel.chunk or prefill_config.chunk) in answer.dense_chunks)
+    # the other position mode of bi-level decoding, for choosing the default by measurement
+    other = "contiguous" if bilevel.positions == "absolute" else "absolute"
+    alt = session.ask(qa.question, dataclasses.replace(bilevel, positions=other))
+    row[f"bilevel_{other}"] = is_correct(qa, alt.text)
+    return row
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """One row per length: accuracies (percent), KV ratio, mean seconds."""
+    out = []
+    for frames in sorted({r["frames"] for r in rows}):
+        rs = [r for r in rows if r["frames"] == frames]
+        mean = lambda key: sum(float(r[key]) for r in rs) / len(rs)
+        out.append({"frames": frames, "cases": len(rs), "tokens": round(mean("tokens")),
+                    "acc_dense": 100 * mean("dense"), "acc_chunked": 100 * mean("chunked"),
+                    "acc_bilevel": 100 * mean("bilevel"), "needle_selected": 100 * mean("needle_chunk_dense"),
+                    **{f"acc_bilevel_{m}": 100 * mean(f"bilevel_{m}") for m in ("absolute", "contiguous")
+                       if f"bilevel_{m}" in rs[0]},
+                    "kv_ratio": mean("kv_ratio"), "dense_s": mean("dense_s"), "chunked_s": mean("chunked_s"),
+                    "bilevel_s": mean("bilevel_s"), "encode_s": mean("encode_s")})
+    return out
+
+
+def heatmap(rows: list[dict], png: Path) -> None:
+    """Depth x length accuracy, one panel per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    lengths = sorted({r["frames"] for r in rows})
+    depths = sorted({r["depth"] for r in rows})
+    methods = [("dense", "dense pre-fill + decoding"), ("chunked", "chunked pre-fill"),
+               ("bilevel", "chunked pre-fill + bi-level")]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.2), dpi=110, sharey=True)
+    for ax, (key, title) in zip(axes, methods):
+        grid = np.full((len(depths), len(lengths)), np.nan)
+        for i, d in enumerate(depths):
+            for j, n in enumerate(lengths):
+                cell = [r[key] for r in rows if r["depth"] == d and r["frames"] == n]
+                if cell:
+                    grid[i, j] = 100 * sum(cell) / len(cell)
+        im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+        for i in range(len(depths)):
+            for j in range(len(lengths)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(lengths)), [str(n) for n in lengths], fontsize=8)
+        ax.set_xlabel("haystack frames")
+        ax.set_title(title, fontsize=9)
+    axes[0].set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=8)
+    axes[0].set_ylabel("needle depth")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="accuracy %")
+    fig.suptitle("Needle in a video: accuracy by depth and length", fontsize=11)
+    fig.savefig(png, bbox_inches="tight")
+    plt.close(fig)
+
+
+def run(model: VideoXL2, lengths: list[int], cases: int, depths: int = 10, seed: int = 0,
+        prefill_config: PrefillConfig = PrefillConfig(), bilevel: DecodeConfig | None = None,
+        folder: Path | None = None, on_case: Callable[[dict], None] | None = None) -> list[dict]:
+    """Every case of every length; returns per-case rows (see :func:`summarize`)."""
+    bilevel = bilevel or DecodeConfig(topk=4, chunk=1, max_new_tokens=4)
+    folder = folder or cache_dir() / "needle"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for frames in lengths:
+        for i in range(cases):
+            case = NeedleCase(frames, (i % depths + 0.5) / depths, i, seed)
+            row = run_case(model, case, folder, prefill_config, bilevel)
+            rows.append(row)
+            if on_case:
+                on_case(row)
+    return rows
+
+
+def write_json(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summarize(rows), indent=2))
