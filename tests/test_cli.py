@@ -28,17 +28,20 @@ def test_ask_prints_answer_and_stats(tiny_checkpoint, clip):
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip()  # the answer (a random tiny model says something)
     assert "64 frames" in run.stderr and "chunks" in run.stderr and "MB used" in run.stderr
+    assert "pre-fill FLOPs vs dense: attention" in run.stderr
 
 
 def test_ask_json(tiny_checkpoint, clip):
     run = videoxl("ask", clip, "What colour is the shape at 2.0s?", "--model", tiny_checkpoint, "--json",
-                  "--topk", 1, "--max-new-tokens", 2)
+                  "--topk", 1, "--max-new-tokens", 2, "--window", 1)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     for key in ("answer", "frames", "tokens", "chunks", "dense_chunks", "kv_bytes_dense", "kv_bytes_used", "seconds"):
         assert key in out
     assert out["frames"] == 64 and out["chunks"] == 16 and out["dense_chunks"] == 3  # first, last and top-1
     assert out["kv_bytes_used"] < out["kv_bytes_dense"]
+    assert 0 < out["prefill_attn_flops"] < out["dense_attn_flops"]  # 4 pre-fill chunks, window 1: less than causal
+    assert out["dense_total_flops"] - out["prefill_total_flops"] == out["dense_attn_flops"] - out["prefill_attn_flops"]
     assert set(out["seconds"]) >= {"load", "decode", "encode", "prefill", "answer"}
 
 

@@ -117,6 +117,7 @@ def _ask(args) -> int:
         bars.close()
     answer = session.ask(args.question, decode_config)
     stats = session.stats
+    flops = session.video.stats  # pre-fill accounting: what the chunked pre-fill computed versus dense
     seconds = {"load": load_s, **stats.seconds, "answer": sum(answer.seconds.values())}
     if args.explain:
         from .explain import render_explanation
@@ -129,13 +130,16 @@ def _ask(args) -> int:
             "answer": answer.text.strip(), "frames": stats.frames, "tokens": stats.tokens, "chunks": answer.chunks,
             "dense_chunks": len(answer.dense_chunks), "dense_chunk_indices": answer.dense_chunks,
             "kv_bytes_dense": answer.kv_bytes_dense, "kv_bytes_used": answer.kv_bytes_used,
+            "prefill_attn_flops": flops.attn_flops, "dense_attn_flops": flops.dense_attn_flops,
+            "prefill_total_flops": flops.total_flops, "dense_total_flops": flops.dense_total_flops,
             "seconds": {k: round(v, 3) for k, v in seconds.items()}}))
     else:
         print(answer.text.strip())
         mb = 2 ** 20
         print(f"[{stats.frames} frames, {stats.tokens} tokens, {answer.chunks} chunks, "
               f"{len(answer.dense_chunks)} dense; KV {answer.kv_bytes_dense / mb:.2f} MB dense, "
-              f"{answer.kv_bytes_used / mb:.2f} MB used; "
+              f"{answer.kv_bytes_used / mb:.2f} MB used; pre-fill FLOPs vs dense: attention "
+              f"{flops.attn_flops / flops.dense_attn_flops:.0%}, total {flops.total_flops / flops.dense_total_flops:.0%}; "
               + ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items()) + "]", file=sys.stderr)
     return EXIT_OK
 
@@ -169,6 +173,13 @@ def _add_eval(sub) -> None:
     n.add_argument("--heatmap", type=str, help="write the depth x length accuracy heatmap here (PNG)")
     n.add_argument("--device")
     n.set_defaults(run=_eval_needle)
+    f = tasks.add_parser("families", help="accuracy per question family (needle, grounding, order, count, detail)")
+    f.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
+    f.add_argument("--cases", type=int, default=20, help="clips per family (default 20)")
+    f.add_argument("--groups", type=int, default=16, help="4-frame groups per clip (default 16)")
+    f.add_argument("--json", type=str, help="write {family: accuracy %%} here")
+    f.add_argument("--device")
+    f.set_defaults(run=_eval_families)
 
 
 def _eval_needle(args) -> int:
@@ -202,6 +213,25 @@ def _eval_needle(args) -> int:
         needle.write_json(rows, Path(args.json))
     if args.heatmap:
         needle.heatmap(rows, Path(args.heatmap))
+    return EXIT_OK
+
+
+def _eval_families(args) -> int:
+    from pathlib import Path
+
+    from .eval.families import family_accuracy
+    from .model import VideoXL2
+
+    if args.cases < 1 or args.groups < 2:
+        raise ValueError("--cases must be at least 1 and --groups at least 2")
+    model = VideoXL2.from_pretrained(args.model or default_model(), device=args.device)
+    scores = family_accuracy(model, cases=args.cases, groups=args.groups)
+    print(f"{'family':<10} {'accuracy %':>10}   ({args.cases} held-out clips of {args.groups * 4} frames each)")
+    for family, acc in scores.items():
+        print(f"{family:<10} {acc:>10.0f}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(scores, indent=2))
     return EXIT_OK
 
 

@@ -6,7 +6,10 @@ Positions (brief §10) come in the two reference modes:
   question continues after the full, uncompacted sequence.
 * ``"contiguous"``: keys are re-indexed 0..N-1 after compaction and the question continues at N.
 
-The default is the one ``benchmarks/engine.py`` measured as more accurate (see the README).
+The default, contiguous, is the one measured as more accurate: on the bundled video model's needle benchmark at
+2,048 frames it answered 100% of the quick cases against 80% for absolute positions (absolute leaves gaps of
+thousands of positions between the few dense chunks, a layout the model never saw); on SmolLM2's passkey benchmark
+the two tie (``benchmarks/engine.py`` reports both; see the README).
 """
 
 from __future__ import annotations

@@ -189,7 +189,7 @@ class VideoXL2(nn.Module):
 
         ``video`` is a file path (any container FFmpeg reads; an image file becomes one untimed group) or a
         sequence of RGB frames (H x W x 3 uint8 arrays or PIL images), already sampled, shown at ``frame_times``
-        seconds (default 0, 1, 2, ...). ``thumbnails`` keeps a small copy of each group's first frame.
+        seconds (default 0, 1, 2, ...). ``thumbnails`` keeps a small copy of each group's middle (third) frame.
         """
         if self.tokenizer is None:
             raise ValueError("the model has no tokenizer")
@@ -229,7 +229,7 @@ class VideoXL2(nn.Module):
             for _ in range(len(times) * FRAMES_PER_GROUP):
                 frame = next(frames)
                 batch.append(preprocess(frame, size))
-                if thumbs is not None and len(batch) % FRAMES_PER_GROUP == 1:
+                if thumbs is not None and len(batch) % FRAMES_PER_GROUP == 3:  # the group's middle (third) frame
                     image = frame if isinstance(frame, Image.Image) else Image.fromarray(np.asarray(frame))
                     thumbs.append(np.asarray(image.convert("RGB").resize((96, 96))))
             t1 = time.perf_counter()
