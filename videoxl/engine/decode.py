@@ -6,10 +6,10 @@ Positions (brief §10) come in the two reference modes:
   question continues after the full, uncompacted sequence.
 * ``"contiguous"``: keys are re-indexed 0..N-1 after compaction and the question continues at N.
 
-The default, contiguous, is the one measured as more accurate: on the bundled video model's needle benchmark at
-2,048 frames it answered 100% of the quick cases against 80% for absolute positions (absolute leaves gaps of
-thousands of positions between the few dense chunks, a layout the model never saw); on SmolLM2's passkey benchmark
-the two tie (``benchmarks/engine.py`` reports both; see the README).
+The default, contiguous, is the one measured as more accurate: on the bundled video model's needle benchmark
+96% against 88% for absolute positions at 2,048 frames and 90% against 70% at 4,096; on SmolLM2's passkey
+benchmark 100% against 70% at 8k tokens, equal below (absolute leaves gaps of thousands of positions between the
+few dense chunks, a layout the models never saw). ``benchmarks/engine.py`` and ``videoxl eval needle`` report both.
 """
 
 from __future__ import annotations
