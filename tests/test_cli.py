@@ -85,3 +85,27 @@ def test_bundled_model_answers_the_readme_question_on_the_demo(tmp_path):
     assert (tmp_path / "demo.mp4").is_file() and out["frames"] == 480 and out["chunks"] == 120
     assert 84 in out["dense_chunk_indices"]  # the moon is at 84.25 s: group 84 (one group per second) is dense
     assert out["kv_bytes_used"] < 0.62 * out["kv_bytes_dense"]
+
+
+def test_eval_needle_resumes_merges_and_runs_workers(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("VIDEOXL_CACHE", str(tmp_path / "cache"))  # haystack videos are written under it
+    rows, table, png = tmp_path / "rows.jsonl", tmp_path / "needle.json", tmp_path / "heat.png"
+    common = ("eval", "needle", "--model", tiny_checkpoint, "--cases", "2", "--rows", rows, "--json", table)
+    first = videoxl(*common, "--lengths", "32")
+    assert first.returncode == 0, first.stderr
+    before = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert [(r["frames"], r["index"]) for r in before] == [(32, 0), (32, 1)]
+    with open(rows, "a") as f:
+        f.write('{"frames": 48, "dep')  # the last line of a run killed while writing it
+
+    second = videoxl(*common, "--lengths", "32,48", "--workers", "2", "--heatmap", png)
+    assert second.returncode == 0, second.stderr
+    assert "2 of 4 cases already measured" in second.stdout
+    after = [json.loads(line) for line in rows.read_text().splitlines()]  # every line whole again
+    assert after[:2] == before  # the 32-frame cases were kept, not run again
+    assert sorted((r["frames"], r["index"], r["workers"]) for r in after[2:]) == [(48, 0, 2), (48, 1, 2)]
+    summary = json.loads(table.read_text())
+    assert [(s["frames"], s["cases"]) for s in summary] == [(32, 2), (48, 2)]
+    assert summary[1]["acc_bilevel"] == 100 * sum(r["bilevel"] for r in after[2:]) / 2
+    with Image.open(png) as image:
+        assert image.format == "PNG"

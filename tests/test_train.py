@@ -71,9 +71,13 @@ def test_interrupted_run_resumes_to_the_same_weights(tokenizer, tmp_path):
     Trainer(resumed, recipe(), SyntheticData(seed=1), tmp_path / "resumed", progress=False).run()
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
-    log = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
-    assert [(r["stage"], r["step"]) for r in log] == [("a", 1), ("a", 2), ("a", 3), ("b", 1), ("b", 2)]
-    assert all(r["samples_per_s"] > 0 and r["tokens_per_s"] > 0 for r in log)
+    for run in ("straight", "resumed"):  # the curve of a resumed run has each step once, its loss as if unbroken
+        log = [json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+        assert [(r["stage"], r["step"]) for r in log] == [("a", 1), ("a", 2), ("a", 3), ("b", 1), ("b", 2)]
+        assert all(r["samples_per_s"] > 0 and r["tokens_per_s"] > 0 for r in log)
+        if run == "straight":
+            straight_loss = [r["loss"] for r in log]
+    assert [r["loss"] for r in log] == pytest.approx(straight_loss, rel=1e-4)
 
 
 def test_training_fits_a_fixed_batch(tokenizer, tmp_path):

@@ -171,6 +171,10 @@ def _add_eval(sub) -> None:
     n.add_argument("--cases", type=int, help="cases per length (default 50; --quick: 10)")
     n.add_argument("--json", type=str, help="write one row per length here")
     n.add_argument("--heatmap", type=str, help="write the depth x length accuracy heatmap here (PNG)")
+    n.add_argument("--rows", type=str, help="keep one JSON line per case here; cases already in it are not run "
+                                            "again (resume), and --json/--heatmap cover every row in it (merge)")
+    n.add_argument("--workers", type=int, default=1, help="cases in parallel processes, the CPU threads shared "
+                                                          "among them (default 1)")
     n.add_argument("--device")
     n.set_defaults(run=_eval_needle)
     f = tasks.add_parser("families", help="accuracy per question family (needle, grounding, order, count, detail)")
@@ -186,33 +190,56 @@ def _eval_needle(args) -> int:
     from pathlib import Path
 
     from .eval import needle
-    from .model import VideoXL2
 
     lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else (
         [256, 2048] if args.quick else [256, 512, 1024, 2048, 4096, 8192])
     cases = args.cases or (10 if args.quick else 50)
-    model = VideoXL2.from_pretrained(args.model or default_model(), device=args.device)
+    if args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    rows_path = Path(args.rows) if args.rows else None
+    kept = needle.read_rows(rows_path, repair=True) if rows_path else []
+    planned = {needle.key(case) for case in needle.plan(lengths, cases)}
+    done_before = {needle.key(r) for r in kept} & planned
+    if done_before:
+        print(f"{rows_path}: {len(done_before)} of {len(planned)} cases already measured; running the rest")
+    model = args.model or default_model()
+    if args.workers == 1:
+        from .model import VideoXL2
+
+        model = VideoXL2.from_pretrained(model, device=args.device)
     header = f"{'frames':>6} {'cases':>5} {'tokens':>7} {'dense':>6} {'chunked':>7} {'bilevel':>7} {'KV':>5} " \
              f"{'dense s':>7} {'chunk s':>7} {'bilev s':>7}"
     print(header)
-    rows: list[dict] = []
+    rows: list[dict] = [r for r in kept if needle.key(r) in planned]
+
+    def report(frames):
+        s = needle.summarize([r for r in rows if r["frames"] == frames])[0]
+        print(f"{s['frames']:>6} {s['cases']:>5} {s['tokens']:>7} {s['acc_dense']:>6.0f} {s['acc_chunked']:>7.0f} "
+              f"{s['acc_bilevel']:>7.0f} {s['kv_ratio']:>5.2f} {s['dense_s']:>7.2f} {s['chunked_s']:>7.2f} "
+              f"{s['bilevel_s']:>7.2f}", flush=True)
+
+    def everything():  # what --json and --heatmap cover: this run's rows, or all rows kept in --rows
+        return needle.read_rows(rows_path) if rows_path else rows
 
     def on_case(row):
         rows.append(row)
+        if rows_path:
+            needle.append_row(rows_path, row)
         if sum(r["frames"] == row["frames"] for r in rows) == cases:
-            s = needle.summarize([r for r in rows if r["frames"] == row["frames"]])[0]
-            print(f"{s['frames']:>6} {s['cases']:>5} {s['tokens']:>7} {s['acc_dense']:>6.0f} {s['acc_chunked']:>7.0f} "
-                  f"{s['acc_bilevel']:>7.0f} {s['kv_ratio']:>5.2f} {s['dense_s']:>7.2f} {s['chunked_s']:>7.2f} "
-                  f"{s['bilevel_s']:>7.2f}", flush=True)
+            report(row["frames"])
             if args.json:  # after every length, so a long run keeps what it measured
-                needle.write_json(rows, Path(args.json))
+                needle.write_json(everything(), Path(args.json))
 
-    needle.run(model, lengths, cases, on_case=on_case)
-    print("accuracy in %; KV: bi-level cache over dense; seconds per case after encoding (pre-fill + answer)")
+    for frames in lengths:
+        if sum(r["frames"] == frames for r in rows) == cases:
+            report(frames)
+    needle.run(model, lengths, cases, on_case=on_case, skip=done_before, workers=args.workers, device=args.device)
+    print("accuracy in %; KV: bi-level cache over dense; seconds per case after encoding (pre-fill + answer)"
+          + (f"; {args.workers} worker processes sharing the CPU" if args.workers > 1 else ""))
     if args.json:
-        needle.write_json(rows, Path(args.json))
+        needle.write_json(everything(), Path(args.json))
     if args.heatmap:
-        needle.heatmap(rows, Path(args.heatmap))
+        needle.heatmap(everything(), Path(args.heatmap))
     return EXIT_OK
 
 

@@ -8,12 +8,18 @@ MP4 is written, decoded and encoded once, and the question is answered three way
 * ``bilevel``: the same pre-fill, then bi-level decoding (relevant chunks dense, the rest sparse).
 
 Cases use seeds of their own ("needle/..."), never drawn in training.
+
+Long runs keep one JSON line per case (``rows``): an interrupted run resumes where it stopped, and several runs
+(different lengths, different machines) merge into one table and one heatmap. ``workers`` runs cases in parallel
+processes, longest first, each with its share of the CPU threads; per-case seconds are then measured with that many
+threads, and the rows say so.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import random
 import time
 from dataclasses import dataclass
@@ -57,7 +63,8 @@ def run_case(model: VideoXL2, case: NeedleCase, folder: Path, prefill_config: Pr
     visual, times, stats = model.encode_video(path, max_frames=case.frames)
     encode_s = time.perf_counter() - t0
     assert stats.frames == case.frames, "the haystack is sampled at its native rate"
-    row = {"frames": case.frames, "depth": case.depth, "answer": qa.answer, "encode_s": encode_s}
+    row = {"frames": case.frames, "depth": case.depth, "index": case.index, "seed": case.seed, "answer": qa.answer,
+           "threads": torch.get_num_threads(), "encode_s": encode_s}
 
     t0 = time.perf_counter()
     ids = model.prompt_ids(times, qa.question)
@@ -102,7 +109,9 @@ def summarize(rows: list[dict]) -> list[dict]:
                     **{f"acc_bilevel_{m}": 100 * mean(f"bilevel_{m}") for m in ("absolute", "contiguous")
                        if f"bilevel_{m}" in rs[0]},
                     "kv_ratio": mean("kv_ratio"), "dense_s": mean("dense_s"), "chunked_s": mean("chunked_s"),
-                    "bilevel_s": mean("bilevel_s"), "encode_s": mean("encode_s")})
+                    "bilevel_s": mean("bilevel_s"), "encode_s": mean("encode_s"),
+                    "threads": max(int(r.get("threads", 0)) for r in rs),
+                    "workers": max(int(r.get("workers", 1)) for r in rs)})
     return out
 
 
@@ -142,21 +151,98 @@ def heatmap(rows: list[dict], png: Path) -> None:
     plt.close(fig)
 
 
-def run(model: VideoXL2, lengths: list[int], cases: int, depths: int = 10, seed: int = 0,
+def plan(lengths: list[int], cases: int, depths: int = 10, seed: int = 0) -> list[NeedleCase]:
+    """The cases of a run: ``cases`` per length, depths cycling through ``depths`` evenly spaced ones."""
+    if cases < 1 or depths < 1 or not lengths or min(lengths) < 8:
+        raise ValueError("a needle run needs at least one case, one depth and haystacks of at least 8 frames")
+    return [NeedleCase(frames, (i % depths + 0.5) / depths, i, seed) for frames in lengths for i in range(cases)]
+
+
+def key(row: dict | NeedleCase) -> tuple[int, int, int]:
+    """What identifies a case across runs: (seed, frames, index)."""
+    if isinstance(row, NeedleCase):
+        return row.seed, row.frames, row.index
+    return row["seed"], row["frames"], row["index"]
+
+
+def read_rows(path: Path, repair: bool = False) -> list[dict]:
+    """The per-case rows kept so far in ``path`` (JSON lines). A last line cut short by a killed run is ignored, and
+    with ``repair`` removed from the file, so that rows appended next start on a line of their own."""
+    if not path.is_file():
+        return []
+    rows, lines = [], path.read_text().splitlines()
+    for n, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            key(row)
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            if n < len(lines):
+                raise ValueError(f"{path}:{n} is not a needle row ({error})") from None
+            if repair:
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text("".join(line + "\n" for line in lines[:-1]))
+                tmp.replace(path)
+            break
+        rows.append(row)
+    return rows
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Add one case's row to ``path`` in a single write (whole lines even with parallel writers)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+_worker: dict = {}
+
+
+def _start_worker(model_path: str, device: str | None, threads: int, folder: Path, prefill_config: PrefillConfig,
+                  bilevel: DecodeConfig) -> None:
+    torch.set_num_threads(threads)
+    _worker.update(model=VideoXL2.from_pretrained(model_path, device=device), folder=folder,
+                   prefill_config=prefill_config, bilevel=bilevel)
+
+
+def _run_in_worker(case: NeedleCase) -> dict:
+    w = _worker
+    return run_case(w["model"], case, w["folder"], w["prefill_config"], w["bilevel"])
+
+
+def run(model: VideoXL2 | str, lengths: list[int], cases: int, depths: int = 10, seed: int = 0,
         prefill_config: PrefillConfig = PrefillConfig(), bilevel: DecodeConfig | None = None,
-        folder: Path | None = None, on_case: Callable[[dict], None] | None = None) -> list[dict]:
-    """Every case of every length; returns per-case rows (see :func:`summarize`)."""
+        folder: Path | None = None, on_case: Callable[[dict], None] | None = None,
+        skip: set[tuple[int, int, int]] = frozenset(), workers: int = 1, device: str | None = None) -> list[dict]:
+    """Every case of every length not in ``skip`` (see :func:`key`); returns per-case rows (see :func:`summarize`).
+
+    ``model`` is a loaded model, or a checkpoint path (needed for ``workers`` > 1: each worker process loads it).
+    """
     bilevel = bilevel or DecodeConfig(topk=4, chunk=1, max_new_tokens=4)
     folder = folder or cache_dir() / "needle"
     folder.mkdir(parents=True, exist_ok=True)
+    todo = [case for case in plan(lengths, cases, depths, seed) if key(case) not in skip]
     rows = []
-    for frames in lengths:
-        for i in range(cases):
-            case = NeedleCase(frames, (i % depths + 0.5) / depths, i, seed)
-            row = run_case(model, case, folder, prefill_config, bilevel)
-            rows.append(row)
-            if on_case:
-                on_case(row)
+
+    def done(row):
+        row["workers"] = max(1, workers)  # parallel processes sharing the machine while the seconds were measured
+        rows.append(row)
+        if on_case:
+            on_case(row)
+
+    if workers <= 1:
+        if isinstance(model, (str, Path)):
+            model = VideoXL2.from_pretrained(str(model), device=device)
+        for case in todo:
+            done(run_case(model, case, folder, prefill_config, bilevel))
+        return rows
+    if not isinstance(model, (str, Path)):
+        raise ValueError("parallel workers load the model themselves: pass a checkpoint path, not a loaded model")
+    threads = max(1, torch.get_num_threads() // workers)
+    todo.sort(key=lambda case: -case.frames)  # longest first, so the last cases to finish are short ones
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, _start_worker, (str(model), device, threads, folder, prefill_config, bilevel)) as pool:
+        for row in pool.imap_unordered(_run_in_worker, todo):
+            done(row)
     return rows
 
 

@@ -94,7 +94,29 @@ class Trainer:
         if self.stage_index < len(self.recipe.stages):
             self.optimizer = self._new_optimizer(self.recipe.stages[self.stage_index])
             self.optimizer.load_state_dict(torch.load(state / "optimizer.pt", map_location=self.model.device))
+        self._trim_log()
         return True
+
+    def _trim_log(self) -> None:
+        """Drop the curve's records of steps after the last save: the resumed run logs them again."""
+        log = self.out / "log.jsonl"
+        if not log.is_file():
+            return
+        order = {stage.name: i for i, stage in enumerate(self.recipe.stages)}
+        saved = (self.stage_index, self.step)
+        kept = []
+        for line in log.read_text().splitlines():
+            try:
+                record = json.loads(line)
+                done = (order[record["stage"]], record["step"])
+            except (json.JSONDecodeError, KeyError):
+                break  # a line cut short by the interruption, and everything after it
+            if done > saved:
+                break
+            kept.append(line)
+        tmp = log.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(log)
 
     # -- the loop --------------------------------------------------------------------------------------------
     def run(self) -> None:
