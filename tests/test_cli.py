@@ -109,3 +109,13 @@ def test_eval_needle_resumes_merges_and_runs_workers(tiny_checkpoint, tmp_path, 
     assert summary[1]["acc_bilevel"] == 100 * sum(r["bilevel"] for r in after[2:]) / 2
     with Image.open(png) as image:
         assert image.format == "PNG"
+
+
+def test_eval_needle_workers_report_a_bad_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIDEOXL_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("not json")
+    run = videoxl("eval", "needle", "--model", bad, "--lengths", "32", "--cases", "2", "--workers", "2", timeout=120)
+    assert run.returncode == 2  # the workers' load error reaches the parent; no pool respawning forever
+    assert "config.json" in run.stderr

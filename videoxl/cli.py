@@ -202,11 +202,6 @@ def _eval_needle(args) -> int:
     done_before = {needle.key(r) for r in kept} & planned
     if done_before:
         print(f"{rows_path}: {len(done_before)} of {len(planned)} cases already measured; running the rest")
-    model = args.model or default_model()
-    if args.workers == 1:
-        from .model import VideoXL2
-
-        model = VideoXL2.from_pretrained(model, device=args.device)
     header = f"{'frames':>6} {'cases':>5} {'tokens':>7} {'dense':>6} {'chunked':>7} {'bilevel':>7} {'KV':>5} " \
              f"{'dense s':>7} {'chunk s':>7} {'bilev s':>7}"
     print(header)
@@ -233,7 +228,8 @@ def _eval_needle(args) -> int:
     for frames in lengths:
         if sum(r["frames"] == frames for r in rows) == cases:
             report(frames)
-    needle.run(model, lengths, cases, on_case=on_case, skip=done_before, workers=args.workers, device=args.device)
+    needle.run(args.model or default_model(), lengths, cases, on_case=on_case, skip=done_before, workers=args.workers,
+               device=args.device)
     print("accuracy in %; KV: bi-level cache over dense; seconds per case after encoding (pre-fill + answer)"
           + (f"; {args.workers} worker processes sharing the CPU" if args.workers > 1 else ""))
     if args.json:

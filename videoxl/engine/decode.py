@@ -7,9 +7,9 @@ Positions (brief §10) come in the two reference modes:
 * ``"contiguous"``: keys are re-indexed 0..N-1 after compaction and the question continues at N.
 
 The default, contiguous, is the one measured as more accurate: on the bundled video model's needle benchmark
-96% against 88% for absolute positions at 2,048 frames and 90% against 70% at 4,096; on SmolLM2's passkey
-benchmark 100% against 70% at 8k tokens, equal below (absolute leaves gaps of thousands of positions between the
-few dense chunks, a layout the models never saw). ``benchmarks/engine.py`` and ``videoxl eval needle`` report both.
+96% against 88% for absolute positions at 2,048 frames, 76% against 56% at 4,096 and 46% against 32% at
+8,192; on SmolLM2's passkey benchmark 100% against 70% at 8k tokens, equal below (absolute leaves gaps of thousands
+of positions between the few dense chunks, a layout the models never saw). ``benchmarks/engine.py`` and ``videoxl eval needle`` report both.
 """
 
 from __future__ import annotations

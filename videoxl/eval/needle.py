@@ -110,8 +110,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                        if f"bilevel_{m}" in rs[0]},
                     "kv_ratio": mean("kv_ratio"), "dense_s": mean("dense_s"), "chunked_s": mean("chunked_s"),
                     "bilevel_s": mean("bilevel_s"), "encode_s": mean("encode_s"),
-                    "threads": max(int(r.get("threads", 0)) for r in rs),
-                    "workers": max(int(r.get("workers", 1)) for r in rs)})
+                    "threads": max(r["threads"] for r in rs), "workers": max(r["workers"] for r in rs)})
     return out
 
 
@@ -197,16 +196,14 @@ def append_row(path: Path, row: dict) -> None:
 _worker: dict = {}
 
 
-def _start_worker(model_path: str, device: str | None, threads: int, folder: Path, prefill_config: PrefillConfig,
-                  bilevel: DecodeConfig) -> None:
-    torch.set_num_threads(threads)
-    _worker.update(model=VideoXL2.from_pretrained(model_path, device=device), folder=folder,
-                   prefill_config=prefill_config, bilevel=bilevel)
-
-
-def _run_in_worker(case: NeedleCase) -> dict:
-    w = _worker
-    return run_case(w["model"], case, w["folder"], w["prefill_config"], w["bilevel"])
+def _run_in_worker(job: tuple) -> dict:
+    """One case in a worker process; the process loads the model on its first case and keeps it. (Loading in the
+    task, not a pool initializer, lets a bad checkpoint reach the parent as an error instead of respawning.)"""
+    case, model_path, device, threads, folder, prefill_config, bilevel = job
+    if "model" not in _worker:
+        torch.set_num_threads(threads)
+        _worker["model"] = VideoXL2.from_pretrained(model_path, device=device)
+    return run_case(_worker["model"], case, folder, prefill_config, bilevel)
 
 
 def run(model: VideoXL2 | str, lengths: list[int], cases: int, depths: int = 10, seed: int = 0,
@@ -240,8 +237,9 @@ def run(model: VideoXL2 | str, lengths: list[int], cases: int, depths: int = 10,
     threads = max(1, torch.get_num_threads() // workers)
     todo.sort(key=lambda case: -case.frames)  # longest first, so the last cases to finish are short ones
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, _start_worker, (str(model), device, threads, folder, prefill_config, bilevel)) as pool:
-        for row in pool.imap_unordered(_run_in_worker, todo):
+    jobs = [(case, str(model), device, threads, folder, prefill_config, bilevel) for case in todo]
+    with context.Pool(workers) as pool:
+        for row in pool.imap_unordered(_run_in_worker, jobs):
             done(row)
     return rows
 
