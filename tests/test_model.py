@@ -119,7 +119,8 @@ def test_ingest_and_ask_answer_like_a_dense_one_shot_reference(tiny_checkpoint, 
     assert again.tokens == answer.tokens
 
     # the reference: the whole ChatML prompt with <|vision_pad|> slots filled, one forward, HF greedy decoding
-    from videoxl.video import decode_frames, plan_frames, preprocess, probe
+    from videoxl.video import decode_frames, plan_frames, probe
+    from videoxl.video.preprocess import preprocess
 
     info = probe(clip)
     plan = plan_frames(info.frame_times, max_frames=16)

@@ -4,18 +4,41 @@
     model = VideoXL2.from_pretrained("BAAI/Video-XL-2")      # or a local folder, or the bundled default model
     session = model.ingest("movie.mp4", max_frames=2048)
     print(session.ask("When does the dog appear?", DecodeConfig(topk=4)).text)
+
+Names are imported on first use, so ``import videoxl`` (and ``videoxl --help``) does not load torch.
 """
 
+from __future__ import annotations
+
+import importlib
+import os
+import sys
 from pathlib import Path
 
-from .engine.decode import Answer, DecodeConfig, Decoder
-from .engine.layout import Group
-from .engine.prefill import PrefillConfig, PrefilledVideo, prefill
-from .engine.store import KVStore
-from .model import CheckpointError, Session, VideoXL2, VideoXL2Config
-from .video import VideoError
+from .errors import CheckpointError, InputError, OptionError, VideoError, VideoXLError
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "synth"
 
-__all__ = ["VideoXL2", "VideoXL2Config", "Session", "PrefillConfig", "DecodeConfig", "Answer", "prefill", "Decoder",
-           "Group", "KVStore", "PrefilledVideo", "VideoError", "CheckpointError", "DEFAULT_MODEL"]
+# PyTorch's OpenMP threads spin while they wait. When another process holds a core, a spinning thread waits for
+# one that is not running and every parallel region stalls: on 2 cores beside one busy process the bundled model
+# ran 17x slower. Passive waiting costs little when the machine is idle (benchmarks/threads.py). It only takes
+# effect if torch is not imported yet, and an explicit setting wins.
+if "torch" not in sys.modules:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+_LAZY = {
+    "VideoXL2": ".model", "VideoXL2Config": ".model", "Session": ".model",
+    "PrefillConfig": ".engine.prefill", "PrefilledVideo": ".engine.prefill", "prefill": ".engine.prefill",
+    "DecodeConfig": ".engine.decode", "Answer": ".engine.decode", "Decoder": ".engine.decode",
+    "Group": ".engine.layout", "KVStore": ".engine.store",
+}
+
+__all__ = [*_LAZY, "VideoXLError", "InputError", "OptionError", "VideoError", "CheckpointError", "DEFAULT_MODEL"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'videoxl' has no attribute {name!r}")

@@ -1,14 +1,72 @@
-"""The ``videoxl`` command line."""
+"""The ``videoxl`` command line.
+
+Every argument is checked before any heavy work (no frame is decoded and no weight loaded for a bad option, path
+or question). Exit codes: 0 answered, 2 bad input (the message names it), 1 internal fault, 130 interrupted.
+The module imports nothing heavy at the top, so ``videoxl --help`` answers at once.
+"""
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
+import signal
 import sys
-import time
 
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+
+def _interrupted_early(signum, frame):  # Ctrl-C before main() is running: same line, same code, no traceback
+    sys.stderr.write("videoxl: interrupted\n")
+    sys.stderr.flush()
+    import os
+
+    os._exit(130)
+
+
+signal.signal(signal.SIGINT, _interrupted_early)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from . import defaults  # noqa: E402
+from .errors import InputError, OptionError  # noqa: E402
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _whole(low: int, high: int | None = None):
+    """argparse type: a whole number in [low, high]; the error names the option (argparse adds its name)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low:,} to {high:,}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+    return parse
+
+
+def _rate(text: str) -> float:
+    """argparse type: a finite rate > 0 (frames per second)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of frames per second, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _device(text: str) -> str:
+    """argparse type: the shape of a device name (whether it exists is checked once torch is loaded)."""
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda, cuda:N or mps")
+    return text
 
 
 class _Bars:
@@ -35,10 +93,23 @@ class _Bars:
 
 
 def _kv_budget(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
     if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError("--kv-budget is a fraction of the dense KV cache in (0, 1]")
+        raise argparse.ArgumentTypeError(f"is a fraction of the dense KV cache in (0, 1], got {text!r}")
     return value
+
+
+def _lengths(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated whole numbers of frames, got {text!r}") from None
+    if any(not 8 <= v <= defaults.FRAMES_LIMIT for v in values):
+        raise argparse.ArgumentTypeError(f"each length must be from 8 to {defaults.FRAMES_LIMIT:,} frames, got {text}")
+    return values
 
 
 DEFAULT_MODEL_NOTE = (
@@ -57,27 +128,35 @@ def default_model() -> str:
 def _add_ask(sub) -> None:
     p = sub.add_parser("ask", help="answer a question about a video", description=(
         "Answer a question about a video file (or an image). VIDEO 'demo' is the demo video, generated on first "
-        "use. " + DEFAULT_MODEL_NOTE))
-    p.add_argument("video", help="video file (any container FFmpeg reads), image file, or 'demo'")
-    p.add_argument("question")
+        "use (unless a file named 'demo' exists here). " + DEFAULT_MODEL_NOTE))
+    p.add_argument("video", help="video file (any container FFmpeg reads), image file, or 'demo'; local files only")
+    p.add_argument("question", help=f"the question (UTF-8, at most --max-question-tokens tokens)")
     p.add_argument("--model", default=None, help="checkpoint folder or hub id, e.g. BAAI/Video-XL-2 "
                                                  "(default: the bundled synthetic-world model)")
     frames = p.add_argument_group("frames")
-    frames.add_argument("--max-frames", type=int, default=512, help="frame budget (default 512)")
-    frames.add_argument("--fps", type=float, default=1.0, help="base sampling rate (default 1)")
-    frames.add_argument("--max-fps", type=float, default=4.0, help="highest rate for short videos (default 4)")
+    frames.add_argument("--max-frames", type=_whole(1, defaults.FRAMES_LIMIT), default=defaults.MAX_FRAMES,
+                        help=f"frame budget (default {defaults.MAX_FRAMES}, at most {defaults.FRAMES_LIMIT:,})")
+    frames.add_argument("--fps", type=_rate, default=defaults.FPS,
+                        help=f"base sampling rate (default {defaults.FPS:g})")
+    frames.add_argument("--max-fps", type=_rate, default=defaults.MAX_FPS,
+                        help=f"highest rate for short videos (default {defaults.MAX_FPS:g})")
     chunking = p.add_argument_group("chunked pre-fill")
-    chunking.add_argument("--chunk", type=int, default=4, help="chunk size in 4-frame groups (default 4)")
-    chunking.add_argument("--window", type=int, default=3, help="previous chunks a chunk sees (default 3; -1: all)")
+    chunking.add_argument("--chunk", type=_whole(1), default=defaults.CHUNK,
+                          help=f"chunk size in 4-frame groups (default {defaults.CHUNK})")
+    chunking.add_argument("--window", type=_whole(-1), default=defaults.WINDOW,
+                          help=f"previous chunks a chunk sees (default {defaults.WINDOW}; -1: all)")
     decoding = p.add_argument_group("bi-level decoding")
-    decoding.add_argument("--topk", type=int, default=4,
-                          help="relevant chunks reloaded dense besides the first and last (default 4)")
+    decoding.add_argument("--topk", type=_whole(0), default=defaults.TOPK,
+                          help=f"relevant chunks reloaded dense besides the first and last (default {defaults.TOPK})")
     decoding.add_argument("--kv-budget", type=_kv_budget, help="instead of --topk: fraction of the dense KV to use")
-    decoding.add_argument("--decode-chunk", type=int, default=1,
-                          help="decoding chunk size in groups (default 1: 4 frames)")
+    decoding.add_argument("--decode-chunk", type=_whole(1), default=defaults.DECODE_CHUNK,
+                          help=f"decoding chunk size in groups (default {defaults.DECODE_CHUNK}: 4 frames)")
     decoding.add_argument("--dense", action="store_true", help="decode with every chunk dense")
-    decoding.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    decoding.add_argument("--max-new-tokens", type=_whole(1, defaults.NEW_TOKENS_LIMIT), default=defaults.MAX_NEW_TOKENS,
+                          help=f"answer length limit (default {defaults.MAX_NEW_TOKENS})")
+    decoding.add_argument("--max-question-tokens", type=_whole(1), default=defaults.QUESTION_TOKENS,
+                          help=f"longest question accepted, in tokens (default {defaults.QUESTION_TOKENS})")
+    p.add_argument("--device", type=_device, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--explain", metavar="FILE.png", help="draw the timeline with chunk relevance and thumbnails")
@@ -85,46 +164,89 @@ def _add_ask(sub) -> None:
     p.set_defaults(run=_ask)
 
 
+def _video_argument(text: str) -> str:
+    """The VIDEO argument checked before any work: 'demo' (written on first use), or a readable local file."""
+    from .video.reader import check_file  # imports PyAV, not torch
+
+    if text == "demo" and not Path("demo").is_file():
+        from .synth.demo import demo_video
+
+        return str(demo_video())
+    return check_file(text)
+
+
+def _png_target(text: str, option: str) -> Path:
+    """An output picture path checked up front: ends in .png, not a folder, and its folder takes new files."""
+    path = Path(text)
+    if path.is_dir():
+        raise OptionError(f"{option} {text}: is a folder; give a file name ending in .png")
+    if path.suffix.lower() != ".png":
+        raise OptionError(f"{option} {text}: must be a file name ending in .png")
+    folder = path.parent
+    if not folder.is_dir():
+        raise OptionError(f"{option} {text}: the folder {folder} does not exist")
+    try:  # the real test: root passes every permission check, a read-only file system does not
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".videoxl-check-", suffix=".png"):
+            pass
+    except OSError as e:
+        raise OptionError(f"{option} {text}: cannot write in {folder} ({e.strerror})") from None
+    return path
+
+
+def _write_png_atomically(path: Path, draw) -> None:
+    """Call ``draw(temporary path)``, then rename it onto ``path``: never half a picture."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".videoxl-", suffix=".png")
+    os.close(fd)
+    try:
+        draw(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _ask(args) -> int:
+    started = time.perf_counter()
+    from .question import check_question_text
+
+    check_question_text(args.question)
+    video = _video_argument(args.video)
+    explain = _png_target(args.explain, "--explain") if args.explain else None
+
     import torch
 
     from .engine.decode import DecodeConfig
     from .engine.prefill import PrefillConfig
-    from .model import VideoXL2
+    from .model import VideoXL2, checkpoint
+    from .model.videoxl2 import IMAGE_SUFFIXES, question_ids, resolve_device
+    from .video import probe
 
-    started = time.perf_counter()
-    video = args.video
-    if video == "demo":
-        from pathlib import Path
-
-        from .synth.demo import demo_video
-
-        video = str(demo_video()) if not Path("demo").exists() else video
+    device = resolve_device(args.device)
+    source = video if Path(video).suffix.lower() in IMAGE_SUFFIXES else probe(video)  # a bad video fails here
     prefill_config = PrefillConfig(chunk=args.chunk, window=None if args.window == -1 else args.window)
     if args.dense:
         decode_config = DecodeConfig(max_new_tokens=args.max_new_tokens)
     else:
         decode_config = DecodeConfig(topk=None if args.kv_budget else args.topk, kv_budget=args.kv_budget,
                                      chunk=args.decode_chunk, max_new_tokens=args.max_new_tokens)
+    folder = checkpoint.resolve(args.model or default_model())
+    tokenizer = checkpoint.load_tokenizer(folder)
+    question_ids(tokenizer, args.question, args.max_question_tokens)  # too long: refused before the weights load
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    model = VideoXL2.from_pretrained(args.model or default_model(), dtype=dtype, device=args.device)
+    model = VideoXL2.from_pretrained(folder, dtype=dtype, device=device, tokenizer=tokenizer)
     load_s = time.perf_counter() - started
     bars = _Bars(args.progress or sys.stderr.isatty())
     try:
-        session = model.ingest(video, max_frames=args.max_frames, fps=args.fps, max_fps=args.max_fps,
-                               prefill_config=prefill_config, on_progress=bars, thumbnails=bool(args.explain))
+        session = model.ingest(source, max_frames=args.max_frames, fps=args.fps, max_fps=args.max_fps,
+                               prefill_config=prefill_config, on_progress=bars, thumbnails=explain is not None)
     finally:
         bars.close()
-    answer = session.ask(args.question, decode_config)
+    answer = session.ask(args.question, decode_config, max_question_tokens=args.max_question_tokens)
     stats = session.stats
     flops = session.video.stats  # pre-fill accounting: what the chunked pre-fill computed versus dense
     seconds = {"load": load_s, **stats.seconds, "answer": sum(answer.seconds.values())}
-    if args.explain:
-        from .explain import render_explanation
-
-        render_explanation(args.explain, args.question, answer, session.group_times,
-                           decode_config.chunk or prefill_config.chunk, session.thumbnails, stats.frames,
-                           stats.tokens)
+    # the answer goes out first: nothing after it (the picture) can lose it
     if args.json:
         print(json.dumps({
             "answer": answer.text.strip(), "frames": stats.frames, "tokens": stats.tokens, "chunks": answer.chunks,
@@ -132,15 +254,26 @@ def _ask(args) -> int:
             "kv_bytes_dense": answer.kv_bytes_dense, "kv_bytes_used": answer.kv_bytes_used,
             "prefill_attn_flops": flops.attn_flops, "dense_attn_flops": flops.dense_attn_flops,
             "prefill_total_flops": flops.total_flops, "dense_total_flops": flops.dense_total_flops,
-            "seconds": {k: round(v, 3) for k, v in seconds.items()}}))
+            "seconds": {k: round(v, 3) for k, v in seconds.items()}}), flush=True)
     else:
-        print(answer.text.strip())
+        print(answer.text.strip(), flush=True)
         mb = 2 ** 20
         print(f"[{stats.frames} frames, {stats.tokens} tokens, {answer.chunks} chunks, "
               f"{len(answer.dense_chunks)} dense; KV {answer.kv_bytes_dense / mb:.2f} MB dense, "
               f"{answer.kv_bytes_used / mb:.2f} MB used; pre-fill FLOPs vs dense: attention "
               f"{flops.attn_flops / flops.dense_attn_flops:.0%}, total {flops.total_flops / flops.dense_total_flops:.0%}; "
-              + ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items()) + "]", file=sys.stderr)
+              + ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items()) + "]", file=sys.stderr, flush=True)
+    if explain is not None:
+        from .explain import render_explanation
+
+        try:
+            _write_png_atomically(explain, lambda tmp: render_explanation(
+                tmp, args.question, answer, session.group_times, decode_config.chunk or prefill_config.chunk,
+                session.thumbnails, stats.frames, stats.tokens))
+        except OSError as e:
+            print(f"videoxl: error: the answer is above, but --explain {explain} could not be written "
+                  f"({e.strerror or e})", file=sys.stderr)
+            return EXIT_INTERNAL
     return EXIT_OK
 
 
@@ -151,9 +284,14 @@ def _add_demo(sub) -> None:
 
 
 def _demo(args) -> int:
+    path = Path(args.path)
+    if path.is_dir():
+        raise OptionError(f"{path}: is a folder; give the demo video's file name (e.g. {path / 'demo.mp4'})")
+    if not path.parent.is_dir():
+        raise OptionError(f"{path}: the folder {path.parent} does not exist")
     from .synth.demo import demo_script, demo_video
 
-    path = demo_video(args.path)
+    path = demo_video(path)
     print(path)
     for qa in demo_script()[1]:
         print(f"  videoxl ask {path} {json.dumps(qa.question)}    # expected: {qa.answer}")
@@ -166,36 +304,33 @@ def _add_eval(sub) -> None:
     n = tasks.add_parser("needle", help="needle in a video: dense vs chunked vs chunked + bi-level")
     n.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
     n.add_argument("--quick", action="store_true", help="256 and 2,048 frames, 10 cases each (< 5 minutes)")
-    n.add_argument("--lengths", help="comma-separated haystack lengths in frames "
-                                     "(default 256,512,1024,2048,4096,8192)")
-    n.add_argument("--cases", type=int, help="cases per length (default 50; --quick: 10)")
+    n.add_argument("--lengths", type=_lengths, help="comma-separated haystack lengths in frames "
+                                                    "(default 256,512,1024,2048,4096,8192)")
+    n.add_argument("--cases", type=_whole(1), help="cases per length (default 50; --quick: 10)")
     n.add_argument("--json", type=str, help="write one row per length here")
     n.add_argument("--heatmap", type=str, help="write the depth x length accuracy heatmap here (PNG)")
     n.add_argument("--rows", type=str, help="keep one JSON line per case here; cases already in it are not run "
                                             "again (resume), and --json/--heatmap cover every row in it (merge)")
-    n.add_argument("--workers", type=int, default=1, help="cases in parallel processes, the CPU threads shared "
-                                                          "among them (default 1)")
-    n.add_argument("--device")
+    n.add_argument("--workers", type=_whole(1, 64), default=1, help="cases in parallel processes, the CPU threads "
+                                                                    "shared among them (default 1)")
+    n.add_argument("--device", type=_device)
     n.set_defaults(run=_eval_needle)
     f = tasks.add_parser("families", help="accuracy per question family (needle, grounding, order, count, detail)")
     f.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
-    f.add_argument("--cases", type=int, default=20, help="clips per family (default 20)")
-    f.add_argument("--groups", type=int, default=16, help="4-frame groups per clip (default 16)")
+    f.add_argument("--cases", type=_whole(1), default=20, help="clips per family (default 20)")
+    f.add_argument("--groups", type=_whole(2), default=16, help="4-frame groups per clip (default 16)")
     f.add_argument("--json", type=str, help="write {family: accuracy %%} here")
-    f.add_argument("--device")
+    f.add_argument("--device", type=_device)
     f.set_defaults(run=_eval_families)
 
 
 def _eval_needle(args) -> int:
-    from pathlib import Path
-
+    if args.heatmap:
+        _png_target(args.heatmap, "--heatmap")
     from .eval import needle
 
-    lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else (
-        [256, 2048] if args.quick else [256, 512, 1024, 2048, 4096, 8192])
+    lengths = args.lengths or ([256, 2048] if args.quick else [256, 512, 1024, 2048, 4096, 8192])
     cases = args.cases or (10 if args.quick else 50)
-    if args.workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {args.workers}")
     rows_path = Path(args.rows) if args.rows else None
     kept = needle.read_rows(rows_path, repair=True) if rows_path else []
     planned = {needle.key(case) for case in needle.plan(lengths, cases)}
@@ -240,13 +375,9 @@ def _eval_needle(args) -> int:
 
 
 def _eval_families(args) -> int:
-    from pathlib import Path
-
     from .eval.families import family_accuracy
     from .model import VideoXL2
 
-    if args.cases < 1 or args.groups < 2:
-        raise ValueError("--cases must be at least 1 and --groups at least 2")
     model = VideoXL2.from_pretrained(args.model or default_model(), device=args.device)
     scores = family_accuracy(model, cases=args.cases, groups=args.groups)
     print(f"{'family':<10} {'accuracy %':>10}   ({args.cases} held-out clips of {args.groups * 4} frames each)")
@@ -258,27 +389,44 @@ def _eval_families(args) -> int:
     return EXIT_OK
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="videoxl", description="Question answering over very long videos.")
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: the option and what is wrong with it, not the whole usage."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="videoxl", description="Question answering over very long videos.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_ask(sub)
     _add_demo(sub)
     _add_eval(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from .model.checkpoint import CheckpointError
-    from .video import VideoError
+    return parser
 
+
+def _run(argv: list[str] | None) -> int:
+    args = _parser().parse_args(argv)  # a bad option exits 2 here, naming it, before anything is loaded
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args)
-    except (VideoError, CheckpointError, ValueError, FileNotFoundError) as e:
+    except InputError as e:
         print(f"videoxl: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        return 130
-    except Exception as e:  # an internal failure, not the user's input
+    except Exception as e:  # an internal fault, not the user's input
         print(f"videoxl: internal error: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``videoxl`` command; returns the exit code. Ctrl-C at any moment ends it with one line and 130."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on Ctrl-C unwinds, so files are cleaned up
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while shutting down stays quiet too
+        print("videoxl: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import multiprocessing
 import random
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +71,8 @@ def run_case(model: VideoXL2, case: NeedleCase, folder: Path, prefill_config: Pr
     ids = model.prompt_ids(times, qa.question)
     with torch.inference_mode():
         embeds = model.embed_prompt(ids, visual)
-        out = model.llm.generate(inputs_embeds=embeds[None], attention_mask=torch.ones(1, ids.numel(), dtype=torch.long),
+        ones = torch.ones(1, ids.numel(), dtype=torch.long, device=embeds.device)  # the mask beside the embeddings
+        out = model.llm.generate(inputs_embeds=embeds[None], attention_mask=ones,
                                  max_new_tokens=bilevel.max_new_tokens, do_sample=False,
                                  pad_token_id=model.tokenizer.pad_token_id,
                                  eos_token_id=model.tokenizer.convert_tokens_to_ids("<|im_end|>"))
@@ -196,6 +198,11 @@ def append_row(path: Path, row: dict) -> None:
 _worker: dict = {}
 
 
+def _ignore_interrupts() -> None:
+    """Ctrl-C reaches the whole process group; the parent handles it and ends the pool, workers stay quiet."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _run_in_worker(job: tuple) -> dict:
     """One case in a worker process; the process loads the model on its first case and keeps it. (Loading in the
     task, not a pool initializer, lets a bad checkpoint reach the parent as an error instead of respawning.)"""
@@ -238,7 +245,7 @@ def run(model: VideoXL2 | str, lengths: list[int], cases: int, depths: int = 10,
     todo.sort(key=lambda case: -case.frames)  # longest first, so the last cases to finish are short ones
     context = multiprocessing.get_context("spawn")
     jobs = [(case, str(model), device, threads, folder, prefill_config, bilevel) for case in todo]
-    with context.Pool(workers) as pool:
+    with context.Pool(workers, initializer=_ignore_interrupts) as pool:
         for row in pool.imap_unordered(_run_in_worker, jobs):
             done(row)
     return rows

@@ -1,6 +1,6 @@
 """The Video-XL-2 model: vision tower, DTS, projector, Qwen2 LLM, checkpoints in the official layout."""
 
-from .checkpoint import CheckpointError
+from ..errors import CheckpointError
 from .config import PRESETS, SYNTH, TINY, VIDEO_XL_2, LLMConfig, VideoXL2Config, VisionConfig, preset
 from .videoxl2 import IngestStats, Session, VideoXL2
 

@@ -17,13 +17,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ..errors import CheckpointError
+
 # defined in the released eval model but never used; tolerated (and skipped) when present
 IGNORED_PREFIXES = ("model.text_mlp.",)
 VISUAL_PREFIXES = ("model.vision_tower.", "model.sae.", "model.mm_projector.")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded as Video-XL-2: missing files, wrong keys or shapes, unreachable hub."""
 
 
 def to_checkpoint_key(name: str) -> str:
@@ -80,9 +78,13 @@ def check_keys(module: torch.nn.Module, files: list[Path]) -> None:
     for f in files:
         if not f.is_file():
             raise CheckpointError(f"{f}: weight shard listed in the index is missing")
-        with safe_open(str(f), framework="pt") as sf:
-            for key in sf.keys():
-                found[key] = tuple(sf.get_slice(key).get_shape())
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                for key in sf.keys():
+                    found[key] = tuple(sf.get_slice(key).get_shape())
+        except Exception as e:  # SafetensorError, OSError: a truncated, garbled or foreign file (never unpickled)
+            raise CheckpointError(f"{f}: not a valid safetensors file ({_reason(e)}); re-download or re-save "
+                                  "this shard") from None
     found = {k: v for k, v in found.items() if not k.startswith(IGNORED_PREFIXES)}
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
@@ -101,9 +103,56 @@ def check_keys(module: torch.nn.Module, files: list[Path]) -> None:
 def load_weights(module: torch.nn.Module, files: list[Path], device: torch.device, dtype: torch.dtype) -> None:
     """Assign the shards' tensors to ``module`` (built on the meta device), shard by shard."""
     for f in files:
+        try:
+            tensors = load_file(str(f), device=str(device))
+        except Exception as e:  # the header was fine (check_keys) but the data is not: a file cut short
+            raise CheckpointError(f"{f}: not a valid safetensors file ({_reason(e)}); re-download or re-save "
+                                  "this shard") from None
         state = {from_checkpoint_key(k): v.to(dtype) if v.is_floating_point() else v
-                 for k, v in load_file(str(f), device=str(device)).items() if not k.startswith(IGNORED_PREFIXES)}
+                 for k, v in tensors.items() if not k.startswith(IGNORED_PREFIXES)}
         module.load_state_dict(state, strict=False, assign=True)
+
+
+def _reason(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e)[:200]}"
+
+
+def refuse_code(folder: Path) -> None:
+    """CheckpointError if loading the tokenizer would need code from the folder: videoxl never runs it.
+
+    transformers follows an ``auto_map`` in ``tokenizer_config.json`` to a Python file in the folder (and asks
+    on stdin whether to run it). ``config.json``'s own ``auto_map`` (the official release has one) is harmless:
+    videoxl reads config.json itself and builds its own modules.
+    """
+    tokenizer_config = folder / "tokenizer_config.json"
+    if not tokenizer_config.is_file():
+        return
+    try:
+        auto_map = json.loads(tokenizer_config.read_text()).get("auto_map")
+    except (ValueError, AttributeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{tokenizer_config}: not a valid JSON object ({e})") from None
+    if auto_map:
+        code = sorted(p.name for p in folder.glob("*.py"))
+        raise CheckpointError(
+            f"{tokenizer_config}: its auto_map asks to run custom tokenizer code"
+            + (f" ({', '.join(code)})" if code else "") + "; videoxl never runs code from a model folder. "
+            "Remove auto_map from tokenizer_config.json if the tokenizer is a standard one")
+
+
+def load_tokenizer(folder: Path):
+    """The folder's tokenizer, with remote code refused (see :func:`refuse_code`); CheckpointError if unusable."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    refuse_code(folder)
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # it warns that config.json's llava_qwen type is unknown to it: expected
+    try:
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    except Exception as e:
+        raise CheckpointError(f"{folder}: no usable tokenizer files ({_reason(e)})") from None
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def save(module: torch.nn.Module, config_dict: dict, folder: Path, tokenizer=None,

@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import nn
-from transformers import AutoTokenizer, Qwen2ForCausalLM
+from transformers import Qwen2ForCausalLM
 
+from .. import defaults
 from ..engine.decode import Answer, DecodeConfig, Decoder
 from ..engine.layout import Group
 from ..engine.prefill import PrefillConfig, PrefilledVideo, prefill
-from ..video import VideoError, decode_frames, plan_frames, preprocess, probe
+from ..errors import CheckpointError, OptionError, VideoError
+from ..question import check_question_text
+from ..video import VideoInfo, check_file, check_sampling, decode_frames, plan_frames, probe
+from ..video.preprocess import preprocess
 from ..video.sampling import FRAMES_PER_GROUP
 from . import checkpoint
 from .config import VideoXL2Config
@@ -33,21 +36,51 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".ti
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
-@contextmanager
-def _quiet_transformers():
-    """AutoTokenizer warns that config.json's llava_qwen type is unknown to it; that is expected here."""
-    from transformers.utils import logging as hf_logging
+QUESTION_TOKENS = defaults.QUESTION_TOKENS
 
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
+
+def available_devices() -> list[str]:
+    devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else ["cpu"]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def resolve_device(spec: str | torch.device | None = None) -> torch.device:
+    """``spec`` as a usable torch device (None: cuda when available, else cpu); OptionError naming it if not."""
+    if spec is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    available = ", ".join(available_devices())
     try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
+        device = torch.device(spec)
+    except (RuntimeError, TypeError, ValueError):
+        raise OptionError(f"device {str(spec)!r} is not a device name; available here: {available}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise OptionError(f"device {str(spec)!r}: no CUDA GPU is available on this machine; available here: "
+                              f"{available}")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise OptionError(f"device {str(spec)!r}: there are only {torch.cuda.device_count()} CUDA devices; "
+                              f"available here: {available}")
+    elif device.type == "mps" and "mps" not in available:
+        raise OptionError(f"device {str(spec)!r}: MPS is not available on this machine; available here: {available}")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise OptionError(f"device {str(spec)!r} is not supported; available here: {available}")
+    return device
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def question_ids(tokenizer, question: str, max_tokens: int = QUESTION_TOKENS) -> torch.Tensor:
+    """The text after the video (question and ChatML assistant header) as ids; OptionError if the question is
+    empty, not UTF-8, or longer than ``max_tokens`` tokens."""
+    check_question_text(question)
+    if max_tokens < 1:
+        raise OptionError(f"max_question_tokens must be >= 1, got {max_tokens}")
+    asked = len(tokenizer(question, add_special_tokens=False)["input_ids"])
+    if asked > max_tokens:
+        raise OptionError(f"the question is {asked} tokens long; the limit is {max_tokens} tokens "
+                          "(max_question_tokens, --max-question-tokens)")
+    ids = tokenizer(f"\n{question}<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
 
 
 @dataclass
@@ -71,12 +104,11 @@ class Session:
         self.decoder = Decoder(model.llm, video, model.tokenizer)
 
     def ask(self, question: str, config: DecodeConfig = DecodeConfig(), on_text: Callable[[str], None] | None = None,
-            chunk_scores: Sequence[float] | None = None) -> Answer:
-        """Answer a question about the video (bi-level decoding per ``config``)."""
-        if not question.strip():
-            raise ValueError("the question is empty")
-        return self.decoder.answer(self.model.question_ids(question), config, chunk_scores=chunk_scores,
-                                   on_text=on_text)
+            chunk_scores: Sequence[float] | None = None, max_question_tokens: int = QUESTION_TOKENS) -> Answer:
+        """Answer a question about the video (bi-level decoding per ``config``); OptionError for an empty, non-UTF-8
+        or too long question."""
+        ids = self.model.question_ids(question, max_question_tokens)
+        return self.decoder.answer(ids, config, chunk_scores=chunk_scores, on_text=on_text)
 
 
 class VideoXL2(nn.Module):
@@ -103,24 +135,24 @@ class VideoXL2(nn.Module):
     # -- loading and saving ---------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, dtype: torch.dtype | None = None,
-                        device: str | torch.device | None = None) -> "VideoXL2":
-        """Load a checkpoint in the official layout from a folder or a hub id (strict; CheckpointError if not)."""
+                        device: str | torch.device | None = None, tokenizer=None) -> "VideoXL2":
+        """Load a checkpoint in the official layout from a folder or a hub id (strict; CheckpointError if not).
+
+        Weights are read from safetensors only, and no code from the folder is ever run. ``tokenizer`` reuses one
+        loaded earlier with :func:`checkpoint.load_tokenizer`.
+        """
         import json
 
+        device = resolve_device(device)
         folder = checkpoint.resolve(path_or_id)
         config_file = folder / "config.json"
         if not config_file.is_file():
-            raise checkpoint.CheckpointError(f"{folder}: no config.json")
+            raise CheckpointError(f"{folder}: no config.json")
         try:
             config = VideoXL2Config.from_dict(json.loads(config_file.read_text()))
-        except (ValueError, TypeError, json.JSONDecodeError) as e:
-            raise checkpoint.CheckpointError(f"{config_file}: {e}") from None
-        try:
-            with _quiet_transformers():
-                tokenizer = AutoTokenizer.from_pretrained(folder)
-        except Exception as e:
-            raise checkpoint.CheckpointError(f"{folder}: no usable tokenizer files ({type(e).__name__}: {e})") from None
-        device = torch.device(device) if device is not None else default_device()
+        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{config_file}: not a usable Video-XL-2 config ({type(e).__name__}: {e})") from None
+        tokenizer = tokenizer if tokenizer is not None else checkpoint.load_tokenizer(folder)
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         files = checkpoint.shards(folder)
         with torch.device("meta"):
@@ -154,9 +186,9 @@ class VideoXL2(nn.Module):
     def _prompt_prefix(self) -> torch.Tensor:
         return self._ids(f"<|im_start|>system\n{self.config.system_prompt}<|im_end|>\n<|im_start|>user\n")
 
-    def question_ids(self, question: str) -> torch.Tensor:
-        """The text after the video: the question and the assistant header (ChatML)."""
-        return self._ids(f"\n{question}<|im_end|>\n<|im_start|>assistant\n")
+    def question_ids(self, question: str, max_tokens: int = QUESTION_TOKENS) -> torch.Tensor:
+        """The text after the video: the question and the assistant header (ChatML); see :func:`question_ids`."""
+        return question_ids(self.tokenizer, question, max_tokens)
 
     def prompt_ids(self, group_times: Sequence[float | None], question: str) -> torch.Tensor:
         """The whole prompt as token ids, with ``tokens_per_group`` <|vision_pad|> slots after each timestamp."""
@@ -181,18 +213,19 @@ class VideoXL2(nn.Module):
         return self._ids(f"Time {t}s:")
 
     # -- ingesting ----------------------------------------------------------------------------------------------
-    def ingest(self, video: str | os.PathLike | Sequence, *, max_frames: int = 512, fps: float = 1.0,
-               max_fps: float | None = 4, frame_times: Sequence[float] | None = None,
+    def ingest(self, video: str | os.PathLike | Sequence | VideoInfo, *, max_frames: int = defaults.MAX_FRAMES,
+               fps: float = defaults.FPS, max_fps: float | None = defaults.MAX_FPS, frame_times: Sequence[float] | None = None,
                prefill_config: PrefillConfig = PrefillConfig(), on_progress: Progress | None = None,
                thumbnails: bool = False) -> Session:
         """Decode, encode and pre-fill a video chunk by chunk; no more than one chunk of frames is in memory.
 
-        ``video`` is a file path (any container FFmpeg reads; an image file becomes one untimed group) or a
+        ``video`` is a file path (any container FFmpeg reads; an image file becomes one untimed group), a
+        :class:`VideoInfo` from :func:`videoxl.video.probe` (so a caller can refuse a bad file before loading), or a
         sequence of RGB frames (H x W x 3 uint8 arrays or PIL images), already sampled, shown at ``frame_times``
         seconds (default 0, 1, 2, ...). ``thumbnails`` keeps a small copy of each group's middle (third) frame.
         """
         if self.tokenizer is None:
-            raise ValueError("the model has no tokenizer")
+            raise OptionError("the model has no tokenizer: load it with from_pretrained or pass one")
         frames, group_times, n_frames = self._frame_source(video, max_frames, fps, max_fps, frame_times)
         stats = IngestStats(frames=n_frames, groups=len(group_times))
         thumbs: list[np.ndarray] | None = [] if thumbnails else None
@@ -207,8 +240,8 @@ class VideoXL2(nn.Module):
         groups = (Group(self.timestamp_ids(t), v) for t, v in zip(group_times, visual))
         return self._prefill(groups, list(group_times), stats, prefill_config, None, None)
 
-    def encode_video(self, video: str | os.PathLike | Sequence, *, max_frames: int = 512, fps: float = 1.0,
-                     max_fps: float | None = 4, frame_times: Sequence[float] | None = None,
+    def encode_video(self, video: str | os.PathLike | Sequence, *, max_frames: int = defaults.MAX_FRAMES,
+                     fps: float = defaults.FPS, max_fps: float | None = defaults.MAX_FPS, frame_times: Sequence[float] | None = None,
                      batch_groups: int = 16) -> tuple[torch.Tensor, list[float | None], IngestStats]:
         """All visual tokens of a video at once: (G, tokens_per_group, hidden), group timestamps, timings."""
         frames, group_times, n_frames = self._frame_source(video, max_frames, fps, max_fps, frame_times)
@@ -260,15 +293,20 @@ class VideoXL2(nn.Module):
 
     def _frame_source(self, video, max_frames, fps, max_fps, frame_times):
         """(iterator of frames, group timestamps (None for images), number of sampled frames)."""
-        if isinstance(video, (str, os.PathLike)):
-            path = Path(video)
+        check_sampling(fps, max_fps, max_frames)
+        if isinstance(video, VideoInfo):
+            info = video
+        elif isinstance(video, (str, os.PathLike)):
+            path = Path(check_file(video))
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 try:
-                    image = np.asarray(Image.open(path).convert("RGB"))
-                except (OSError, ValueError) as e:
+                    with Image.open(path) as opened:
+                        image = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
+                except (OSError, ValueError, Image.DecompressionBombError) as e:
                     raise VideoError(f"{path}: not a readable image ({e})") from None
                 return iter([image] * FRAMES_PER_GROUP), [None], 1
             info = probe(path)
+        if isinstance(video, (str, os.PathLike, VideoInfo)):
             plan = plan_frames(info.frame_times, fps=fps, max_fps=max_fps, max_frames=max_frames)
             return decode_frames(info, plan.indices), plan.group_times, len(plan.indices)
         frames = list(video)
@@ -276,7 +314,7 @@ class VideoXL2(nn.Module):
             raise VideoError("no frames given")
         times = list(frame_times) if frame_times is not None else [float(i) for i in range(len(frames))]
         if len(times) != len(frames):
-            raise ValueError(f"{len(frames)} frames but {len(times)} frame_times")
+            raise OptionError(f"{len(frames)} frames but {len(times)} frame_times")
         pad = (-len(frames)) % FRAMES_PER_GROUP
         frames += [frames[-1]] * pad
         times += [times[-1]] * pad

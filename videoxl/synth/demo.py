@@ -28,8 +28,24 @@ def demo_script() -> tuple[Script, list[QA]]:
 
 
 def demo_video(path: str | Path | None = None) -> Path:
-    """The demo video's path, writing it first if needed (to ``path`` or the cache folder)."""
+    """The demo video's path, writing it first if needed (to ``path`` or the cache folder).
+
+    A file already there is used only if it is the whole demo (every frame present); anything else, such as a copy
+    cut short, is written again.
+    """
     path = Path(path) if path is not None else cache_dir() / "demo.mp4"
-    if not path.is_file():
+    if not _is_whole_demo(path):
         write(demo_script()[0], path)
     return path
+
+
+def _is_whole_demo(path: Path) -> bool:
+    from ..errors import VideoError
+    from ..video import probe
+
+    if not path.is_file():
+        return False
+    try:
+        return probe(path).frames == FRAMES
+    except VideoError:
+        return False

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..engine.pattern import chunk_mask
 from ..model.videoxl2 import VideoXL2
-from ..video import preprocess
+from ..video.preprocess import preprocess
 from .data import TrainSample
 
 

@@ -1,8 +1,10 @@
-"""Video input: probing and decoding with PyAV, the reference frame-sampling rule, and frame preprocessing."""
+"""Video input: probing and decoding with PyAV, the reference frame-sampling rule, and frame preprocessing
+(``videoxl.video.preprocess``, kept out of this package's namespace because it needs torch: checking a path stays
+light)."""
 
-from .preprocess import preprocess
-from .reader import VideoError, VideoInfo, decode_frames, probe
-from .sampling import SampledFrames, plan_frames, sample_indices
+from ..errors import VideoError
+from .reader import VideoInfo, check_file, decode_frames, probe, upright
+from .sampling import SampledFrames, check_sampling, plan_frames, sample_indices
 
-__all__ = ["VideoError", "VideoInfo", "probe", "decode_frames", "sample_indices", "plan_frames", "SampledFrames",
-           "preprocess"]
+__all__ = ["VideoError", "VideoInfo", "check_file", "probe", "decode_frames", "upright", "sample_indices",
+           "plan_frames", "check_sampling", "SampledFrames"]

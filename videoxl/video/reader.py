@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import bisect
 import os
+import stat
 from dataclasses import dataclass
 from typing import Iterator
 
 import av
 import numpy as np
 
-
-class VideoError(ValueError):
-    """A video that cannot be used: missing, empty, corrupt, or without a video stream."""
+from ..errors import VideoError
 
 
 @dataclass(frozen=True)
@@ -46,22 +45,61 @@ class VideoInfo:
         return self.frame_times[-1] if self.pts else 0.0
 
 
-def _open(path: str):
-    if not os.path.exists(path):
-        raise VideoError(f"{path}: no such file")
-    if os.path.isdir(path):
+URL_SCHEMES = ("http://", "https://", "ftp://", "rtsp://", "rtmp://", "s3://", "gs://", "data:", "file://")
+
+
+NOT_VIDEO_FORMATS = {"tty"}
+
+
+def check_file(path: str | os.PathLike) -> str:
+    """Return ``path`` as a string if it names a readable, non-empty regular file; VideoError naming it if not.
+
+    Runs before any decoding, so bad input is refused at once: URLs (only local files are read), missing paths,
+    directories, FIFOs and devices (``/dev/zero`` would never end), empty and unreadable files.
+    """
+    path = os.fspath(path)
+    if path.lower().startswith(URL_SCHEMES):
+        raise VideoError(f"{path}: URLs are not read; download the video and pass the local file "
+                         "(the server, `videoxl serve`, reads URLs from allowed domains)")
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise VideoError(f"{path}: no such file") from None
+    except OSError as e:
+        raise VideoError(f"{path}: cannot be read ({e.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
         raise VideoError(f"{path}: is a directory, not a video file")
-    if os.path.getsize(path) == 0:
+    if not stat.S_ISREG(info.st_mode):
+        raise VideoError(f"{path}: not a regular file (a FIFO, socket or device); pass a video file")
+    if info.st_size == 0:
         raise VideoError(f"{path}: the file is empty (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise VideoError(f"{path}: permission denied")
+    return path
+
+
+def _open(path: str):
+    path = check_file(path)
     try:
         container = av.open(path)
     except av.FFmpegError as e:
         raise VideoError(f"{path}: not a readable video ({e.__class__.__name__}: {e})") from None
+    if container.format.name in NOT_VIDEO_FORMATS:  # FFmpeg renders text files as a video of characters
+        container.close()
+        raise VideoError(f"{path}: a text file, not a video")
     if not container.streams.video:
         kinds = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
         container.close()
         raise VideoError(f"{path}: has no video stream (found: {kinds})")
     return container
+
+
+def upright(frame: av.VideoFrame) -> np.ndarray:
+    """The frame as an H x W x 3 RGB array, turned as its display matrix says (phones store portrait video
+    sideways with a rotation tag; ffmpeg's autorotate turns it the same way). Mirroring flags are not applied."""
+    image = frame.to_ndarray(format="rgb24")
+    turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise quarter turns
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -115,7 +153,7 @@ def decode_frames(info: VideoInfo, indices: list[int]) -> Iterator[np.ndarray]:
                 index = bisect.bisect_left(info.pts, frame.pts) if frame.pts is not None else position + 1
                 position = index
                 if index >= target:
-                    last = (target, frame.to_ndarray(format="rgb24"))
+                    last = (target, upright(frame))
                     yield last[1]
                     break
             else:

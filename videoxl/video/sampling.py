@@ -7,22 +7,36 @@ rounded to 0.1 s. Timestamps come from the frames' presentation times, so variab
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
+from .. import defaults
+from ..errors import OptionError
+
 FRAMES_PER_GROUP = 4
 
 
-def sample_indices(total_frames: int, native_fps: float, fps: float = 1.0, max_fps: float | None = 4,
-                   max_frames: int = 512) -> list[int]:
+def check_sampling(fps: float, max_fps: float | None, max_frames: int) -> None:
+    """OptionError naming the option unless the sampling options are usable (finite, positive, in range)."""
+    if not isinstance(max_frames, numbers.Integral) or not 1 <= max_frames <= defaults.FRAMES_LIMIT:
+        raise OptionError(f"max_frames (--max-frames) must be a whole number from 1 to {defaults.FRAMES_LIMIT:,}, "
+                          f"got {max_frames!r}")
+    if not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0:
+        raise OptionError(f"fps (--fps) must be a finite number > 0, got {fps!r}")
+    if max_fps is not None and (not isinstance(max_fps, numbers.Real) or not math.isfinite(max_fps) or max_fps <= 0):
+        raise OptionError(f"max_fps (--max-fps) must be a finite number > 0, got {max_fps!r}")
+
+
+def sample_indices(total_frames: int, native_fps: float, fps: float = defaults.FPS,
+                   max_fps: float | None = defaults.MAX_FPS,
+                   max_frames: int = defaults.MAX_FRAMES) -> list[int]:
     """Indices (presentation order) of the frames the reference rule keeps."""
+    check_sampling(fps, max_fps, max_frames)
     if total_frames <= 0:
         return []
-    if max_frames < 1:
-        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
-    if fps <= 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
     step = max(1, round(native_fps / fps)) if native_fps > 0 else 1
     indices = list(range(0, total_frames, step))
     if max_fps is not None:
@@ -47,8 +61,8 @@ class SampledFrames:
         return len(self.group_times)
 
 
-def plan_frames(frame_times: list[float], fps: float = 1.0, max_fps: float | None = 4,
-                max_frames: int = 512) -> SampledFrames:
+def plan_frames(frame_times: list[float], fps: float = defaults.FPS,
+                max_fps: float | None = defaults.MAX_FPS, max_frames: int = defaults.MAX_FRAMES) -> SampledFrames:
     """Apply the sampling rule to a video whose frames are shown at ``frame_times`` (seconds, ascending)."""
     n = len(frame_times)
     duration = frame_times[-1] - frame_times[0] if n > 1 else 0.0
