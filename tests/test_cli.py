@@ -1,8 +1,13 @@
 """The videoxl command line, run as a real subprocess."""
 
 import json
+import os
+import signal
+import stat
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -54,12 +59,13 @@ def test_explain_writes_a_picture(tiny_checkpoint, clip, tmp_path):
         assert image.format == "PNG" and image.size[0] > 1000
 
 
-def test_bad_inputs_exit_2_with_a_message(tiny_checkpoint, tmp_path):
+def test_bad_inputs_exit_2_with_a_message(tiny_checkpoint, tmp_path, clip):
+    """The full list is tests/test_bad_input.py; the video is checked before the model is looked for."""
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"garbage" * 100)
-    run = videoxl("ask", junk, "q?", "--model", tiny_checkpoint)
-    assert run.returncode == 2 and "junk.mp4" in run.stderr and "Traceback" not in run.stderr
     run = videoxl("ask", junk, "q?", "--model", tmp_path / "no-model")
+    assert run.returncode == 2 and "junk.mp4" in run.stderr and "Traceback" not in run.stderr
+    run = videoxl("ask", clip, "q?", "--model", tmp_path / "no-model")
     assert run.returncode == 2 and "not a checkpoint folder" in run.stderr
     run = videoxl("ask", junk, "q?", "--kv-budget", "3")
     assert run.returncode == 2 and "kv-budget" in run.stderr
@@ -119,3 +125,81 @@ def test_eval_needle_workers_report_a_bad_checkpoint(tmp_path, monkeypatch):
     run = videoxl("eval", "needle", "--model", bad, "--lengths", "32", "--cases", "2", "--workers", "2", timeout=120)
     assert run.returncode == 2  # the workers' load error reaches the parent; no pool respawning forever
     assert "config.json" in run.stderr
+
+
+def _leftovers(*folders):
+    """Temporary files videoxl writes before renaming them into place."""
+    return [p for folder in folders for p in Path(folder).rglob("*") if p.name.startswith((".partial-", ".videoxl-"))]
+
+
+@pytest.mark.parametrize("after", [0.15, 0.6, 1.5, 3.0, 4.5])
+def test_ctrl_c_at_any_moment_exits_130_with_one_line(tmp_path, after):
+    """SIGINT while importing, writing the demo video, loading, decoding or answering: exit 130, one line."""
+    env = {**os.environ, "VIDEOXL_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "videoxl.cli", "ask", "demo", "What object appears in the video?",
+                             "--explain", tmp_path / "why.png"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(after)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip(f"the run finished within {after} s, before the signal")  # on a fast machine
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1:] == ["videoxl: interrupted"] and "Traceback" not in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert not _leftovers(tmp_path)
+    demo = tmp_path / "cache" / "demo.mp4"
+    assert not demo.exists() or demo.stat().st_size > 10_000  # a demo video is whole or absent
+
+
+def test_the_answer_is_printed_before_the_picture_and_kept_if_it_fails(tiny_checkpoint, clip, tmp_path, monkeypatch,
+                                                                      capsys):
+    """A failure after the answer (here: the picture cannot be drawn) reports it and exits non-zero, with the
+    answer already on stdout and no half-written picture."""
+    import videoxl.explain
+    from videoxl.cli import main
+
+    def broken(path, *args, **kwargs):
+        Path(path).write_bytes(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(videoxl.explain, "render_explanation", broken)
+    png = tmp_path / "why.png"
+    code = main(["ask", str(clip), "What object appears in the video?", "--model", str(tiny_checkpoint), "--json",
+                 "--explain", str(png), "--max-new-tokens", "2"])
+    out = capsys.readouterr()
+    assert code == 1
+    assert "answer" in json.loads(out.out)
+    assert "the answer is above" in out.err and "No space left on device" in out.err
+    assert not png.exists() and not _leftovers(tmp_path)
+
+
+def test_demo_cache_is_regenerated_when_cut_short_and_has_normal_permissions(tmp_path):
+    env = {**os.environ, "VIDEOXL_CACHE": str(tmp_path / "cache")}
+    question = ["ask", "demo", "What object appears in the video?", "--json"]
+    first = subprocess.run([sys.executable, "-m", "videoxl.cli", *question], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    demo = tmp_path / "cache" / "demo.mp4"
+    assert stat.S_IMODE(demo.stat().st_mode) == 0o666 & ~_umask()  # an ordinary file, not mkstemp's 0600
+    whole = demo.read_bytes()
+    demo.write_bytes(whole[: len(whole) // 2])  # a copy cut short (a full disk, a killed copy)
+    (tmp_path / "demo").mkdir()  # a folder named demo in the working directory does not shadow 'ask demo'
+    second = subprocess.run([sys.executable, "-m", "videoxl.cli", *question], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["answer"] == "moon"
+    assert demo.read_bytes() == whole  # written again, identically (the demo is deterministic)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_help_does_not_load_torch():
+    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "videoxl.cli", "--help"], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0 and "ask" in run.stdout
+    assert "| torch" not in run.stderr and "transformers" not in run.stderr

@@ -1,5 +1,6 @@
 """Video input on real files made here: constant and variable frame rate, seeking, and broken inputs."""
 
+import numpy as np
 import pytest
 from helpers import frame_index, write_audio, write_video
 
@@ -94,3 +95,33 @@ def test_audio_only_file(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(VideoError, match="no such file"):
         probe(tmp_path / "nope.mp4")
+
+
+@pytest.mark.parametrize("rotation, corner", [(-90, "top-right"), (90, "bottom-left"), (180, "bottom-right"),
+                                              (0, "top-left")])
+def test_rotation_tag_is_applied_like_ffmpeg_autorotate(tmp_path, rotation, corner):
+    """A phone video stores frames sideways with a display matrix; decoding turns them upright. The expected
+    corners are what `ffmpeg -i FILE` (autorotate on) gives for these files (checked with FFmpeg 5.1)."""
+    import av
+
+    path = tmp_path / "phone.mp4"
+    container = av.open(str(path), "w")
+    stream = container.add_stream("libx264", rate=4)
+    stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+    stream.set_display_rotation(rotation)  # the display matrix, as phones write it
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:16, :32] = 255  # white top-left quarter in the stored (sideways) frame
+    for _ in range(8):
+        for packet in stream.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+
+    frame = next(decode_frames(probe(path), [0]))
+    assert frame.shape == ((64, 32, 3) if rotation in (90, -90) else (32, 64, 3))
+    h, w = frame.shape[0] // 2, frame.shape[1] // 2
+    quarters = {"top-left": frame[:h, :w], "top-right": frame[:h, w:], "bottom-left": frame[h:, :w],
+                "bottom-right": frame[h:, w:]}
+    assert max(quarters, key=lambda k: quarters[k].mean()) == corner
+    assert quarters[corner].mean() > 200 and all(q.mean() < 40 for k, q in quarters.items() if k != corner)

@@ -27,7 +27,7 @@ if "torch" not in sys.modules:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _LAZY = {
-    "VideoXL2": ".model", "VideoXL2Config": ".model", "Session": ".model",
+    "VideoXL2": ".model", "VideoXL2Config": ".model", "Session": ".pipeline", "ingest": ".pipeline",
     "PrefillConfig": ".engine.prefill", "PrefilledVideo": ".engine.prefill", "prefill": ".engine.prefill",
     "DecodeConfig": ".engine.decode", "Answer": ".engine.decode", "Decoder": ".engine.decode",
     "Group": ".engine.layout", "KVStore": ".engine.store",

@@ -24,7 +24,6 @@ signal.signal(signal.SIGINT, _interrupted_early)
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-import math  # noqa: E402
 import os  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -32,41 +31,9 @@ from pathlib import Path  # noqa: E402
 
 from . import defaults  # noqa: E402
 from .errors import InputError, OptionError  # noqa: E402
+from .options import device_name, fraction, lengths, rate, whole  # noqa: E402
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-def _whole(low: int, high: int | None = None):
-    """argparse type: a whole number in [low, high]; the error names the option (argparse adds its name)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            bound = f"from {low:,} to {high:,}" if high is not None else f">= {low}"
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
-        return value
-    return parse
-
-
-def _rate(text: str) -> float:
-    """argparse type: a finite rate > 0 (frames per second)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of frames per second, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def _device(text: str) -> str:
-    """argparse type: the shape of a device name (whether it exists is checked once torch is loaded)."""
-    kind, _, index = text.partition(":")
-    if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda, cuda:N or mps")
-    return text
 
 
 class _Bars:
@@ -92,26 +59,6 @@ class _Bars:
             bar.close()
 
 
-def _kv_budget(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"is a fraction of the dense KV cache in (0, 1], got {text!r}")
-    return value
-
-
-def _lengths(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated whole numbers of frames, got {text!r}") from None
-    if any(not 8 <= v <= defaults.FRAMES_LIMIT for v in values):
-        raise argparse.ArgumentTypeError(f"each length must be from 8 to {defaults.FRAMES_LIMIT:,} frames, got {text}")
-    return values
-
-
 DEFAULT_MODEL_NOTE = (
     "The default model is videoxl's own small model, trained from scratch on a CPU on the synthetic world of "
     "videoxl.synth (coloured shapes on coloured backgrounds, scene cuts, object icons, stars): it answers "
@@ -130,33 +77,33 @@ def _add_ask(sub) -> None:
         "Answer a question about a video file (or an image). VIDEO 'demo' is the demo video, generated on first "
         "use (unless a file named 'demo' exists here). " + DEFAULT_MODEL_NOTE))
     p.add_argument("video", help="video file (any container FFmpeg reads), image file, or 'demo'; local files only")
-    p.add_argument("question", help=f"the question (UTF-8, at most --max-question-tokens tokens)")
+    p.add_argument("question", help="the question (UTF-8, at most --max-question-tokens tokens)")
     p.add_argument("--model", default=None, help="checkpoint folder or hub id, e.g. BAAI/Video-XL-2 "
                                                  "(default: the bundled synthetic-world model)")
     frames = p.add_argument_group("frames")
-    frames.add_argument("--max-frames", type=_whole(1, defaults.FRAMES_LIMIT), default=defaults.MAX_FRAMES,
+    frames.add_argument("--max-frames", type=whole(1, defaults.FRAMES_LIMIT), default=defaults.MAX_FRAMES,
                         help=f"frame budget (default {defaults.MAX_FRAMES}, at most {defaults.FRAMES_LIMIT:,})")
-    frames.add_argument("--fps", type=_rate, default=defaults.FPS,
+    frames.add_argument("--fps", type=rate, default=defaults.FPS,
                         help=f"base sampling rate (default {defaults.FPS:g})")
-    frames.add_argument("--max-fps", type=_rate, default=defaults.MAX_FPS,
+    frames.add_argument("--max-fps", type=rate, default=defaults.MAX_FPS,
                         help=f"highest rate for short videos (default {defaults.MAX_FPS:g})")
     chunking = p.add_argument_group("chunked pre-fill")
-    chunking.add_argument("--chunk", type=_whole(1), default=defaults.CHUNK,
+    chunking.add_argument("--chunk", type=whole(1), default=defaults.CHUNK,
                           help=f"chunk size in 4-frame groups (default {defaults.CHUNK})")
-    chunking.add_argument("--window", type=_whole(-1), default=defaults.WINDOW,
+    chunking.add_argument("--window", type=whole(-1), default=defaults.WINDOW,
                           help=f"previous chunks a chunk sees (default {defaults.WINDOW}; -1: all)")
     decoding = p.add_argument_group("bi-level decoding")
-    decoding.add_argument("--topk", type=_whole(0), default=defaults.TOPK,
+    decoding.add_argument("--topk", type=whole(0), default=defaults.TOPK,
                           help=f"relevant chunks reloaded dense besides the first and last (default {defaults.TOPK})")
-    decoding.add_argument("--kv-budget", type=_kv_budget, help="instead of --topk: fraction of the dense KV to use")
-    decoding.add_argument("--decode-chunk", type=_whole(1), default=defaults.DECODE_CHUNK,
+    decoding.add_argument("--kv-budget", type=fraction, help="instead of --topk: fraction of the dense KV to use")
+    decoding.add_argument("--decode-chunk", type=whole(1), default=defaults.DECODE_CHUNK,
                           help=f"decoding chunk size in groups (default {defaults.DECODE_CHUNK}: 4 frames)")
     decoding.add_argument("--dense", action="store_true", help="decode with every chunk dense")
-    decoding.add_argument("--max-new-tokens", type=_whole(1, defaults.NEW_TOKENS_LIMIT), default=defaults.MAX_NEW_TOKENS,
+    decoding.add_argument("--max-new-tokens", type=whole(1, defaults.NEW_TOKENS_LIMIT), default=defaults.MAX_NEW_TOKENS,
                           help=f"answer length limit (default {defaults.MAX_NEW_TOKENS})")
-    decoding.add_argument("--max-question-tokens", type=_whole(1), default=defaults.QUESTION_TOKENS,
+    decoding.add_argument("--max-question-tokens", type=whole(1), default=defaults.QUESTION_TOKENS,
                           help=f"longest question accepted, in tokens (default {defaults.QUESTION_TOKENS})")
-    p.add_argument("--device", type=_device, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--explain", metavar="FILE.png", help="draw the timeline with chunk relevance and thumbnails")
@@ -219,7 +166,8 @@ def _ask(args) -> int:
     from .engine.decode import DecodeConfig
     from .engine.prefill import PrefillConfig
     from .model import VideoXL2, checkpoint
-    from .model.videoxl2 import IMAGE_SUFFIXES, question_ids, resolve_device
+    from .model.videoxl2 import question_ids, resolve_device
+    from .pipeline import IMAGE_SUFFIXES
     from .video import probe
 
     device = resolve_device(args.device)
@@ -304,23 +252,23 @@ def _add_eval(sub) -> None:
     n = tasks.add_parser("needle", help="needle in a video: dense vs chunked vs chunked + bi-level")
     n.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
     n.add_argument("--quick", action="store_true", help="256 and 2,048 frames, 10 cases each (< 5 minutes)")
-    n.add_argument("--lengths", type=_lengths, help="comma-separated haystack lengths in frames "
+    n.add_argument("--lengths", type=lengths, help="comma-separated haystack lengths in frames "
                                                     "(default 256,512,1024,2048,4096,8192)")
-    n.add_argument("--cases", type=_whole(1), help="cases per length (default 50; --quick: 10)")
+    n.add_argument("--cases", type=whole(1), help="cases per length (default 50; --quick: 10)")
     n.add_argument("--json", type=str, help="write one row per length here")
     n.add_argument("--heatmap", type=str, help="write the depth x length accuracy heatmap here (PNG)")
     n.add_argument("--rows", type=str, help="keep one JSON line per case here; cases already in it are not run "
                                             "again (resume), and --json/--heatmap cover every row in it (merge)")
-    n.add_argument("--workers", type=_whole(1, 64), default=1, help="cases in parallel processes, the CPU threads "
+    n.add_argument("--workers", type=whole(1, 64), default=1, help="cases in parallel processes, the CPU threads "
                                                                     "shared among them (default 1)")
-    n.add_argument("--device", type=_device)
+    n.add_argument("--device", type=device_name)
     n.set_defaults(run=_eval_needle)
     f = tasks.add_parser("families", help="accuracy per question family (needle, grounding, order, count, detail)")
     f.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
-    f.add_argument("--cases", type=_whole(1), default=20, help="clips per family (default 20)")
-    f.add_argument("--groups", type=_whole(2), default=16, help="4-frame groups per clip (default 16)")
+    f.add_argument("--cases", type=whole(1), default=20, help="clips per family (default 20)")
+    f.add_argument("--groups", type=whole(2), default=16, help="4-frame groups per clip (default 16)")
     f.add_argument("--json", type=str, help="write {family: accuracy %%} here")
-    f.add_argument("--device", type=_device)
+    f.add_argument("--device", type=device_name)
     f.set_defaults(run=_eval_families)
 
 
@@ -396,17 +344,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = _Parser(prog="videoxl", description="Question answering over very long videos.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_ask(sub)
     _add_demo(sub)
     _add_eval(sub)
+    if argv is not None and argv[:1] == ["serve"]:
+        from .serve.__main__ import add_parser as add_serve
+
+        add_serve(sub)
+    else:  # listed without importing the server (and torch), so --help stays instant
+        sub.add_parser("serve", help="serve video QA over an OpenAI-compatible HTTP API")
     return parser
 
 
 def _run(argv: list[str] | None) -> int:
-    args = _parser().parse_args(argv)  # a bad option exits 2 here, naming it, before anything is loaded
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = _parser(argv).parse_args(argv)  # a bad option exits 2 here, naming it, before anything is loaded
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args)
@@ -426,7 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while shutting down stays quiet too
         print("videoxl: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        # Leave now: an interrupt that landed inside an extension's own Python call (torch's import runs some) marks
+        # the interpreter, which would otherwise end itself by SIGINT (-2) instead of 130. Everything that had to be
+        # cleaned up was, while the exception unwound.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from ..errors import CheckpointError
 from .config import PRESETS, SYNTH, TINY, VIDEO_XL_2, LLMConfig, VideoXL2Config, VisionConfig, preset
-from .videoxl2 import IngestStats, Session, VideoXL2
+from .videoxl2 import VideoXL2
 
-__all__ = ["VideoXL2", "Session", "IngestStats", "VideoXL2Config", "VisionConfig", "LLMConfig", "PRESETS", "TINY", "SYNTH",
+__all__ = ["VideoXL2", "VideoXL2Config", "VisionConfig", "LLMConfig", "PRESETS", "TINY", "SYNTH",
            "VIDEO_XL_2", "preset", "CheckpointError"]

@@ -1,4 +1,6 @@
-"""Video-XL-2 end to end: frames -> visual tokens -> streaming chunked pre-fill -> bi-level decoding -> answer.
+"""The Video-XL-2 model: vision tower + DTS + projector (:class:`VisualEncoder`), a Qwen2 LLM, the ChatML prompt
+with ``Time {t}s:`` tokens, and checkpoints in the official layout. Turning a video into a pre-filled session is the
+pipeline's job (``videoxl/pipeline.py``); ``ingest`` here is a shortcut to it.
 
     model = VideoXL2.from_pretrained("path/or/BAAI/Video-XL-2")
     session = model.ingest("video.mp4")          # decode, encode and pre-fill, chunk by chunk
@@ -8,32 +10,24 @@
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch import nn
 from transformers import Qwen2ForCausalLM
 
 from .. import defaults
-from ..engine.decode import Answer, DecodeConfig, Decoder
-from ..engine.layout import Group
-from ..engine.prefill import PrefillConfig, PrefilledVideo, prefill
-from ..errors import CheckpointError, OptionError, VideoError
+from ..engine.prefill import PrefillConfig
+from ..errors import CheckpointError, OptionError
 from ..question import check_question_text
-from ..video import VideoInfo, check_file, check_sampling, decode_frames, plan_frames, probe
-from ..video.preprocess import preprocess
-from ..video.sampling import FRAMES_PER_GROUP
 from . import checkpoint
 from .config import VideoXL2Config
 from .vision import VisualEncoder
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
+if TYPE_CHECKING:
+    from ..pipeline import IngestStats, Session
+
 
 
 QUESTION_TOKENS = defaults.QUESTION_TOKENS
@@ -81,34 +75,6 @@ def question_ids(tokenizer, question: str, max_tokens: int = QUESTION_TOKENS) ->
                           "(max_question_tokens, --max-question-tokens)")
     ids = tokenizer(f"\n{question}<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
-
-
-@dataclass
-class IngestStats:
-    """What ingesting one video cost."""
-
-    frames: int = 0
-    groups: int = 0
-    tokens: int = 0
-    chunks: int = 0
-    seconds: dict = field(default_factory=lambda: {"decode": 0.0, "encode": 0.0, "prefill": 0.0})
-
-
-class Session:
-    """One ingested video: its KV store and decoder. Answers any number of questions without re-encoding."""
-
-    def __init__(self, model: "VideoXL2", video: PrefilledVideo, group_times: list[float], stats: IngestStats,
-                 thumbnails: list[np.ndarray] | None = None):
-        self.model, self.video, self.group_times, self.stats = model, video, group_times, stats
-        self.thumbnails = thumbnails
-        self.decoder = Decoder(model.llm, video, model.tokenizer)
-
-    def ask(self, question: str, config: DecodeConfig = DecodeConfig(), on_text: Callable[[str], None] | None = None,
-            chunk_scores: Sequence[float] | None = None, max_question_tokens: int = QUESTION_TOKENS) -> Answer:
-        """Answer a question about the video (bi-level decoding per ``config``); OptionError for an empty, non-UTF-8
-        or too long question."""
-        ids = self.model.question_ids(question, max_question_tokens)
-        return self.decoder.answer(ids, config, chunk_scores=chunk_scores, on_text=on_text)
 
 
 class VideoXL2(nn.Module):
@@ -212,111 +178,22 @@ class VideoXL2(nn.Module):
             return torch.empty(0, dtype=torch.long)
         return self._ids(f"Time {t}s:")
 
-    # -- ingesting ----------------------------------------------------------------------------------------------
-    def ingest(self, video: str | os.PathLike | Sequence | VideoInfo, *, max_frames: int = defaults.MAX_FRAMES,
-               fps: float = defaults.FPS, max_fps: float | None = defaults.MAX_FPS, frame_times: Sequence[float] | None = None,
-               prefill_config: PrefillConfig = PrefillConfig(), on_progress: Progress | None = None,
-               thumbnails: bool = False) -> Session:
-        """Decode, encode and pre-fill a video chunk by chunk; no more than one chunk of frames is in memory.
+    # -- ingesting (the pipeline, videoxl/pipeline.py, does it; these are shortcuts) ---------------------------
+    def ingest(self, video, **options) -> "Session":
+        """Decode, encode and pre-fill a video chunk by chunk; see :func:`videoxl.pipeline.ingest`."""
+        from ..pipeline import ingest
 
-        ``video`` is a file path (any container FFmpeg reads; an image file becomes one untimed group), a
-        :class:`VideoInfo` from :func:`videoxl.video.probe` (so a caller can refuse a bad file before loading), or a
-        sequence of RGB frames (H x W x 3 uint8 arrays or PIL images), already sampled, shown at ``frame_times``
-        seconds (default 0, 1, 2, ...). ``thumbnails`` keeps a small copy of each group's middle (third) frame.
-        """
-        if self.tokenizer is None:
-            raise OptionError("the model has no tokenizer: load it with from_pretrained or pass one")
-        frames, group_times, n_frames = self._frame_source(video, max_frames, fps, max_fps, frame_times)
-        stats = IngestStats(frames=n_frames, groups=len(group_times))
-        thumbs: list[np.ndarray] | None = [] if thumbnails else None
-        encoded = self._encode_stream(frames, group_times, prefill_config.chunk, stats, thumbs, on_progress)
-        groups = (Group(self.timestamp_ids(t), visual) for t, visual in encoded)
-        return self._prefill(groups, group_times, stats, prefill_config, on_progress, thumbs)
+        return ingest(self, video, **options)
 
     def ingest_tokens(self, visual: torch.Tensor, group_times: Sequence[float | None],
-                      prefill_config: PrefillConfig = PrefillConfig()) -> Session:
-        """Pre-fill visual tokens (G, tokens_per_group, hidden) encoded earlier (see :meth:`encode_video`)."""
-        stats = IngestStats(frames=len(group_times) * FRAMES_PER_GROUP, groups=len(group_times))
-        groups = (Group(self.timestamp_ids(t), v) for t, v in zip(group_times, visual))
-        return self._prefill(groups, list(group_times), stats, prefill_config, None, None)
+                      prefill_config: PrefillConfig = PrefillConfig()) -> "Session":
+        """Pre-fill visual tokens encoded earlier; see :func:`videoxl.pipeline.ingest_tokens`."""
+        from ..pipeline import ingest_tokens
 
-    def encode_video(self, video: str | os.PathLike | Sequence, *, max_frames: int = defaults.MAX_FRAMES,
-                     fps: float = defaults.FPS, max_fps: float | None = defaults.MAX_FPS, frame_times: Sequence[float] | None = None,
-                     batch_groups: int = 16) -> tuple[torch.Tensor, list[float | None], IngestStats]:
-        """All visual tokens of a video at once: (G, tokens_per_group, hidden), group timestamps, timings."""
-        frames, group_times, n_frames = self._frame_source(video, max_frames, fps, max_fps, frame_times)
-        stats = IngestStats(frames=n_frames, groups=len(group_times))
-        tokens = [v for _, v in self._encode_stream(frames, group_times, batch_groups, stats, None, None)]
-        return torch.stack(tokens), group_times, stats
+        return ingest_tokens(self, visual, group_times, prefill_config)
 
-    def _encode_stream(self, frames: Iterator, group_times: list, batch_groups: int, stats: IngestStats,
-                       thumbs: list | None, on_progress: Progress | None) -> Iterator[tuple[float | None, torch.Tensor]]:
-        """(timestamp, visual tokens) per group, decoding and encoding ``batch_groups`` groups at a time."""
-        size = self.config.vision.image_size
-        total = len(group_times) * FRAMES_PER_GROUP
-        done = 0
-        for start in range(0, len(group_times), batch_groups):
-            times = group_times[start: start + batch_groups]
-            t0 = time.perf_counter()
-            batch = []
-            for _ in range(len(times) * FRAMES_PER_GROUP):
-                frame = next(frames)
-                batch.append(preprocess(frame, size))
-                if thumbs is not None and len(batch) % FRAMES_PER_GROUP == 3:  # the group's middle (third) frame
-                    image = frame if isinstance(frame, Image.Image) else Image.fromarray(np.asarray(frame))
-                    thumbs.append(np.asarray(image.convert("RGB").resize((96, 96))))
-            t1 = time.perf_counter()
-            tokens = self.encode(torch.stack(batch))  # (groups in batch, T, hidden)
-            stats.seconds["decode"] += t1 - t0
-            stats.seconds["encode"] += time.perf_counter() - t1
-            done += len(batch)
-            if on_progress:
-                on_progress("encode", done, total)
-            yield from zip(times, tokens)
+    def encode_video(self, video, **options) -> tuple[torch.Tensor, list[float | None], "IngestStats"]:
+        """All visual tokens of a video at once; see :func:`videoxl.pipeline.encode_video`."""
+        from ..pipeline import encode_video
 
-    def _prefill(self, groups: Iterator[Group], group_times: list, stats: IngestStats,
-                 prefill_config: PrefillConfig, on_progress: Progress | None, thumbs) -> Session:
-        started = time.perf_counter()
-        chunks = -(-len(group_times) // prefill_config.chunk)
-
-        def chunk_done(done: int, tokens: int) -> None:
-            if on_progress:
-                on_progress("prefill", done, chunks)
-
-        expected = 64 + len(group_times) * (self.config.tokens_per_group + 12)
-        video_kv = prefill(self.llm, self._prompt_prefix(), groups, prefill_config, expected_tokens=expected,
-                           on_chunk=chunk_done)
-        total = time.perf_counter() - started
-        stats.seconds["prefill"] = total - stats.seconds["decode"] - stats.seconds["encode"]
-        stats.tokens, stats.chunks = video_kv.stats.tokens, video_kv.stats.chunks
-        return Session(self, video_kv, list(group_times), stats, thumbs)
-
-    def _frame_source(self, video, max_frames, fps, max_fps, frame_times):
-        """(iterator of frames, group timestamps (None for images), number of sampled frames)."""
-        check_sampling(fps, max_fps, max_frames)
-        if isinstance(video, VideoInfo):
-            info = video
-        elif isinstance(video, (str, os.PathLike)):
-            path = Path(check_file(video))
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                try:
-                    with Image.open(path) as opened:
-                        image = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
-                except (OSError, ValueError, Image.DecompressionBombError) as e:
-                    raise VideoError(f"{path}: not a readable image ({e})") from None
-                return iter([image] * FRAMES_PER_GROUP), [None], 1
-            info = probe(path)
-        if isinstance(video, (str, os.PathLike, VideoInfo)):
-            plan = plan_frames(info.frame_times, fps=fps, max_fps=max_fps, max_frames=max_frames)
-            return decode_frames(info, plan.indices), plan.group_times, len(plan.indices)
-        frames = list(video)
-        if not frames:
-            raise VideoError("no frames given")
-        times = list(frame_times) if frame_times is not None else [float(i) for i in range(len(frames))]
-        if len(times) != len(frames):
-            raise OptionError(f"{len(frames)} frames but {len(times)} frame_times")
-        pad = (-len(frames)) % FRAMES_PER_GROUP
-        frames += [frames[-1]] * pad
-        times += [times[-1]] * pad
-        group_times = [round(times[g], 1) for g in range(0, len(frames), FRAMES_PER_GROUP)]
-        return (np.asarray(f) if not isinstance(f, Image.Image) else f for f in frames), group_times, len(frames)
+        return encode_video(self, video, **options)

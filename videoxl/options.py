@@ -1,0 +1,88 @@
+"""Types for command-line options (argparse): each refuses a bad value with a message argparse prefixes with the
+option's name, so ``--chunk 0`` and ``--decode-chunk 0`` say which one is wrong. No heavy imports."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from . import defaults
+
+
+def whole(low: int, high: int | None = None):
+    """a whole number in [low, high]; the error names the option (argparse adds its name)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low:,} to {high:,}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+    return parse
+
+
+def rate(text: str) -> float:
+    """a finite rate > 0 (frames per second)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of frames per second, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """the shape of a device name (whether it exists is checked once torch is loaded)."""
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda, cuda:N or mps")
+    return text
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"is a fraction of the dense KV cache in (0, 1], got {text!r}")
+    return value
+
+
+def lengths(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated whole numbers of frames, got {text!r}") from None
+    if any(not 8 <= v <= defaults.FRAMES_LIMIT for v in values):
+        raise argparse.ArgumentTypeError(f"each length must be from 8 to {defaults.FRAMES_LIMIT:,} frames, got {text}")
+    return values
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def positive(text: str) -> float:
+    """A finite number > 0."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def non_negative(text: str) -> float:
+    """A finite number >= 0."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
