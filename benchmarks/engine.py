@@ -2,8 +2,11 @@
 and passkey-needle accuracy of dense, chunked, and chunked + bi-level decoding.
 
     python benchmarks/engine.py [--quick] [--json PATH] [--lengths 2048,4096] [--cases N]
+    python benchmarks/engine.py --prefill-only --lengths 8192 --cases 2    # pre-fill time only, one process
 
-Every (length, method) runs in its own process, so peak RSS is measured per method. The text stands in for video:
+Every (length, method) runs in its own process, so peak RSS is measured per method. ``--prefill-only`` instead
+times dense and chunked pre-fill alternately, case by case, in one process, so a shared machine's load hits both
+alike; it reports the per-case ratio and skips decoding. The text stands in for video:
 filler text cut into groups of 144 tokens, each after a `Time {t}s:` stamp; one group hides the pass key.
 """
 
@@ -135,6 +138,38 @@ def worker(method: str, tokens: int, cases: int) -> dict:
     return result
 
 
+def prefill_times(tokens: int, cases: int) -> dict:
+    """Dense and chunked pre-fill of the same cases, alternating in this process."""
+    from transformers import DynamicCache
+
+    model, tokenizer = load_smollm2()
+    with torch.inference_mode():  # warm-up of both paths
+        model(torch.arange(64)[None], use_cache=False)
+    warm = make_case(tokenizer, 1024, 0.5, seed=0)
+    prefill(model, torch.tensor(warm["prefix"]), to_groups(warm), PREFILL)
+    rows = []
+    for i in range(cases):
+        case = make_case(tokenizer, tokens, (i + 0.5) / cases, seed=1000 * tokens + i)
+        ids = video_ids(case)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model(ids[None], cache=DynamicCache(config=model.config), use_cache=True, logits_to_keep=1)
+        dense = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        video = prefill(model, torch.tensor(case["prefix"]), to_groups(case), PREFILL, expected_tokens=ids.numel())
+        chunked = time.perf_counter() - t0
+        rows.append({"tokens": ids.numel(), "dense_prefill_s": dense, "chunked_prefill_s": chunked,
+                     "prefill_time_ratio": chunked / dense,
+                     "attn_flops_ratio": video.stats.attn_flops / video.stats.dense_attn_flops,
+                     "total_flops_ratio": video.stats.total_flops / video.stats.dense_total_flops})
+        print(f"{ids.numel():>7} dense {dense:7.2f}s  chunked {chunked:7.2f}s  ratio {chunked / dense:5.2f}  "
+              f"(attention FLOPs {rows[-1]['attn_flops_ratio']:.2f}, total FLOPs {rows[-1]['total_flops_ratio']:.2f})",
+              flush=True)
+        del video
+    return {"tokens": rows[0]["tokens"], "cases": cases, "threads": torch.get_num_threads(),
+            **{k: median([r[k] for r in rows]) for k in rows[0] if k != "tokens"}, "per_case": rows}
+
+
 def run_worker(method: str, tokens: int, cases: int) -> dict:
     out = subprocess.run([sys.executable, __file__, "--worker", method, str(tokens), str(cases)],
                          check=True, stdout=subprocess.PIPE, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
@@ -156,8 +191,16 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
     parser.add_argument("--lengths", help="comma-separated token counts (default 2048,4096,8192,16384)")
     parser.add_argument("--cases", type=int, help="needle cases per length (default 20; --quick: 4 and 2)")
+    parser.add_argument("--prefill-only", action="store_true",
+                        help="time dense and chunked pre-fill alternately in one process (no decoding, no RSS)")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.prefill_only:
+        rows = [prefill_times(int(n), args.cases or 2) for n in (args.lengths or "2048,8192").split(",")]
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(rows, indent=2))
+        return
     if args.worker:
         method, tokens, cases = args.worker
         print(json.dumps(worker(method, int(tokens), int(cases))))

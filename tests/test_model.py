@@ -156,9 +156,9 @@ def test_images_and_frame_lists(tiny_checkpoint, tmp_path):
     image = tmp_path / "still.png"
     Image.fromarray(np.full((40, 30, 3), 200, np.uint8)).save(image)
     session = model.ingest(image)
-    assert session.group_times == [None] and session.stats.groups == 1
+    assert session.group_times == [0.0] and session.stats.groups == 1  # "Time 0.0s:" as the published code
     prefix = model._prompt_prefix().numel()
-    assert session.stats.tokens == prefix + TINY.tokens_per_group  # no timestamp tokens for an image
+    assert session.stats.tokens == prefix + model.timestamp_ids(0.0).numel() + TINY.tokens_per_group
 
     frames = [np.full((32, 32, 3), 10 * i, np.uint8) for i in range(6)]
     session = model.ingest(frames, frame_times=[0, 0.5, 1.0, 1.5, 2.0, 2.5])

@@ -78,3 +78,19 @@ def test_byte_accounting_counts_every_layer_head_and_token():
     all_sparse = torch.zeros(6, dtype=torch.bool)
     assert store.mixed_tokens(all_sparse) == 4 + expected_sparse
     assert store.mixed_tokens(~all_sparse) == store.length
+
+
+def test_mixed_cache_layout_follows_the_groups_in_order():
+    model = tiny_qwen2()
+    video = prefill(model, torch.arange(4), random_groups(7, hidden=64), PrefillConfig(chunk=2, window=1))
+    store = video.store
+    dense_groups = torch.tensor([True, False, False, True, False, True, True])
+    want_dense, want_index, want_pos = [True] * 4, list(range(4)), [float(p) for p in range(4)]
+    for g, span in enumerate(store.groups):  # group by group, as the decoder reads them
+        rows = range(span.start, span.end) if dense_groups[g] else range(span.sparse_start, span.sparse_end)
+        want_dense += [bool(dense_groups[g])] * len(rows)
+        want_index += list(rows)
+        want_pos += [float(r) if dense_groups[g] else float(store.sparse_pos[r]) for r in rows]
+    from_dense, index, pos = store.layout(dense_groups)
+    assert from_dense.tolist() == want_dense and index.tolist() == want_index and pos.tolist() == want_pos
+    assert index.numel() == store.mixed_tokens(dense_groups)

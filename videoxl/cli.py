@@ -247,7 +247,7 @@ def _demo(args) -> int:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="benchmarks on held-out synthetic videos")
+    p = sub.add_parser("eval", help="the published long-video benchmarks, and videoxl's own on synthetic videos")
     tasks = p.add_subparsers(dest="task", required=True)
     n = tasks.add_parser("needle", help="needle in a video: dense vs chunked vs chunked + bi-level")
     n.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
@@ -270,6 +270,9 @@ def _add_eval(sub) -> None:
     f.add_argument("--json", type=str, help="write {family: accuracy %%} here")
     f.add_argument("--device", type=device_name)
     f.set_defaults(run=_eval_families)
+    from .eval.commands import add_parsers as add_benchmarks  # mlvu, videomme, ..., rescore (light imports)
+
+    add_benchmarks(tasks)
 
 
 def _eval_needle(args) -> int:

@@ -10,7 +10,7 @@ from . import defaults
 
 
 def whole(low: int, high: int | None = None):
-    """a whole number in [low, high]; the error names the option (argparse adds its name)."""
+    """A whole number in [low, high]; the error names the option (argparse adds its name)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -24,18 +24,12 @@ def whole(low: int, high: int | None = None):
 
 
 def rate(text: str) -> float:
-    """a finite rate > 0 (frames per second)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of frames per second, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
+    """A rate in frames per second: a finite number > 0."""
+    return positive(text)
 
 
 def device_name(text: str) -> str:
-    """the shape of a device name (whether it exists is checked once torch is loaded)."""
+    """The shape of a device name (whether it exists is checked once torch is loaded)."""
     kind, _, index = text.partition(":")
     if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda, cuda:N or mps")
@@ -43,6 +37,7 @@ def device_name(text: str) -> str:
 
 
 def fraction(text: str) -> float:
+    """A fraction of the dense KV cache, in (0, 1]."""
     try:
         value = float(text)
     except ValueError:
@@ -53,6 +48,7 @@ def fraction(text: str) -> float:
 
 
 def lengths(text: str) -> list[int]:
+    """Comma-separated haystack lengths in frames."""
     try:
         values = [int(x) for x in text.split(",")]
     except ValueError:

@@ -68,7 +68,7 @@ def ingest(model: VideoXL2, video: str | os.PathLike | Sequence | VideoInfo, *,
            thumbnails: bool = False) -> Session:
     """Decode, encode and pre-fill a video chunk by chunk; no more than one chunk of frames is in memory.
 
-    ``video`` is a file path (any container FFmpeg reads; an image file becomes one untimed group), a
+    ``video`` is a file path (any container FFmpeg reads; an image file becomes one group at ``Time 0.0s:``), a
     :class:`VideoInfo` from :func:`videoxl.video.probe` (so a caller can refuse a bad file before loading), or a
     sequence of RGB frames (H x W x 3 uint8 arrays or PIL images), already sampled, shown at ``frame_times``
     seconds (default 0, 1, 2, ...). ``thumbnails`` keeps a small copy of each group's middle (third) frame.
@@ -118,12 +118,15 @@ def _encode_stream(model: VideoXL2, frames: Iterator, group_times: list, batch_g
                 thumbs.append(np.asarray(image.convert("RGB").resize((96, 96))))
         t1 = time.perf_counter()
         tokens = model.encode(torch.stack(batch))  # (groups in batch, T, hidden)
+        if tokens.is_cuda:  # the vision tower's GPU work counts as encoding, not as the pre-fill that follows
+            torch.cuda.synchronize(tokens.device)
         stats.seconds["decode"] += t1 - t0
         stats.seconds["encode"] += time.perf_counter() - t1
         done += len(batch)
         if on_progress:
             on_progress("encode", done, total)
         yield from zip(times, tokens)
+
 
 def _prefill(model: VideoXL2, groups: Iterator[Group], group_times: list, stats: IngestStats,
              prefill_config: PrefillConfig, on_progress: Progress | None, thumbs) -> Session:
@@ -143,7 +146,8 @@ def _prefill(model: VideoXL2, groups: Iterator[Group], group_times: list, stats:
     return Session(model, video_kv, list(group_times), stats, thumbs)
 
 def _frame_source(video, max_frames, fps, max_fps, frame_times):
-    """(iterator of frames, group timestamps (None for images), number of sampled frames)."""
+    """(iterator of frames, group timestamps, number of sampled frames). A single image is one group of four copies
+    at time 0.0, as the published evaluation times image inputs (``Time 0.0s:``, docs/video-xl-2.md §6)."""
     check_sampling(fps, max_fps, max_frames)
     if isinstance(video, VideoInfo):
         info = video
@@ -155,7 +159,7 @@ def _frame_source(video, max_frames, fps, max_fps, frame_times):
                     image = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
             except (OSError, ValueError, Image.DecompressionBombError) as e:
                 raise VideoError(f"{path}: not a readable image ({e})") from None
-            return iter([image] * FRAMES_PER_GROUP), [None], 1
+            return iter([image] * FRAMES_PER_GROUP), [0.0], 1  # "Time 0.0s:", as the published eval
         info = probe(path)
     if isinstance(video, (str, os.PathLike, VideoInfo)):
         plan = plan_frames(info.frame_times, fps=fps, max_fps=max_fps, max_frames=max_frames)

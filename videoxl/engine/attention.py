@@ -3,96 +3,259 @@
 The model's own layers compute projections, RoPE and MLPs; at each layer they call the registered attention
 function with the rotated queries and the new keys and values. The function hands them to the *step* passed down
 the forward call as ``videoxl_step``: a pre-fill step writes the KVs to the :class:`KVStore` and attends to exactly
-the keys the chunk pattern allows (no dense mask, no wasted work); a decode step appends to a :class:`DecodeCache`
-and attends to all of it.
+the keys the chunk pattern allows; a decode step appends to a :class:`DecodeCache` and attends to all of it.
+Without a ``videoxl_step`` the function is transformers' SDPA attention, so the model's own ``forward`` and
+``generate`` are unchanged once :func:`prepare` has routed the model here.
+
+No step builds a mask. The keys a query row may see are always a union of *contiguous* key ranges, each seen whole,
+plus the causal triangle of the step's own tokens. Each range is one mask-free fused-attention call that also
+returns the log-sum-exp of its scores, and the parts are merged exactly::
+
+    lse = logaddexp(lse_1, lse_2, ...)        out = sum_i exp(lse_i - lse) * out_i
+
+(the merge of partial softmaxes that FlashAttention's split-KV "flash-decoding" uses, Dao et al. 2023). A mask-free
+call runs the flash kernels directly; a boolean mask whose shape changes every chunk sent SDPA to cuDNN attention,
+which spent ~1.25 ms of host time planning each call (issue 13's H200 profile).
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import logging
+import math
+import threading
 
 import torch
-import torch.nn.functional as F
 from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from .store import KVStore
+from .store import KVStore, _Buffer
 
 ATTENTION_NAME = "videoxl"
+log = logging.getLogger(__name__)
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float, causal=False):
-    # q (H, n, D); k, v (Hkv, K, D); mask (n, K) bool or None
-    out = F.scaled_dot_product_attention(
-        q[None], k[None], v[None], attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True
-    )
-    return out[0]
+# -- attention parts with their log-sum-exp ------------------------------------------------------------------------
+def attend_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference: q (h, n, D), k and v (h, K, D) with K >= 1 -> out (h, n, D), lse (h, n) float32.
+
+    ``causal`` aligns the last query with the last key (lower-right), as in every step here."""
+    s = (q.float() @ k.float().transpose(1, 2)) * scale  # (h, n, K)
+    if causal:
+        n, kk = q.shape[1], k.shape[1]
+        allowed = torch.ones(n, kk, dtype=torch.bool, device=q.device).tril(kk - n)
+        s = s.masked_fill(~allowed, -math.inf)
+    lse = torch.logsumexp(s, -1)
+    return (torch.softmax(s, -1) @ v.float()).to(q.dtype), lse
+
+
+_warned: set = set()
+
+
+def _fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool):
+    """A fused kernel that returns the log-sum-exp; None where none applies. Inputs (1, h, n, D) / (1, h, K, D)."""
+    dev = q.device.type
+    if dev == "cpu" and q.dtype in (torch.float32, torch.bfloat16, torch.float16):
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
+    if dev == "cuda":
+        d = q.shape[-1]
+        if q.dtype in (torch.float16, torch.bfloat16) and d % 8 == 0 and d <= 256:
+            try:
+                r = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)
+                return r[0], r[1]
+            except RuntimeError:  # e.g. a GPU older than the flash kernels: the memory-efficient kernel below
+                pass
+        if q.dtype in (torch.float32, torch.float16, torch.bfloat16):
+            # memory-efficient kernel: its log-sum-exp may be padded along the rows
+            r = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, causal,
+                                                                       scale=scale)
+            return r[0], r[1][..., : q.shape[2]]
+    return None
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+           causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of q (H, n, D) over k, v (Hkv, K, D), K >= 1 -> out (H, n, D), lse (H, n) float32.
+
+    Without ``causal`` every row sees every key, and the query heads that share a KV head are stacked as rows,
+    (H, n, D) -> (Hkv, G*n, D), so no kernel needs grouped-query support and no KV is copied. With ``causal``
+    (used for a step's own tokens: n == K) the KVs are repeated per query head.
+    """
+    heads, n, dim = q.shape
+    kv_heads, kk = k.shape[0], k.shape[1]
+    assert kk >= 1 and heads % kv_heads == 0, (q.shape, k.shape)
+    if k.dtype != q.dtype or k.device != q.device:  # a store kept elsewhere, or in another dtype
+        k, v = k.to(q.device, q.dtype), v.to(q.device, q.dtype)
+    if causal:
+        assert n == kk, "a causal part is a step's own square"
+        if kv_heads != heads and q.device.type != "cpu":  # the CPU kernel reads grouped KV heads itself
+            k, v = k.repeat_interleave(heads // kv_heads, 0), v.repeat_interleave(heads // kv_heads, 0)
+        qg = q
+    else:
+        qg = q.reshape(kv_heads, heads // kv_heads * n, dim)  # (Hkv, G*n, D)
+    try:
+        fused = _fused(qg[None], k[None], v[None], scale, causal)
+    except RuntimeError as e:  # a kernel that refuses these shapes on this device: stay correct, say so once
+        key = (q.device.type, q.dtype, dim)
+        if key not in _warned:
+            _warned.add(key)
+            log.warning("fused attention with log-sum-exp unavailable for %s %s head_dim %d (%s); using matmuls",
+                        *key, e)
+        fused = None
+    if fused is None:
+        if k.shape[0] != qg.shape[0]:
+            k, v = k.repeat_interleave(qg.shape[0] // k.shape[0], 0), v.repeat_interleave(qg.shape[0] // k.shape[0], 0)
+        out, lse = attend_math(qg, k, v, scale, causal)
+    else:
+        out, lse = fused[0][0], fused[1][0]
+    return out.reshape(heads, n, dim), lse.float().reshape(heads, n)
+
+
+_SMS: dict = {}
+
+
+def _splits(device: torch.device, kv_heads: int, rows: int, keys: int) -> int:
+    """How many key segments keep a GPU busy when few query rows meet many keys (timestamp rows over the whole
+    video, a decoded token over the cache): the kernels parallelize over (batch, heads, row blocks) only."""
+    if device.type != "cuda":
+        return 1  # a CPU's few threads are kept busy by heads and row blocks already
+    if device not in _SMS:
+        _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    blocks = kv_heads * -(-rows // 128)
+    return max(1, min(-(-2 * _SMS[device] // blocks), keys // 4096))
+
+
+def attend_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                 splits: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`attend` without a causal part, with the keys cut into ``splits`` segments run as one batch and merged
+    by log-sum-exp (split-KV "flash-decoding", Dao et al. 2023), so a few rows over many keys fill a GPU.
+    ``splits=None`` chooses by device and shape (1 on a CPU)."""
+    heads, n, dim = q.shape
+    kv_heads, kk = k.shape[0], k.shape[1]
+    if splits is None:
+        splits = _splits(q.device, kv_heads, heads // kv_heads * n, kk)
+    seg = -(-kk // max(1, splits))
+    full = kk // seg
+    if full < 2:
+        return attend(q, k, v, scale)
+    k, v = k.to(q.device, q.dtype), v.to(q.device, q.dtype)
+    rows = heads // kv_heads * n
+    qb = q.reshape(kv_heads, rows, dim)[None].expand(full, kv_heads, rows, dim).contiguous()
+    kb = k[:, : full * seg].unflatten(1, (full, seg)).transpose(0, 1)  # (full, Hkv, seg, D), a view
+    vb = v[:, : full * seg].unflatten(1, (full, seg)).transpose(0, 1)
+    try:
+        fused = _fused(qb, kb, vb, scale, False)
+    except RuntimeError:
+        fused = None
+    if fused is None:  # no batched fused kernel here: one segment after another
+        return merge_lse([attend(q, k[:, i : i + seg], v[:, i : i + seg], scale) for i in range(0, kk, seg)])
+    parts = [(o.reshape(heads, n, dim), l.float().reshape(heads, n)) for o, l in zip(fused[0], fused[1])]
+    if full * seg < kk:
+        parts.append(attend(q, k[:, full * seg :], v[:, full * seg :], scale))
+    return merge_lse(parts)
+
+
+def merge_lse(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`merge` that also returns the merged log-sum-exp."""
+    if len(parts) == 1:
+        return parts[0]
+    lse = parts[0][1]
+    for _, l in parts[1:]:
+        lse = torch.logaddexp(lse, l)
+    out = parts[0][0].float() * torch.exp(parts[0][1] - lse)[..., None]
+    for o, l in parts[1:]:
+        out += o.float() * torch.exp(l - lse)[..., None]
+    return out.to(parts[0][0].dtype), lse
+
+
+def merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Exact softmax attention over the union of disjoint key sets from each set's (out, lse)."""
+    return merge_lse(parts)[0]
+
+
+# -- pre-fill ----------------------------------------------------------------------------------------------------
+class Anchors:
+    """The keys every later token sees, kept contiguous: the prefix, then each chunk's timestamp KVs in order.
+
+    Pre-fill writes them as it goes; a chunk that has left the window is then seen through one slice
+    ``[:n]`` of this buffer instead of a gather of scattered timestamp rows from the store.
+    """
+
+    def __init__(self, store: KVStore, device: torch.device, dtype: torch.dtype):
+        self.buf = _Buffer(store.layers, store.kv_heads, store.head_dim, dtype, device)
+        self.length = 0
+
+    def reserve(self, n: int) -> None:
+        self.buf.reserve(n)
 
 
 class PrefillStep:
-    """Pre-fill of ``n`` new tokens starting at ``store.length``.
+    """Pre-fill of ``n`` new tokens starting at ``store.length``; every row attends causally to the new tokens, and:
 
-    ``plain_rows`` attend to ``past`` (indices of earlier tokens, or None for "every earlier token") and causally
-    to the new tokens; ``global_rows`` (timestamp tokens in the published evaluation's semantics) attend to every
-    earlier token and causally to the new ones. Row indices are local to the step.
+    * plain rows: to ``anchors[:anchor_len]`` (prefix + timestamps of chunks out of the window) and to the
+      contiguous window ``[window_start, start)`` of the store;
+    * ``global_rows`` (timestamp tokens in the published evaluation's semantics): to every earlier token.
+
+    ``anchor_rows`` (prefix and timestamp rows of this step) are appended to the anchors. Row indices are local.
+    Index tensors are moved to the compute device once per step, on the first layer.
     """
 
-    def __init__(self, store: KVStore, n: int, plain_rows: torch.Tensor, past: torch.Tensor | None,
-                 global_rows: torch.Tensor):
-        self.store, self.n = store, n
-        start = store.length
-        self.end = start + n
-        self.plain_rows, self.global_rows = plain_rows, global_rows
-        local = torch.arange(n)
-        if past is not None and past.numel() == start and (start == 0 or int(past[-1]) == start - 1):
-            past = None  # contiguous history: read it as a slice, no gather
-        self.past = past
-        n_past = start if past is None else past.numel()
-        self.plain_mask = None
-        if plain_rows.numel():
-            own = local[None, :] <= plain_rows[:, None]
-            self.plain_mask = torch.cat([torch.ones(plain_rows.numel(), n_past, dtype=torch.bool), own], 1)
-            self.plain_causal = n_past == 0 and plain_rows.numel() == n
-        self.global_mask = None
-        if global_rows.numel():
-            own = local[None, :] <= global_rows[:, None]
-            self.global_mask = torch.cat([torch.ones(global_rows.numel(), start, dtype=torch.bool), own], 1)
-        # attention-score entries this step computes (the accounting's unit)
-        self.pairs = sum(int(m.sum()) for m in (self.plain_mask, self.global_mask) if m is not None)
-        self._on_device: dict | None = None
+    def __init__(self, store: KVStore, anchors: Anchors, n: int, window_start: int, anchor_len: int,
+                 global_rows: torch.Tensor, anchor_rows: torch.Tensor):
+        self.store, self.anchors, self.n = store, anchors, n
+        self.start = store.length
+        self.end = self.start + n
+        assert 0 <= window_start <= self.start and 0 <= anchor_len <= anchors.length
+        assert anchor_len == 0 or window_start > 0, "anchors cover the prefix only when the window does not"
+        self.window_start, self.anchor_len = window_start, anchor_len
+        self.global_rows, self.anchor_rows = global_rows, anchor_rows
+        n_global = global_rows.numel()
+        # attention-score entries this step computes (the accounting's unit); the plain parts computed for global
+        # rows and thrown away are not counted
+        self.pairs = (n * (n + 1) // 2 + (n - n_global) * (anchor_len + self.start - window_start)
+                      + n_global * self.start)
+        self._device: dict | None = None
 
-    def _device_tensors(self, device: torch.device) -> dict:
-        """Masks and indices moved to the compute device once per step, not once per layer."""
-        if self._on_device is None:
-            move = lambda t: None if t is None else t.to(device, non_blocking=True)
-            past = None if self.past is None else torch.cat([self.past, torch.arange(self.end - self.n, self.end)])
-            self._on_device = {"plain_mask": move(self.plain_mask), "global_mask": move(self.global_mask),
-                               "plain_rows": move(self.plain_rows), "global_rows": move(self.global_rows),
-                               "past": move(past)}
-        return self._on_device
+    def _on(self, device: torch.device) -> dict:
+        if self._device is None:
+            self._device = {"global_rows": self.global_rows.to(device, non_blocking=True),
+                            "anchor_rows": self.anchor_rows.to(device, non_blocking=True)}
+        return self._device
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        store = self.store
+        store, anchors = self.store, self.anchors
         store.write(layer, k, v)
-        k_all = store.dense.k[layer][:, : self.end]
-        v_all = store.dense.v[layer][:, : self.end]
-        d = self._device_tensors(q.device)
-        if self.plain_rows.numel() == self.n and self.global_rows.numel() == 0 and self.past is None:
-            return _sdpa(q, k_all, v_all, None if self.plain_causal else d["plain_mask"], scale,
-                         causal=self.plain_causal)
-        out = q.new_empty(q.shape)
-        if self.plain_rows.numel():
-            if self.past is None:
-                kp, vp = k_all, v_all
-            else:
-                kp, vp = k_all.index_select(1, d["past"]), v_all.index_select(1, d["past"])
-            rows = d["plain_rows"]
-            out[:, rows] = _sdpa(q[:, rows], kp, vp, d["plain_mask"], scale)
-        if self.global_rows.numel():
+        d = self._on(q.device)
+        if self.anchor_rows.numel():
+            a = anchors.length
+            anchors.buf.write(layer, a, k.index_select(1, d["anchor_rows"]), v.index_select(1, d["anchor_rows"]))
+        dense_k, dense_v = store.dense.k[layer], store.dense.v[layer]
+        parts = [attend(q, k, v, scale, causal=True)]  # the step's own tokens
+        past = []
+        if self.anchor_len:
+            past.append((anchors.buf.k[layer][:, : self.anchor_len], anchors.buf.v[layer][:, : self.anchor_len]))
+        if self.window_start < self.start:
+            past.append((dense_k[:, self.window_start : self.start], dense_v[:, self.window_start : self.start]))
+        if len(past) == 2:  # one call over both: copying the keys is cheaper than a second kernel and a merge
+            past = [(torch.cat([past[0][0], past[1][0].to(past[0][0].dtype)], 1),
+                     torch.cat([past[0][1], past[1][1].to(past[0][1].dtype)], 1))]
+        if past:
+            parts.append(attend_split(q, past[0][0], past[0][1], scale))
+        out = merge(parts)
+        sees_all = self.anchor_len == 0 and self.window_start == 0  # the plain past is already everything
+        if self.global_rows.numel() and self.start > 0 and not sees_all:
             rows = d["global_rows"]
-            out[:, rows] = _sdpa(q[:, rows], k_all, v_all, d["global_mask"], scale)
+            own = (parts[0][0].index_select(1, rows), parts[0][1].index_select(1, rows))
+            out[:, rows] = merge([own, attend_split(q.index_select(1, rows), dense_k[:, : self.start],
+                                                    dense_v[:, : self.start], scale)])
         return out
 
+    def finish(self) -> None:
+        self.anchors.length += self.anchor_rows.numel()
 
+
+# -- decoding ----------------------------------------------------------------------------------------------------
 class DecodeCache:
     """A plain per-layer KV cache for decoding: a mixed cache gathered from the store, then the new tokens."""
 
@@ -121,52 +284,62 @@ class DecodeStep:
         self.cache, self.n, self.capture = cache, n, set(capture)
         self.queries: dict[int, torch.Tensor] = {}
         self.start = cache.length
-        self.mask = None
-        if n > 1:
-            own = torch.arange(n)[None, :] <= torch.arange(n)[:, None]
-            self.mask = torch.cat([torch.ones(n, self.start, dtype=torch.bool), own], 1)
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         if layer in self.capture:
             self.queries[layer] = q
         end = self.start + self.n
-        self.cache.k[layer][:, self.start : end] = k
-        self.cache.v[layer][:, self.start : end] = v
-        mask = None if self.mask is None else self.mask.to(q.device)
-        return _sdpa(q, self.cache.k[layer][:, :end], self.cache.v[layer][:, :end], mask, scale)
+        cache_k, cache_v = self.cache.k[layer], self.cache.v[layer]
+        cache_k[:, self.start : end] = k
+        cache_v[:, self.start : end] = v
+        if self.n == 1:  # one token sees everything, itself included: no causal part
+            return attend_split(q, cache_k[:, :end], cache_v[:, :end], scale)[0]
+        parts = [attend(q, k, v, scale, causal=True)]
+        if self.start:
+            parts.append(attend_split(q, cache_k[:, : self.start], cache_v[:, : self.start], scale))
+        return merge(parts)
 
     def finish(self) -> None:
         self.cache.length += self.n
 
 
+# -- the transformers hook ---------------------------------------------------------------------------------------
 def videoxl_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, videoxl_step=None,
                       **kwargs):
-    """transformers attention interface: (1, H, n, D) queries and (1, Hkv, n, D) new KVs -> (1, n, H, D)."""
+    """transformers attention interface: (1, H, n, D) queries and (1, Hkv, n, D) new KVs -> (1, n, H, D).
+
+    Without a ``videoxl_step`` this is transformers' SDPA attention, so a prepared model runs its own forward
+    (and ``generate``) exactly as before."""
     if videoxl_step is None:
-        raise RuntimeError("the videoxl attention function needs a videoxl_step argument; run models through "
-                           "videoxl.engine, or switch attn_implementation back")
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    assert query.shape[0] == 1, "videoxl steps run one sequence at a time"
     out = videoxl_step.attend(module.layer_idx, query[0], key[0], value[0], scaling)
     return out.transpose(0, 1).unsqueeze(0), None
 
 
 AttentionInterface.register(ATTENTION_NAME, videoxl_attention)
+AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)  # the fallback gets the masks SDPA would
+_prepare_lock = threading.Lock()
 
 
-@contextmanager
-def videoxl_attention_enabled(model: torch.nn.Module):
-    """Route the model's attention through videoxl for the duration of the block."""
+def prepare(model: torch.nn.Module) -> None:
+    """Route ``model``'s attention through videoxl, once: idempotent and thread-safe.
+
+    Nothing is switched per call afterwards, so threads may share one model; the model's own forward keeps its
+    SDPA semantics (see :func:`videoxl_attention`)."""
     config = model.config
-    saved = config._attn_implementation
-    config._attn_implementation = ATTENTION_NAME
-    try:
-        yield
-    finally:
-        config._attn_implementation = saved
+    if config._attn_implementation == ATTENTION_NAME:
+        return
+    with _prepare_lock:
+        if config._attn_implementation != ATTENTION_NAME:
+            config._attn_implementation = ATTENTION_NAME
 
 
 def run_step(model: torch.nn.Module, embeds: torch.Tensor, positions: torch.Tensor, step) -> torch.Tensor:
     """One forward of the decoder stack over (n, hidden) embeddings; returns the final hidden states (n, hidden)."""
-    with videoxl_attention_enabled(model), torch.inference_mode():
+    prepare(model)
+    with torch.inference_mode():
         out = model.model(inputs_embeds=embeds[None], position_ids=positions[None], use_cache=False,
                           videoxl_step=step)
     return out.last_hidden_state[0]

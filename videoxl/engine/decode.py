@@ -20,6 +20,7 @@ from typing import Callable, Literal, Sequence
 
 import torch
 
+from ..errors import InputError
 from .attention import DecodeCache, DecodeStep, run_step
 from .layout import embed
 from .prefill import PrefilledVideo
@@ -52,19 +53,19 @@ class DecodeConfig:
 
     def __post_init__(self):
         if self.topk is not None and (not isinstance(self.topk, int) or self.topk < 0):
-            raise ValueError(f"topk must be a number of chunks >= 0, got {self.topk!r}")
+            raise InputError(f"topk must be a number of chunks >= 0, got {self.topk!r}")
         if self.kv_budget is not None and not 0 < self.kv_budget <= 1:
-            raise ValueError(f"kv_budget is a fraction of the dense KV in (0, 1], got {self.kv_budget!r}")
+            raise InputError(f"kv_budget is a fraction of the dense KV in (0, 1], got {self.kv_budget!r}")
         if self.chunk is not None and (not isinstance(self.chunk, int) or self.chunk < 1):
-            raise ValueError(f"chunk must be a positive number of groups, got {self.chunk!r}")
+            raise InputError(f"chunk must be a positive number of groups, got {self.chunk!r}")
         if self.scorer not in SCORERS:
-            raise ValueError(f"unknown scorer {self.scorer!r}; choose one of {', '.join(SCORERS)}")
+            raise InputError(f"unknown scorer {self.scorer!r}; choose one of {', '.join(SCORERS)}")
         if self.positions not in ("absolute", "contiguous"):
-            raise ValueError(f"positions must be 'absolute' or 'contiguous', got {self.positions!r}")
+            raise InputError(f"positions must be 'absolute' or 'contiguous', got {self.positions!r}")
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ValueError("sampling needs temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
+            raise InputError("sampling needs temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
 
     @property
     def selects(self) -> bool:
@@ -96,9 +97,10 @@ class Decoder:
         self.model, self.video, self.tokenizer = model, video, tokenizer
         self.rope = Rope.of(model)
         # position-free summaries (the default), and rotated ones for the score_positions ablation
-        self.summaries = {False: GroupSummaries(video.store, self.rope),
+        self.summaries = {False: video.summaries or GroupSummaries(video.store, self.rope),
                           True: GroupSummaries(video.store, Rope.identity())}
-        self.device = next(model.parameters()).device
+        first = next(model.parameters())
+        self.device, self.dtype = first.device, first.dtype  # compute; the store may live elsewhere (see KVStore)
         cfg = model.config
         self.scale = (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads) ** -0.5
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -112,12 +114,15 @@ class Decoder:
         store = self.video.store
         from_dense, index, pos = store.layout(dense_groups)
         keys, values = [], []
+        move = None
+        if positions == "contiguous":  # one rotation table for every layer
+            move = self.rope.table(torch.arange(pos.numel(), dtype=torch.float64) - pos, store.device, store.dtype)
         for layer in range(store.layers):
             k, v = store.gather(layer, from_dense, index)
-            if positions == "contiguous":
-                k = self.rope.rotate(k, torch.arange(pos.numel(), dtype=torch.float64) - pos)
-            keys.append(k.to(self.device))
-            values.append(v.to(self.device))
+            if move is not None:
+                k = self.rope.apply(k, move)
+            keys.append(k.to(self.device, self.dtype))
+            values.append(v.to(self.device, self.dtype))
         cache = DecodeCache(keys, values, room)
         return cache, (store.length if positions == "absolute" else cache.length)
 
@@ -152,7 +157,7 @@ class Decoder:
             queries = summaries.rope.rotate(step.queries[layer], -q_pos)  # position-free, like the summaries
             per_group, how = score_groups(config.scorer, queries, layer, store, summaries, self.scale)
             per_layer.append(reduce_to_chunks(per_group, how, ranges, counts)[..., candidates])
-        scores[candidates] = relevance(per_layer)
+        scores[candidates] = relevance(per_layer).cpu()
         return scores
 
     def select(self, question: torch.Tensor, config: DecodeConfig, chunk_scores: Sequence[float] | None = None):
@@ -162,10 +167,8 @@ class Decoder:
         n = len(ranges)
         if chunk_scores is not None:
             if not config.selects:
-                raise ValueError("chunk_scores need topk or kv_budget to say how many chunks to reload dense")
-            if len(chunk_scores) != n:
-                raise ValueError(f"chunk_scores has {len(chunk_scores)} entries but the video has {n} decoding chunks")
-            scores = torch.as_tensor(chunk_scores, dtype=torch.float32)
+                raise InputError("chunk_scores need topk or kv_budget to say how many chunks to reload dense")
+            scores = _external_scores(chunk_scores, n)
         elif not config.selects:
             return ranges, list(range(n)), None
         forced = sorted({0, n - 1})
@@ -200,7 +203,7 @@ class Decoder:
         lm_head = self.model.get_output_embeddings()
         generator = None
         if config.temperature > 0:
-            generator = torch.Generator(device=self.device)
+            generator = torch.Generator(device=lm_head.weight.device)  # where the logits are
             generator.manual_seed(config.seed if config.seed is not None else torch.seed())
         text = _TextStream(self.tokenizer, config.stop, on_text)
         tokens: list[int] = []
@@ -224,6 +227,20 @@ class Decoder:
                       {"select": t1 - t0, "question": t2 - t1, "generate": t3 - t2})
 
 
+def _external_scores(chunk_scores, n: int) -> torch.Tensor:
+    """Caller-given relevance (a list, a NumPy array or a tensor on any device) -> (n,) float32 on the CPU."""
+    try:
+        scores = torch.as_tensor(chunk_scores).detach().to("cpu", torch.float32)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise InputError(f"chunk_scores must be a sequence of {n} numbers, one per decoding chunk ({e})") from None
+    if scores.dim() != 1 or scores.numel() != n:
+        raise InputError(f"chunk_scores has shape {tuple(scores.shape)}, but the video has {n} decoding chunks: "
+                         f"give {n} numbers")
+    if not torch.isfinite(scores).all():
+        raise InputError("chunk_scores must be finite numbers (no NaN or infinity)")
+    return scores
+
+
 def _sample(logits: torch.Tensor, config: DecodeConfig, generator) -> int:
     if config.temperature == 0:
         return int(logits.argmax())
@@ -244,7 +261,7 @@ class _TextStream:
 
     def __init__(self, tokenizer, stop: tuple[str, ...], on_text):
         if stop and tokenizer is None:
-            raise ValueError("stop strings need a tokenizer")
+            raise InputError("stop strings need a tokenizer")
         self.tokenizer, self.stop, self.on_text = tokenizer, stop, on_text
         self.text, self.sent = "", 0
 

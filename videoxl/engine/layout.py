@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
+
 
 @dataclass
 class Group:
@@ -27,10 +29,10 @@ def embed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     table = model.get_input_embeddings()
     if tokens.dtype in (torch.int32, torch.int64):
         if tokens.dim() != 1:
-            raise ValueError(f"token ids must be 1-D, got shape {tuple(tokens.shape)}")
+            raise InputError(f"token ids must be 1-D, got shape {tuple(tokens.shape)}")
         with torch.inference_mode():
             return table(tokens.to(table.weight.device))
     if tokens.dim() != 2 or tokens.shape[1] != table.embedding_dim:
-        raise ValueError(
+        raise InputError(
             f"embeddings must have shape (tokens, {table.embedding_dim}), got {tuple(tokens.shape)}")
     return tokens.to(table.weight.device, table.weight.dtype)

@@ -6,6 +6,11 @@ the prefix, causally to the chunk itself, to every token of the previous ``windo
 tokens of all earlier chunks; nothing else is computed, so attention memory is (chunk tokens x keys it attends to)
 and total attention work grows linearly with the video once the timestamp memory is small next to the window.
 
+No step builds a mask. What a chunk sees is contiguous: the *anchors* (the prefix, then the timestamp KVs of the
+chunks that left the window, appended to their own buffer as chunks stream in), the window (one slice of the KV
+store) and its own tokens (a causal square). Each is one mask-free fused-attention call, merged exactly by
+log-sum-exp (attention.py). Indices are built once per chunk, on the host, and moved once.
+
 Timestamp tokens come in two variants (brief §8):
 
 * ``"global"`` (default; the published evaluation, behind the published scores): a timestamp token attends to
@@ -21,10 +26,12 @@ from typing import Callable, Iterable, Iterator, Literal
 
 import torch
 
+from ..errors import InputError
 from .accounting import attention_flops, causal_pairs, linear_flops_per_token
-from .attention import PrefillStep, run_step
+from .attention import Anchors, PrefillStep, run_step
 from .layout import Group, embed
 from .rope import Rope
+from .select import GroupSummaries
 from .store import KVStore
 
 SUPPORTED_FAMILIES = ("llama", "qwen2")
@@ -45,13 +52,13 @@ class PrefillConfig:
 
     def __post_init__(self):
         if not isinstance(self.chunk, int) or self.chunk < 1:
-            raise ValueError(f"chunk must be a positive number of groups, got {self.chunk!r}")
+            raise InputError(f"chunk must be a positive number of groups, got {self.chunk!r}")
         if self.window is not None and (not isinstance(self.window, int) or self.window < 0):
-            raise ValueError(f"window must be a number of chunks >= 0 or None (all), got {self.window!r}")
+            raise InputError(f"window must be a number of chunks >= 0 or None (all), got {self.window!r}")
         if self.timestamps not in ("global", "chunk"):
-            raise ValueError(f"timestamps must be 'global' or 'chunk', got {self.timestamps!r}")
+            raise InputError(f"timestamps must be 'global' or 'chunk', got {self.timestamps!r}")
         if not isinstance(self.pool, int) or self.pool < 1:
-            raise ValueError(f"pool must be a positive integer, got {self.pool!r}")
+            raise InputError(f"pool must be a positive integer, got {self.pool!r}")
 
 
 @dataclass
@@ -101,6 +108,7 @@ class PrefilledVideo:
     config: PrefillConfig
     stats: PrefillStats
     hidden: list[torch.Tensor] | None = None  # per step final hidden states, if asked for
+    summaries: GroupSummaries | None = None  # position-free key summaries for chunk scoring, built during pre-fill
 
     @property
     def num_groups(self) -> int:
@@ -108,16 +116,16 @@ class PrefilledVideo:
 
 
 def check_model(model: torch.nn.Module) -> None:
-    """Raise ValueError unless ``model`` is a decoder-only causal LM of a family the engine drives."""
+    """Raise InputError unless ``model`` is a decoder-only causal LM of a family the engine drives."""
     config = getattr(model, "config", None)
     family = getattr(config, "model_type", None)
     if family not in SUPPORTED_FAMILIES:
-        raise ValueError(f"unsupported model family {family!r}: the engine drives {', '.join(SUPPORTED_FAMILIES)} "
+        raise InputError(f"unsupported model family {family!r}: the engine drives {', '.join(SUPPORTED_FAMILIES)} "
                          "causal LMs")
     if getattr(config, "use_sliding_window", False):
-        raise ValueError("models with sliding-window attention layers are not supported")
+        raise InputError("models with sliding-window attention layers are not supported")
     if not hasattr(model, "model") or not hasattr(model.model, "rotary_emb"):
-        raise ValueError(f"{type(model).__name__} is not a causal LM with a decoder stack (.model.rotary_emb)")
+        raise InputError(f"{type(model).__name__} is not a causal LM with a decoder stack (.model.rotary_emb)")
 
 
 def _chunks(groups: Iterable[Group], size: int) -> Iterator[list[Group]]:
@@ -158,49 +166,60 @@ def prefill(
     hidden: list[torch.Tensor] | None = [] if keep_hidden else None
     started = time.perf_counter()
 
+    anchors = Anchors(store, device, dtype)
+    summaries = GroupSummaries(store, rope)
     prefix_embeds = embed(model, prefix)
     n_prefix = prefix_embeds.shape[0]
     store.reserve(max(expected_tokens, n_prefix))
+    no_rows = torch.empty(0, dtype=torch.long)
     if n_prefix:
-        step = PrefillStep(store, n_prefix, torch.arange(n_prefix), None, torch.empty(0, dtype=torch.long))
+        anchors.reserve(n_prefix)
+        step = PrefillStep(store, anchors, n_prefix, 0, 0, no_rows, torch.arange(n_prefix))
         out = run_step(model, prefix_embeds, torch.arange(n_prefix, device=device), step)
         store.commit(n_prefix)
+        step.finish()
         stats.pairs += step.pairs
         if hidden is not None:
             hidden.append(out)
     store.prefix_length = n_prefix
 
     chunk_starts: list[int] = []  # first token of each chunk
-    chunk_ts: list[torch.Tensor] = []  # absolute indices of each chunk's timestamp tokens
+    anchors_after: list[int] = []  # anchor rows (prefix + timestamps) up to the end of each chunk
     for j, batch in enumerate(_chunks(groups, config.chunk)):
         parts, is_ts = [], []
         for group in batch:
             ts, vis = embed(model, group.timestamp), embed(model, group.visual)
             if vis.shape[0] == 0:
-                raise ValueError(f"group {stats.groups + len(parts) // 2} has no visual tokens")
+                raise InputError(f"group {stats.groups + len(parts) // 2} has no visual tokens")
             parts += [ts, vis]
             is_ts += [torch.ones(ts.shape[0], dtype=torch.bool), torch.zeros(vis.shape[0], dtype=torch.bool)]
         embeds, is_ts = torch.cat(parts), torch.cat(is_ts)
         n, start = embeds.shape[0], store.length
         store.reserve(start + n)
 
+        # chunks [first_visible, j) are seen in full, as one contiguous range; earlier ones through the anchors
         first_visible = 0 if config.window is None else max(0, j - config.window)
-        evicted_ts = chunk_ts[:first_visible]
-        window_start = chunk_starts[first_visible] if first_visible < j else start
-        past = torch.cat([torch.arange(n_prefix), *evicted_ts, torch.arange(window_start, start)])
-        local = torch.arange(n)
-        global_ts = is_ts if config.timestamps == "global" else torch.zeros(n, dtype=torch.bool)
-        step = PrefillStep(store, n, local[~global_ts], past, local[global_ts])
+        if first_visible == 0:
+            window_start, anchor_len = 0, 0  # nothing evicted yet: the whole history is one range
+        else:
+            window_start = chunk_starts[first_visible] if first_visible < j else start
+            anchor_len = anchors_after[first_visible - 1]
+        ts_rows = is_ts.nonzero().squeeze(1)
+        global_rows = ts_rows if config.timestamps == "global" else no_rows
+        anchors.reserve(anchors.length + ts_rows.numel())
+        step = PrefillStep(store, anchors, n, window_start, anchor_len, global_rows, ts_rows)
         out = run_step(model, embeds, torch.arange(start, start + n, device=device), step)
         store.commit(n, is_ts)
+        step.finish()
 
         spans, offset = [], start
         for group in batch:
             spans.append((offset, group.timestamp.shape[0], offset + len(group)))
             offset += len(group)
         store.add_groups(spans, rope)
+        summaries.extend()
         chunk_starts.append(start)
-        chunk_ts.append(start + is_ts.nonzero().squeeze(1))
+        anchors_after.append(anchors.length)
         stats.pairs += step.pairs
         stats.groups += len(batch)
         stats.chunks += 1
@@ -210,7 +229,7 @@ def prefill(
             on_chunk(stats.chunks, store.length)
 
     if stats.groups == 0:
-        raise ValueError("the input has no groups: chunked pre-fill needs at least one group of visual tokens")
+        raise InputError("the input has no groups: chunked pre-fill needs at least one group of visual tokens")
     stats.tokens = store.length
     stats.seconds = time.perf_counter() - started
-    return PrefilledVideo(store, config, stats, hidden)
+    return PrefilledVideo(store, config, stats, hidden, summaries)

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InputError
+
 
 class Rope:
     """The rotation of one model (its inverse frequencies), in the half-split layout of Llama and Qwen2."""
 
     def __init__(self, inv_freq: torch.Tensor, attention_scaling: float = 1.0):
         if attention_scaling != 1.0:
-            raise ValueError(
+            raise InputError(
                 f"RoPE variants that scale attention (attention_scaling={attention_scaling}) are not supported: "
                 "cached keys could not be re-rotated exactly"
             )
         self.inv_freq = inv_freq.detach().double().cpu()
+        self._identity = not bool(self.inv_freq.any())
 
     @classmethod
     def identity(cls) -> "Rope":
@@ -32,12 +35,30 @@ class Rope:
         rotary = model.model.rotary_emb
         return cls(rotary.inv_freq, float(getattr(rotary, "attention_scaling", 1.0)))
 
-    def rotate(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """Rotate ``x`` (..., T, D) by ``delta`` (T,) positions; angles in float64 so large positions stay exact."""
+    @property
+    def is_identity(self) -> bool:
+        return self._identity
+
+    def table(self, delta: torch.Tensor, device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each (T, D), of a rotation by ``delta`` (T,) positions; angles in float64 so large positions
+        stay exact. Build it once and :meth:`apply` it to every layer."""
+        if self.is_identity:
+            t = delta.shape[0]
+            return torch.ones(t, 1, device=device, dtype=dtype), torch.zeros(t, 1, device=device, dtype=dtype)
+        angles = delta.detach().double().cpu()[:, None] * self.inv_freq[None, :]  # (T, D/2)
+        angles = torch.cat([angles, angles], dim=-1)
+        return angles.cos().to(device, dtype), angles.sin().to(device, dtype)
+
+    @staticmethod
+    def apply(x: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Rotate ``x`` (..., T, D) by a table from :meth:`table`."""
+        cos, sin = table
         half = x.shape[-1] // 2
-        inv_freq = self.inv_freq.expand(half) if self.inv_freq.numel() == 1 else self.inv_freq
-        angles = delta.double().cpu()[:, None] * inv_freq[None, :]  # (T, D/2)
-        angles = torch.cat([angles, angles], dim=-1).to(x.device)
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         rotated_half = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated_half * sin
+
+    def rotate(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """Rotate ``x`` (..., T, D) by ``delta`` (T,) positions (the identity returns ``x`` itself)."""
+        if self.is_identity:
+            return x
+        return self.apply(x, self.table(delta, x.device, x.dtype))

@@ -29,6 +29,7 @@ import math
 
 import torch
 
+from ..errors import InputError
 from .rope import Rope
 from .store import KVStore
 
@@ -42,12 +43,20 @@ def chunk_ranges(num_groups: int, chunk: int) -> list[tuple[int, int]]:
 
 
 class GroupSummaries:
-    """Question-independent, position-free summaries of one store's keys, built lazily and kept for later questions."""
+    """Question-independent, position-free summaries of one store's keys, kept for every later question.
+
+    Pre-fill calls :meth:`extend` after each chunk, so the page boxes of the default scorer are built once,
+    incrementally, while the video streams in; the first question pays nothing. Summaries not extended during
+    pre-fill (the ``"mean"`` ablation, a store loaded from elsewhere) are brought up to date on first use.
+    """
 
     def __init__(self, store: KVStore, rope: Rope):
         self.store, self.rope = store, rope
-        self._means: list[torch.Tensor] | None = None
-        self._pages: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor] | None = None
+        self._means: _Growing | None = None
+        self._pages: tuple[_Growing, _Growing, list[int]] | None = None
+        self._mean_groups = 0  # groups summarized so far, per summary kind
+        self._page_groups = 0
+        self._owner: torch.Tensor | None = None
 
     def raw_dense(self, layer: int, start: int, end: int) -> torch.Tensor:
         """Un-rotated dense keys (Hkv, end - start, D) of tokens [start, end)."""
@@ -58,14 +67,20 @@ class GroupSummaries:
         """Un-rotated sparse keys of sparse rows [start, end)."""
         return self.rope.rotate(self.store.sparse.k[layer][:, start:end], -self.store.sparse_pos[start:end])
 
-    def _segments(self, index: torch.Tensor, n: int, reductions: tuple[str, ...]) -> list[list[torch.Tensor]]:
-        """Reduce each layer's un-rotated video keys per segment id ``index`` -> [reduction][layer] (Hkv, n, D)."""
+    def _segments(self, first_group: int, index: torch.Tensor, n: int,
+                  reductions: tuple[str, ...]) -> list[list[torch.Tensor]]:
+        """Reduce each layer's un-rotated keys from group ``first_group`` to the end per segment id ``index``
+        (one per token) -> [reduction][layer] (Hkv, n, D). One rotation table for all layers."""
         store = self.store
-        first = store.groups[0].start
+        start, end = store.groups[first_group].start, store.length
         idx = index.to(store.device)
+        table = None if self.rope.is_identity else self.rope.table(
+            -torch.arange(start, end, dtype=torch.float64), store.device, store.dtype)
         out: list[list[torch.Tensor]] = [[] for _ in reductions]
         for layer in range(store.layers):
-            k = self.raw_dense(layer, first, store.length)
+            k = store.dense.k[layer][:, start:end]
+            if table is not None:
+                k = self.rope.apply(k, table)
             where = idx[None, :, None].expand_as(k)
             for r, reduce in enumerate(reductions):
                 seg = k.new_zeros(k.shape[0], n, k.shape[2])
@@ -75,26 +90,82 @@ class GroupSummaries:
     def means(self) -> list[torch.Tensor]:
         """Per layer (Hkv, groups, D): the mean un-rotated key of each group."""
         store = self.store
-        if self._means is None:
-            counts = torch.tensor([s.end - s.start for s in store.groups])
-            owner = torch.repeat_interleave(torch.arange(len(store.groups)), counts)
-            self._means = self._segments(owner, len(store.groups), ("mean",))[0]
-        return self._means
+        done, total = self._mean_groups, len(store.groups)
+        if done < total:
+            counts = torch.tensor([s.end - s.start for s in store.groups[done:]])
+            owner = torch.repeat_interleave(torch.arange(total - done), counts)
+            new = self._segments(done, owner, total - done, ("mean",))[0]
+            self._means = self._means or _Growing(store.layers)
+            self._means.append(new)
+            self._mean_groups = total
+        return self._means.views()
+
+    def extend(self) -> None:
+        """Summarize the groups added to the store since the last call (page boxes of the default scorer)."""
+        store = self.store
+        done, total = self._page_groups, len(store.groups)
+        if done == total:
+            return
+        if self._pages is None:
+            self._pages = (_Growing(store.layers), _Growing(store.layers), [])
+        centre, radius, owner = self._pages
+        # each page as PAGE token indices, a short last page padded with its own last token (min and max ignore
+        # repeats): one gather and two reductions per layer instead of scatters
+        first = store.groups[done].start
+        rows, new_owner = [], []
+        for g in range(done, total):
+            span = store.groups[g]
+            n = span.end - span.start
+            pages = -(-n // PAGE)
+            rows.append(span.start - first + torch.clamp(torch.arange(pages * PAGE).view(pages, PAGE), max=n - 1))
+            new_owner += [g] * pages
+        index = torch.cat(rows).flatten().to(store.device)
+        table = None if self.rope.is_identity else self.rope.table(
+            -torch.arange(first, store.length, dtype=torch.float64), store.device, store.dtype)
+        # every layer at once: (layers, Hkv, tokens, D) -> (layers, Hkv, pages, PAGE, D)
+        k = torch.stack([keys[:, first : store.length] for keys in store.dense.k])
+        if table is not None:
+            k = self.rope.apply(k, table)
+        paged = k.index_select(2, index).unflatten(2, (-1, PAGE))
+        low, high = paged.amin(3), paged.amax(3)
+        centre.append(list(((high + low) / 2).unbind(0)))
+        radius.append(list(((high - low) / 2).unbind(0)))
+        owner.extend(new_owner)
+        self._owner = None
+        self._page_groups = total
 
     def pages(self) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
         """Per layer (Hkv, pages, D) centre and radius of the box of each page of PAGE un-rotated keys (pages never
         cross groups), and the group of each page."""
-        store = self.store
-        if self._pages is None:
-            page_of_token, owner = [], []
-            for g, span in enumerate(store.groups):
-                n = span.end - span.start
-                page_of_token.append(len(owner) + torch.arange(n) // PAGE)
-                owner += [g] * (-(-n // PAGE))
-            low, high = self._segments(torch.cat(page_of_token), len(owner), ("amin", "amax"))
-            self._pages = ([(h + lo) / 2 for h, lo in zip(high, low)], [(h - lo) / 2 for h, lo in zip(high, low)],
-                           torch.tensor(owner))
-        return self._pages
+        self.extend()
+        centre, radius, owner = self._pages
+        if self._owner is None:
+            self._owner = torch.tensor(owner)
+        return centre.views(), radius.views(), self._owner
+
+
+class _Growing:
+    """Per-layer (Hkv, rows, D) tensors appended to along the rows, with doubling capacity (no quadratic copying)."""
+
+    def __init__(self, layers: int):
+        self.layers, self.rows = layers, 0
+        self.bufs: list[torch.Tensor] | None = None
+
+    def append(self, parts: list[torch.Tensor]) -> None:
+        n = parts[0].shape[1]
+        if self.bufs is None or self.rows + n > self.bufs[0].shape[1]:
+            capacity = max(self.rows + n, 2 * (0 if self.bufs is None else self.bufs[0].shape[1]))
+            grown = [p.new_empty(p.shape[0], capacity, p.shape[2]) for p in parts]
+            if self.bufs is not None:
+                for new, old in zip(grown, self.bufs):
+                    new[:, : self.rows] = old[:, : self.rows]
+            self.bufs = grown
+        for buf, p in zip(self.bufs, parts):
+            buf[:, self.rows : self.rows + n] = p
+        self.rows += n
+
+    def views(self) -> list[torch.Tensor]:
+        return [b[:, : self.rows] for b in self.bufs]
 
 
 def _group_lse(q: torch.Tensor, keys, spans: list[tuple[int, int]], scale: float, slab: int = 4096) -> torch.Tensor:
@@ -120,38 +191,50 @@ def score_groups(scorer: str, queries: torch.Tensor, layer: int, store: KVStore,
     """Per-group scores (Hkv, G*Q, groups) of one layer's un-rotated queries (H, Q, D), and how groups combine
     into chunks."""
     heads, n_q, dim = queries.shape
-    q = queries.reshape(store.kv_heads, heads // store.kv_heads * n_q, dim).to(store.device)
+    # queries go where the keys or summaries they meet are, in their dtype (the store may have moved since)
+    q = queries.reshape(store.kv_heads, heads // store.kv_heads * n_q, dim)
     if scorer == "mean":
-        return (q @ summaries.means()[layer].transpose(1, 2)).float() * scale, "mean"
+        means = summaries.means()[layer]
+        q = q.to(means.device, means.dtype)
+        return (q @ means.transpose(1, 2)).float() * scale, "mean"
     if scorer == "bounds":
         centre, radius, owner = summaries.pages()
+        q = q.to(centre[layer].device, centre[layer].dtype)
         # sum_d max(q_d lo_d, q_d hi_d) = q.centre + |q|.radius: two matmuls, (Hkv, Q', pages)
         bound = (q @ centre[layer].transpose(1, 2) + q.abs() @ radius[layer].transpose(1, 2)).float() * scale
         per_group = bound.new_full((*bound.shape[:2], len(store.groups)), -math.inf)
         per_group.scatter_reduce_(2, owner.to(bound.device).expand_as(bound), bound, reduce="amax")
         return per_group, "max"
+    q = q.to(store.device, store.dtype)
     if scorer == "sparse":
         spans = [(s.sparse_start, s.sparse_end) for s in store.groups]
         return _group_lse(q, lambda a, b: summaries.raw_sparse(layer, a, b), spans, scale), "lse"
     if scorer == "dense":
         spans = [(s.start, s.end) for s in store.groups]
         return _group_lse(q, lambda a, b: summaries.raw_dense(layer, a, b), spans, scale), "lse"
-    raise ValueError(f"unknown scorer {scorer!r}; choose one of {', '.join(SCORERS)}")
+    raise InputError(f"unknown scorer {scorer!r}; choose one of {', '.join(SCORERS)}")
 
 
 def reduce_to_chunks(per_group: torch.Tensor, how: str, ranges: list[tuple[int, int]],
                      counts: torch.Tensor | None = None) -> torch.Tensor:
-    cols = []
-    for s, e in ranges:
-        part = per_group[:, :, s:e]
+    """Per-group scores (..., groups) -> per-chunk scores (..., chunks) for chunks given as group ranges: the max,
+    the log-sum-exp, or the token-weighted mean (``counts`` tokens per group). One scatter over all chunks."""
+    sizes = torch.tensor([e - s for s, e in ranges])
+    assert int(sizes.sum()) == per_group.shape[-1] and ranges[0][0] == 0
+    chunk_of = torch.repeat_interleave(torch.arange(len(ranges)), sizes).to(per_group.device)  # (groups,)
+    owner = chunk_of.expand_as(per_group)
+    shape = (*per_group.shape[:-1], len(ranges))
+    if how in ("max", "lse"):
+        top = per_group.new_full(shape, -math.inf).scatter_reduce_(-1, owner, per_group, "amax")
         if how == "max":
-            cols.append(part.amax(-1))
-        elif how == "lse":
-            cols.append(torch.logsumexp(part, -1))
-        else:  # token-weighted mean of group means
-            w = (counts[s:e] / counts[s:e].sum()).to(part)
-            cols.append((part * w).sum(-1))
-    return torch.stack(cols, -1)
+            return top
+        shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        mass = per_group.new_zeros(shape).scatter_add_(-1, owner, torch.exp(per_group - shift.gather(-1, owner)))
+        return torch.log(mass) + shift
+    assert counts is not None, "the mean needs token counts"
+    counts = counts.to(per_group.device, per_group.dtype)
+    totals = torch.zeros(len(ranges), dtype=counts.dtype, device=counts.device).index_add_(0, chunk_of, counts)
+    return per_group.new_zeros(shape).scatter_add_(-1, owner, per_group * (counts / totals[chunk_of]))
 
 
 def relevance(per_layer_chunk_scores: list[torch.Tensor]) -> torch.Tensor:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
 from .rope import Rope
 
 
@@ -68,7 +69,7 @@ class KVStore:
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device, pool: int = 4):
         if pool < 1:
-            raise ValueError(f"pool must be a positive integer, got {pool}")
+            raise InputError(f"pool must be a positive integer, got {pool}")
         self.layers, self.kv_heads, self.head_dim, self.dtype = layers, kv_heads, head_dim, dtype
         self.device = torch.device(device)
         self.pool = pool
@@ -91,7 +92,9 @@ class KVStore:
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Write one layer's KVs (kv_heads, n, head_dim) for the tokens after ``length``; see :meth:`commit`."""
-        self.dense.write(layer, self.length, k.to(self.device, self.dtype), v.to(self.device, self.dtype))
+        if k.dtype != self.dtype or k.device != self.device:
+            k, v = k.to(self.device, self.dtype), v.to(self.device, self.dtype)
+        self.dense.write(layer, self.length, k, v)
 
     def commit(self, n: int, is_timestamp: torch.Tensor | None = None) -> None:
         """Declare the ``n`` tokens written to every layer as part of the sequence."""
@@ -126,23 +129,30 @@ class KVStore:
         ts_index, vis_index = torch.cat(ts_index), torch.cat(vis_index)
         windows, sparse_rows = torch.cat(windows), torch.cat(sparse_rows)
         positions = torch.cat(pooled_pos)  # every new sparse row's position, in order
-        counts = torch.bincount(windows - first, minlength=n_sparse - first).to(self.device, self.dtype)
-        vis_pos = vis_index.double()
-        dev = self.device
-        ts_d, vis_d, win_d, rows_d = (t.to(dev) for t in (ts_index, vis_index, windows - first, sparse_rows))
+        counts = torch.bincount(windows - first, minlength=n_sparse - first)
         pooled = (counts > 0).nonzero().squeeze(1)
+        dev = self.device
+        # indices, divisors and rotation tables built once per call on the store's device, and every layer's
+        # arithmetic done at once on a (layers, kv_heads, tokens, dim) stack: a handful of kernels per chunk
+        n_vis = vis_index.numel()
+        gather = torch.cat([vis_index, ts_index]).to(dev)
+        win_d, rows_d, pooled_d = (t.to(dev) for t in (windows - first, sparse_rows - first, pooled))
+        divisor = counts[pooled].to(dev, self.dtype)[:, None]
+        unrotate = rope.table(-vis_index.double(), dev, self.dtype)
+        rerotate = rope.table(positions[pooled], dev, self.dtype)
+        k_all = torch.stack([k.index_select(1, gather) for k in self.dense.k])  # (L, Hkv, vis + ts, D)
+        v_all = torch.stack([v.index_select(1, gather) for v in self.dense.v])
+        shape = (self.layers, self.kv_heads, n_sparse - first, self.head_dim)
+        k_new = torch.zeros(shape, dtype=self.dtype, device=dev)
+        v_new = torch.zeros_like(k_new)
+        k_new.index_add_(2, win_d, rope.apply(k_all[:, :, :n_vis], unrotate))  # un-rotate before averaging
+        v_new.index_add_(2, win_d, v_all[:, :, :n_vis])
+        k_new[:, :, pooled_d] = rope.apply(k_new[:, :, pooled_d] / divisor, rerotate)
+        v_new[:, :, pooled_d] /= divisor
+        k_new[:, :, rows_d] = k_all[:, :, n_vis:]  # timestamps verbatim
+        v_new[:, :, rows_d] = v_all[:, :, n_vis:]
         for layer in range(self.layers):
-            k_raw = rope.rotate(self.dense.k[layer].index_select(1, vis_d), -vis_pos)  # un-rotate before averaging
-            k_new = torch.zeros(self.kv_heads, n_sparse - first, self.head_dim, dtype=self.dtype, device=dev)
-            v_new = torch.zeros_like(k_new)
-            k_new.index_add_(1, win_d, k_raw)
-            v_new.index_add_(1, win_d, self.dense.v[layer].index_select(1, vis_d))
-            k_new[:, pooled] /= counts[pooled][None, :, None]
-            v_new[:, pooled] /= counts[pooled][None, :, None]
-            k_new[:, pooled] = rope.rotate(k_new[:, pooled], positions[pooled.cpu()])
-            k_new[:, rows_d - first] = self.dense.k[layer].index_select(1, ts_d)  # timestamps verbatim
-            v_new[:, rows_d - first] = self.dense.v[layer].index_select(1, ts_d)
-            self.sparse.write(layer, first, k_new, v_new)
+            self.sparse.write(layer, first, k_new[layer], v_new[layer])
         self.sparse_pos = torch.cat([self.sparse_pos[:first], positions])
         self.sparse_length = n_sparse
         self.groups.extend(new_spans)
@@ -160,21 +170,20 @@ class KVStore:
 
         Returns (from_dense (N,) bool, index (N,) into the dense or sparse buffer, positions (N,) float64).
         """
-        parts_dense, parts_index, parts_pos = [torch.ones(self.prefix_length, dtype=torch.bool)], [], []
-        parts_index.append(torch.arange(self.prefix_length))
-        parts_pos.append(torch.arange(self.prefix_length, dtype=torch.float64))
-        for g, span in enumerate(self.groups):
-            if dense_groups[g]:
-                n = span.end - span.start
-                parts_dense.append(torch.ones(n, dtype=torch.bool))
-                parts_index.append(torch.arange(span.start, span.end))
-                parts_pos.append(torch.arange(span.start, span.end, dtype=torch.float64))
-            else:
-                n = span.sparse_end - span.sparse_start
-                parts_dense.append(torch.zeros(n, dtype=torch.bool))
-                parts_index.append(torch.arange(span.sparse_start, span.sparse_end))
-                parts_pos.append(self.sparse_pos[span.sparse_start : span.sparse_end])
-        return torch.cat(parts_dense), torch.cat(parts_index), torch.cat(parts_pos)
+        spans = torch.tensor([[g.start, g.end, g.sparse_start, g.sparse_end] for g in self.groups],
+                             dtype=torch.long).reshape(-1, 4)
+        dense = torch.as_tensor(dense_groups, dtype=torch.bool).cpu()
+        first = torch.where(dense, spans[:, 0], spans[:, 2])
+        lengths = torch.where(dense, spans[:, 1], spans[:, 3]) - first
+        # row r of group g reads its buffer at first[g] + (r - where group g begins in the mixed cache)
+        begins = torch.cumsum(lengths, 0) - lengths
+        index = torch.repeat_interleave(first - begins, lengths) + torch.arange(int(lengths.sum()))
+        from_dense = torch.repeat_interleave(dense, lengths)
+        positions = index.double()
+        positions[~from_dense] = self.sparse_pos[index[~from_dense]]
+        prefix = torch.arange(self.prefix_length)
+        return (torch.cat([torch.ones(self.prefix_length, dtype=torch.bool), from_dense]),
+                torch.cat([prefix, index]), torch.cat([prefix.double(), positions]))
 
     def gather(self, layer: int, from_dense: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values (kv_heads, N, head_dim) of one layer for a layout made by :meth:`layout`."""
@@ -211,3 +220,48 @@ class KVStore:
         for g, span in enumerate(self.groups):
             n += (span.end - span.start) if dense_groups[g] else (span.sparse_end - span.sparse_start)
         return n
+
+    # -- moving and saving (serving keeps stores in tiers: GPU, CPU memory, disk) -------------------------------
+    @property
+    def nbytes(self) -> int:
+        """Bytes the store's buffers hold now, spare capacity included (what it costs where it lives)."""
+        buffers = self.dense.k + self.dense.v + self.sparse.k + self.sparse.v
+        return sum(t.numel() * t.element_size() for t in buffers) + self.sparse_pos.nbytes + self.is_timestamp.nbytes
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The valid rows only, as named tensors (safetensors-ready: contiguous, no spare capacity, no Python
+        objects); :meth:`from_state_dict` rebuilds an identical store."""
+        state = {
+            "shape": torch.tensor([self.layers, self.kv_heads, self.head_dim, self.pool, self.length,
+                                   self.sparse_length, self.prefix_length]),
+            "groups": torch.tensor([[g.start, g.visual_start, g.end, g.sparse_start, g.sparse_end]
+                                    for g in self.groups], dtype=torch.long).reshape(-1, 5),
+            "sparse_pos": self.sparse_pos[: self.sparse_length].clone(),
+            "is_timestamp": self.is_timestamp[: self.length].clone(),
+        }
+        for layer in range(self.layers):
+            state[f"dense.k.{layer}"] = self.dense.k[layer][:, : self.length].contiguous()
+            state[f"dense.v.{layer}"] = self.dense.v[layer][:, : self.length].contiguous()
+            state[f"sparse.k.{layer}"] = self.sparse.k[layer][:, : self.sparse_length].contiguous()
+            state[f"sparse.v.{layer}"] = self.sparse.v[layer][:, : self.sparse_length].contiguous()
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor], device) -> "KVStore":
+        """A store on ``device`` holding exactly the tensors of :meth:`state_dict` (capacity = length)."""
+        layers, kv_heads, head_dim, pool, length, sparse_length, prefix_length = state["shape"].tolist()
+        dtype = state["dense.k.0"].dtype
+        store = cls(layers, kv_heads, head_dim, dtype, device, pool=pool)
+        device = store.device
+        store.dense.k = [state[f"dense.k.{i}"].to(device).contiguous() for i in range(layers)]
+        store.dense.v = [state[f"dense.v.{i}"].to(device).contiguous() for i in range(layers)]
+        store.sparse.k = [state[f"sparse.k.{i}"].to(device).contiguous() for i in range(layers)]
+        store.sparse.v = [state[f"sparse.v.{i}"].to(device).contiguous() for i in range(layers)]
+        for name, n in (("dense", length), ("sparse", sparse_length)):
+            for t in getattr(store, name).k + getattr(store, name).v:
+                assert t.shape == (kv_heads, n, head_dim), f"{name} KVs of shape {tuple(t.shape)}"
+        store.sparse_pos = state["sparse_pos"].to(torch.float64).clone()
+        store.is_timestamp = state["is_timestamp"].to(torch.bool).clone()
+        store.length, store.sparse_length, store.prefix_length = length, sparse_length, prefix_length
+        store.groups = [GroupSpan(*row) for row in state["groups"].tolist()]
+        return store

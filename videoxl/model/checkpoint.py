@@ -3,11 +3,16 @@
 Key layout: ``lm_head.weight``; ``model.{embed_tokens,layers.N,norm}.*`` (Qwen2);
 ``model.vision_tower.vision_tower.vision_model.*`` (SigLIP, no head, 26 layers); ``model.sae.*`` (DTS);
 ``model.mm_projector.{0,2}.*``. Loading is strict: a missing, unexpected or wrongly shaped key is an error naming it.
+The exception is keys a release may carry for modules videoxl does not use: ``model.image_newline`` (created by the
+official model class when ``unpad`` merging is configured) and ``model.text_mlp.*`` (defined by the official eval
+class, never called; VectorSpaceLab/Video-XL ``eval/lvu/*/model/llava_arch.py``, docs/video-xl-2.md §11): they are
+skipped with a warning that names them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -19,8 +24,9 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
 
-# defined in the released eval model but never used; tolerated (and skipped) when present
-IGNORED_PREFIXES = ("model.text_mlp.",)
+# created by the official model classes but never used: tolerated (skipped, with a warning naming them) when present
+IGNORED_PREFIXES = ("model.text_mlp.", "model.image_newline")
+log = logging.getLogger(__name__)
 VISUAL_PREFIXES = ("model.vision_tower.", "model.sae.", "model.mm_projector.")
 
 
@@ -85,6 +91,10 @@ def check_keys(module: torch.nn.Module, files: list[Path]) -> None:
         except Exception as e:  # SafetensorError, OSError: a truncated, garbled or foreign file (never unpickled)
             raise CheckpointError(f"{f}: not a valid safetensors file ({_reason(e)}); re-download or re-save "
                                   "this shard") from None
+    unused = sorted(k for k in found if k.startswith(IGNORED_PREFIXES))
+    if unused:
+        log.warning("%s: skipping %d checkpoint key(s) of modules videoxl does not use: %s", files[0].parent,
+                    len(unused), ", ".join(unused[:8]) + (f" (+{len(unused) - 8} more)" if len(unused) > 8 else ""))
     found = {k: v for k, v in found.items() if not k.startswith(IGNORED_PREFIXES)}
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))

@@ -18,6 +18,7 @@ from torch import nn
 from transformers import Qwen2ForCausalLM
 
 from .. import defaults
+from ..engine.attention import prepare
 from ..engine.prefill import PrefillConfig
 from ..errors import CheckpointError, OptionError
 from ..question import check_question_text
@@ -63,6 +64,13 @@ def resolve_device(spec: str | torch.device | None = None) -> torch.device:
     return device
 
 
+def checkpoint_dtype(config: dict) -> torch.dtype | None:
+    """The dtype a checkpoint's config.json names (``torch_dtype``, or ``dtype`` in newer transformers), if any."""
+    name = config.get("torch_dtype") or config.get("dtype") if isinstance(config, dict) else None
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else None
+
+
 def question_ids(tokenizer, question: str, max_tokens: int = QUESTION_TOKENS) -> torch.Tensor:
     """The text after the video (question and ChatML assistant header) as ids; OptionError if the question is
     empty, not UTF-8, or longer than ``max_tokens`` tokens."""
@@ -105,7 +113,8 @@ class VideoXL2(nn.Module):
         """Load a checkpoint in the official layout from a folder or a hub id (strict; CheckpointError if not).
 
         Weights are read from safetensors only, and no code from the folder is ever run. ``tokenizer`` reuses one
-        loaded earlier with :func:`checkpoint.load_tokenizer`.
+        loaded earlier with :func:`checkpoint.load_tokenizer`. ``dtype`` defaults to the checkpoint's own
+        (config.json ``torch_dtype``, as the official evaluation loads the release), else bf16 on GPU, fp32 on CPU.
         """
         import json
 
@@ -115,17 +124,19 @@ class VideoXL2(nn.Module):
         if not config_file.is_file():
             raise CheckpointError(f"{folder}: no config.json")
         try:
-            config = VideoXL2Config.from_dict(json.loads(config_file.read_text()))
+            raw = json.loads(config_file.read_text())
+            config = VideoXL2Config.from_dict(raw)
         except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{config_file}: not a usable Video-XL-2 config ({type(e).__name__}: {e})") from None
         tokenizer = tokenizer if tokenizer is not None else checkpoint.load_tokenizer(folder)
-        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        dtype = dtype or checkpoint_dtype(raw) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         files = checkpoint.shards(folder)
         with torch.device("meta"):
             model = cls(config, tokenizer)
         checkpoint.check_keys(model, files)
         checkpoint.load_weights(model, files, device, dtype)
         model._materialize_buffers(device)
+        prepare(model.llm)  # route attention through videoxl once, before any thread shares the model
         return model.eval()
 
     def _materialize_buffers(self, device: torch.device) -> None:

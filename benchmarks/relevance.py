@@ -1,0 +1,275 @@
+"""Chunk relevance on realistic text: does bi-level decoding reload the right chunks dense, and does it still answer?
+
+    python benchmarks/relevance.py [--lengths 2048,4096,8192] [--cases 30] [--tasks single,multikey,multivalue,neighbours]
+                                   [--rows ROWS.jsonl] [--json PATH] [--quick]
+
+Text stands in for video, on real SmolLM2-135M-Instruct weights. The haystack is natural English prose: the
+paragraphs of the Python language reference that ship with every Python (``pydoc_data.topics``), shuffled per case,
+cut into groups of 144 tokens, each after a ``Time {t}s:`` stamp (chunks of 4 groups pre-filled with a window of
+3, as the published evaluation). Needles follow RULER's task shapes (Hsieh et al., "RULER: What's the real context
+size of your long-context language models?", 2024; github.com/NVIDIA/RULER, ``synthetic/niah``), with needles
+written as sentences of the same register as the text around them:
+
+- ``single``: one key-value needle; "What is the special magic number for KEY?";
+- ``multikey``: the same, with 3 distractor needles for other keys (same shape, other numbers) in other groups;
+- ``multivalue``: 4 needles for one key with 4 numbers, in 4 groups; correct only if all 4 are answered;
+- ``neighbours``: the needle sentence is cut by a group boundary, so its value lies in the group after the key.
+
+For every case the same haystack is answered by dense decoding (transformers, one forward, SDPA), by decoding over
+the chunked pre-fill with every chunk dense, and by bi-level decoding (decoding chunks of one group, first and last
+dense, ``--topk`` more chosen by each scorer) for each relevance scorer side by side, including ``exact``: the
+question's true attention mass per chunk over the dense cache at every layer (an upper bound that materializes the
+attention over the whole video; for reference only). ``recall`` is the fraction of needle groups among the dense
+chunks (for ``neighbours``: both groups of the split needle); ``kv_ratio`` the bi-level cache's bytes over dense.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from videoxl.engine.decode import DecodeConfig, Decoder  # noqa: E402
+from videoxl.engine.layout import Group, embed  # noqa: E402
+from videoxl.engine.prefill import PrefillConfig, prefill  # noqa: E402
+from videoxl.llm import load_smollm2  # noqa: E402
+
+GROUP_TEXT = 144
+PREFILL = PrefillConfig(chunk=4, window=3)
+TASKS = ("single", "multikey", "multivalue", "neighbours")
+SCORERS = ("bounds", "mean", "sparse", "dense", "exact")
+PREFIX = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nSome special magic numbers "
+          "are hidden within the following text. Make sure to memorize them. I will quiz you about the numbers "
+          "afterwards.\n")
+KEYS = ["lively-harbor", "quiet-meadow", "amber-lantern", "silver-orchard", "rapid-cascade", "gentle-summit",
+        "hollow-canyon", "crimson-falcon", "frozen-willow", "golden-thicket", "humble-beacon", "ivory-compass",
+        "jagged-reef", "lucid-glacier", "mellow-prairie", "noble-quarry", "opal-tundra", "placid-lagoon",
+        "rustic-spire", "sable-marsh", "tidal-grove", "umber-ridge", "vivid-fjord", "woven-delta"]
+
+
+def prose(tokenizer, seed: int) -> list[int]:
+    """Natural-language paragraphs of the Python reference (grammar and code lines dropped), shuffled, as ids."""
+    from pydoc_data.topics import topics
+
+    paragraphs = []
+    for text in topics.values():
+        for para in re.split(r"\n\s*\n", text):
+            lines = [ln for ln in para.splitlines() if ln.strip() and not ln.startswith((" ", "*", "=", "-", ">"))]
+            joined = " ".join(ln.strip() for ln in lines)
+            if len(joined) > 200 and joined.count("(") < 6:
+                paragraphs.append(joined)
+    random.Random(seed).shuffle(paragraphs)
+    return tokenizer(" " + " ".join(paragraphs[:400]))["input_ids"]
+
+
+def needle(key: str, value: str) -> str:
+    return f" One of the special magic numbers for {key} is: {value}."
+
+
+def question_text(task: str, key: str) -> str:
+    if task == "multivalue":
+        return (f"\nWhat are all the special magic numbers for {key} mentioned in the provided text? Answer with "
+                f"the numbers only.<|im_end|>\n<|im_start|>assistant\nThe special magic numbers for {key} are:")
+    return (f"\nWhat is the special magic number for {key} mentioned in the provided text? Answer with the number "
+            f"only.<|im_end|>\n<|im_start|>assistant\nThe special magic number for {key} is:")
+
+
+def make_case(tokenizer, task: str, tokens: int, index: int, cases: int) -> dict:
+    """One haystack with its needles; the needle's depth sweeps the haystack across the cases."""
+    seed = zlib.crc32(f"{task}-{tokens}-{index}".encode())
+    rng = random.Random(seed)
+    text = prose(tokenizer, seed)
+    prefix = tokenizer(PREFIX)["input_ids"]
+    keys = rng.sample(KEYS, 4)
+    key = keys[0]
+    q_ids = tokenizer(question_text(task, key))["input_ids"]
+    n_groups = max(6, round((tokens - len(prefix) - len(q_ids)) / (GROUP_TEXT + 8)))
+    depth = (index + 0.5) / cases
+    target = min(n_groups - 2, max(1, int(depth * n_groups)))  # never the always-dense first or last group
+    plants: dict[int, list[str]] = {}  # group -> needle sentences planted in it
+    values = [str(rng.randint(1_000_000, 9_999_999)) for _ in range(4)]
+    others = [g for g in range(1, n_groups - 1) if abs(g - target) > 1]
+    if task in ("single", "neighbours"):
+        plants[target] = [needle(key, values[0])]
+        answers = [values[0]]
+    elif task == "multikey":
+        plants[target] = [needle(key, values[0])]
+        for other, g in zip(keys[1:], rng.sample(others, 3)):
+            plants.setdefault(g, []).append(needle(other, str(rng.randint(1_000_000, 9_999_999))))
+        answers = [values[0]]
+    else:  # multivalue
+        for v, g in zip(values, [target] + rng.sample(others, 3)):
+            plants.setdefault(g, []).append(needle(key, v))
+        answers = values
+    groups, pos = [], 0
+    # the groups the question needs: the asked key's needles (not the distractors)
+    needle_groups = sorted(g for g, sentences in plants.items() if any(f"for {key} is" in x for x in sentences))
+    split = None
+    for g in range(n_groups):
+        body = text[pos: pos + GROUP_TEXT]
+        pos += GROUP_TEXT
+        for sentence in plants.get(g, []):
+            ids = tokenizer(sentence)["input_ids"]
+            if task == "neighbours":  # the sentence ends the group and its number opens the next one
+                cut = len(tokenizer(sentence.split(":")[0] + ":")["input_ids"])
+                body = body[: GROUP_TEXT - cut] + ids[:cut]
+                split = ids[cut:]
+            else:
+                at = rng.randrange(0, GROUP_TEXT - len(ids))
+                body = body[:at] + ids + body[at: GROUP_TEXT - len(ids)]
+        if split is not None and g == target + 1:
+            body = split + body[: GROUP_TEXT - len(split)]
+        stamp = tokenizer(f"Time {4.0 * g:.1f}s:")["input_ids"]
+        groups.append((stamp, body))
+    if task == "neighbours":
+        needle_groups = [target, target + 1]
+    return {"task": task, "index": index, "key": key, "answers": answers, "prefix": prefix, "groups": groups,
+            "question": q_ids, "needle_groups": needle_groups, "depth": depth}
+
+
+def correct(text: str, answers: list[str]) -> bool:
+    return all(a in text for a in answers)
+
+
+def exact_scores(decoder: Decoder, question: torch.Tensor, ranges: list[tuple[int, int]]) -> list[float]:
+    """The question's true attention mass on each decoding chunk over the all-dense cache, averaged over layers,
+    heads and question tokens (the reference the in-model scorers approximate)."""
+    store = decoder.video.store
+    everything = torch.ones(len(store.groups), dtype=torch.bool)
+    cache, position = decoder._cache(everything, "absolute", question.shape[0])
+    layers = tuple(range(store.layers))
+    _, step = decoder._step(cache, embed(decoder.model, question), position, capture=layers)
+    owner = torch.full((store.length,), -1, dtype=torch.long)
+    for c, (a, b) in enumerate(ranges):
+        owner[store.groups[a].start: store.groups[b - 1].end] = c
+    mass = torch.zeros(len(ranges), dtype=torch.float64)
+    for layer in layers:
+        q = step.queries[layer].float()  # (H, Q, D), rotated at their positions
+        k = cache.k[layer][:, : store.length].float()  # (Hkv, L, D), rotated at theirs
+        k = k.repeat_interleave(q.shape[0] // k.shape[0], 0)
+        attn = torch.softmax(q @ k.transpose(1, 2) * decoder.scale, -1).sum((0, 1))  # (L,)
+        keep = owner >= 0
+        mass.index_add_(0, owner[keep], attn[keep].double())
+    return mass.tolist()
+
+
+def run_case(model, tokenizer, case: dict, topk: int) -> dict:
+    from transformers import DynamicCache
+
+    prefix = torch.tensor(case["prefix"])
+    groups = [Group(torch.tensor(s), torch.tensor(t)) for s, t in case["groups"]]
+    ids = torch.cat([prefix] + [torch.cat([g.timestamp, g.visual]) for g in groups])
+    question = torch.tensor(case["question"])
+    row = {k: case[k] for k in ("task", "index", "depth", "needle_groups")}
+    row["tokens"] = ids.numel() + question.numel()
+    t0 = time.perf_counter()
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        model(ids[None], cache=cache, use_cache=True, logits_to_keep=1)
+        full = torch.cat([ids, question])
+        out = model.generate(full[None], cache=cache, max_new_tokens=24, do_sample=False)
+    dense_text = tokenizer.decode(out[0, full.numel():], skip_special_tokens=True)
+    row["dense_s"] = time.perf_counter() - t0
+    del cache
+    t0 = time.perf_counter()
+    video = prefill(model, prefix, groups, PREFILL, expected_tokens=ids.numel())
+    decoder = Decoder(model, video, tokenizer)
+    chunked = decoder.answer(question, DecodeConfig(max_new_tokens=24))
+    row["chunked_s"] = time.perf_counter() - t0
+    row["answers"] = {"dense": dense_text, "chunked": chunked.text}
+    row["acc_dense"], row["acc_chunked"] = correct(dense_text, case["answers"]), correct(chunked.text, case["answers"])
+    config = DecodeConfig(topk=topk, chunk=1, max_new_tokens=24)
+    for scorer in SCORERS:
+        t0 = time.perf_counter()
+        if scorer == "exact":
+            ranges = [(g, g + 1) for g in range(len(groups))]
+            answer = decoder.answer(question, config, chunk_scores=exact_scores(decoder, question, ranges))
+        else:
+            answer = decoder.answer(question, DecodeConfig(topk=topk, chunk=1, max_new_tokens=24, scorer=scorer))
+        hits = [g in answer.dense_chunks for g in case["needle_groups"]]
+        row[scorer] = {"recall": sum(hits) / len(hits), "acc": correct(answer.text, case["answers"]),
+                       "kv_ratio": answer.kv_ratio, "dense_chunks": answer.dense_chunks, "text": answer.text,
+                       "select_s": answer.seconds.get("select", 0.0), "s": time.perf_counter() - t0}
+    return row
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    out = []
+    for tokens in sorted({r["target"] for r in rows}):
+        for task in TASKS:
+            cell = [r for r in rows if r["target"] == tokens and r["task"] == task]
+            if not cell:
+                continue
+            n = len(cell)
+            for scorer in SCORERS:
+                out.append({
+                    "tokens": round(sum(r["tokens"] for r in cell) / n), "target_tokens": tokens, "task": task,
+                    "scorer": scorer, "cases": n,
+                    "recall": 100 * sum(r[scorer]["recall"] for r in cell) / n,
+                    "acc_dense": 100 * sum(r["acc_dense"] for r in cell) / n,
+                    "acc_chunked": 100 * sum(r["acc_chunked"] for r in cell) / n,
+                    "acc_bilevel": 100 * sum(r[scorer]["acc"] for r in cell) / n,
+                    "kv_ratio": sum(r[scorer]["kv_ratio"] for r in cell) / n,
+                    "select_s": sorted(r[scorer]["select_s"] for r in cell)[n // 2],
+                })
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", default="2048,4096,8192", help="haystack sizes in tokens")
+    parser.add_argument("--cases", type=int, default=30, help="cases per (length, task)")
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--topk", type=int, default=3, help="chunks reloaded dense besides the first and last")
+    parser.add_argument("--rows", type=Path, help="one JSON line per case; cases already there are skipped")
+    parser.add_argument("--json", type=Path, help="write the summary rows here")
+    parser.add_argument("--quick", action="store_true", help="2,048 tokens, 4 cases per task")
+    args = parser.parse_args()
+    lengths = [2048] if args.quick else [int(x) for x in args.lengths.split(",")]
+    cases = 4 if args.quick else args.cases
+    tasks = args.tasks.split(",")
+    model, tokenizer = load_smollm2()
+    rows = []
+    if args.rows and args.rows.is_file():
+        rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.strip().endswith("}")]
+    done = {(r["target"], r["task"], r["index"]) for r in rows}
+    print(f"{'tokens':>6} {'task':<10} {'case':>4}  dense chunked | " + " ".join(f"{s:>7}" for s in SCORERS)
+          + "   (answer right? needle recall)", flush=True)
+    for tokens in lengths:
+        for task in tasks:
+            for i in range(cases):
+                if (tokens, task, i) in done:
+                    continue
+                row = {"target": tokens, **run_case(model, tokenizer, make_case(tokenizer, task, tokens, i, cases),
+                                                     args.topk)}
+                rows.append(row)
+                if args.rows:
+                    with open(args.rows, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                marks = " ".join(f"{'+' if row[s]['acc'] else '-'}{row[s]['recall']:>5.2f}" for s in SCORERS)
+                print(f"{row['tokens']:>6} {task:<10} {i:>4}  {'+' if row['acc_dense'] else '-':>5} "
+                      f"{'+' if row['acc_chunked'] else '-':>7} | {marks}", flush=True)
+    summary = summarize([r for r in rows if r["target"] in lengths and r["task"] in tasks])
+    print(f"\n{'tokens':>6} {'task':<10} {'scorer':<7} {'cases':>5} {'recall':>6} {'dense':>6} {'chunked':>7} "
+          f"{'bilevel':>7} {'KV':>5} {'select s':>8}")
+    for s in summary:
+        print(f"{s['tokens']:>6} {s['task']:<10} {s['scorer']:<7} {s['cases']:>5} {s['recall']:>6.0f} "
+              f"{s['acc_dense']:>6.0f} {s['acc_chunked']:>7.0f} {s['acc_bilevel']:>7.0f} {s['kv_ratio']:>5.2f} "
+              f"{s['select_s']:>8.3f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,521 @@
+"""The published benchmarks (videoxl/eval/tasks, benchmarks.py, selection.py, commands.py) on mini datasets.
+
+Each mini dataset is written in its benchmark's real file format around short synthetic clips (videoxl.synth) and
+run end to end with the bundled model. Prompts are compared with hand-written text, metrics with hand computations,
+the selection-file mapping with the published rule worked out by hand.
+"""
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from videoxl import DEFAULT_MODEL
+from videoxl.eval import benchmarks
+from videoxl.eval.commands import format_table, main
+from videoxl.eval.selection import Run, published_dense_blocks, oracle_scores, read_selection
+from videoxl.eval.tasks import TASKS, convert_times
+from videoxl.eval.tasks.charades import PRE_PROMPT, extract_time
+from videoxl.synth import make_qa, write
+
+STEM = "What object appears in the video?"
+
+
+def clip(folder: Path, name: str, seed: int, frames: int = 16):
+    """A 4 fps synthetic clip with one object (16 frames: 4 groups at 0, 1, 2, 3 s) and its four choices."""
+    script, qa = make_qa(random.Random(f"eval-tasks/{seed}"), frames, 4.0, family="needle", multiple_choice=True)
+    write(script, folder / name)
+    return list(qa.choices), qa.answer
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    made = {name: clip(folder, name, i) for i, name in enumerate(["a.mp4", "b.mp4", "c.mp4"])}
+    made["long.mp4"] = clip(folder, "long.mp4", 9, frames=96)  # 24 groups: 6 decoding chunks of 4
+    (folder / "broken.mp4").write_bytes(b"not a video at all")
+    return folder, made
+
+
+def put(clips, name, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(clips[0] / name, dest)
+
+
+@pytest.fixture(scope="module")
+def mlvu(clips, tmp_path_factory):
+    data = tmp_path_factory.mktemp("mlvu")
+    (data / "json").mkdir()
+    needle = [{"video": v, "duration": 4.0, "question": STEM, "candidates": clips[1][v][0],
+               "answer": clips[1][v][0]["ABCD".index(clips[1][v][1])], "question_type": "needle"}
+              for v in ("a.mp4", "b.mp4")]
+    for v in ("a.mp4", "b.mp4"):
+        put(clips, v, data / "video" / "2_needle" / v)
+    count = [{"video": "c.mp4", "duration": 4.0, "question": "How many times does a star appear at 00:02?",
+              "candidates": ["1", "2", "3", "4"], "answer": "1", "question_type": "count"},
+             {"video": "c.mp4", "question": "Broken?", "candidates": ["x", "y"], "answer": "z"},  # answer not a choice
+             {"video": "gone.mp4", "question": STEM, "candidates": ["x", "y"], "answer": "x"}]  # no such video
+    put(clips, "c.mp4", data / "video" / "4_count" / "c.mp4")
+    (data / "json" / "2_needle.json").write_text(json.dumps(needle))
+    (data / "json" / "4_count.json").write_text(json.dumps(count))
+    (data / "json" / "8_sub_scene.json").write_text(json.dumps([{"video": "a.mp4", "question": "Describe."}]))
+    return data
+
+
+@pytest.fixture(scope="module")
+def videomme(clips, tmp_path_factory):
+    data = tmp_path_factory.mktemp("videomme")
+    rows = []
+    for i, (v, duration) in enumerate([("a.mp4", "short"), ("b.mp4", "medium"), ("c.mp4", "long")]):
+        choices, answer = clips[1][v]
+        put(clips, v, data / "data" / f"vid{i}.mp4")
+        rows.append({"video_id": f"00{i}", "duration": duration, "domain": "Knowledge", "sub_category": "Astronomy",
+                     "url": "", "videoID": f"vid{i}", "question_id": f"00{i}-1", "task_type": "Object Recognition",
+                     "question": STEM, "options": [f"{'ABCD'[j]}. {c}" for j, c in enumerate(choices)],
+                     "answer": answer})
+    rows.append({**rows[0], "question_id": "009-1", "videoID": "missing"})
+    rows.append({"question_id": "010-1", "videoID": "vid0"})  # malformed: no question, options, answer
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        (data / "videomme").mkdir()
+        pq.write_table(pa.Table.from_pylist(rows[:4]), data / "videomme" / "test-00000-of-00001.parquet")
+        pq.write_table(pa.Table.from_pylist(rows[4:]), data / "videomme" / "test-00001-of-00001.parquet")
+    except ImportError:  # the same rows as JSON lines
+        (data / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return data
+
+
+@pytest.fixture(scope="module")
+def longvideobench(clips, tmp_path_factory):
+    data = tmp_path_factory.mktemp("lvb")
+    rows = []
+    for i, v in enumerate(["a.mp4", "b.mp4"]):
+        choices, answer = clips[1][v]
+        put(clips, v, data / "videos" / v)
+        rows.append({"id": f"lvb-{i}", "video_id": v[:-4], "video_path": v, "question": STEM, "candidates": choices,
+                     "correct_choice": "ABCD".index(answer), "duration_group": 15 if i == 0 else 60,
+                     "question_category": "E2O", "duration": 4.0})
+    rows.append({"id": "lvb-bad", "video_path": "a.mp4", "question": STEM})  # malformed
+    (data / "lvb_val.json").write_text(json.dumps(rows))
+    return data
+
+
+@pytest.fixture(scope="module")
+def lvbench(clips, tmp_path_factory):
+    data = tmp_path_factory.mktemp("lvbench")
+    lines = []
+    for v, key, kind in [("a.mp4", "vid_a", "cartoon"), ("b.mp4", "vid_b", "sport")]:
+        choices, answer = clips[1][v]
+        put(clips, v, data / "videos" / f"{key}.mp4")
+        question = STEM + "".join(f"\n({'ABCD'[j]}) {c}" for j, c in enumerate(choices))
+        lines.append(json.dumps({"key": key, "type": kind, "qa": [
+            {"uid": f"{key}-1", "question": question, "answer": answer,
+             "question_type": ["entity recognition", "key information retrieval"], "time_reference": "00:01"}]}))
+    put(clips, "broken.mp4", data / "videos" / "vid_broken.mp4")
+    lines.append(json.dumps({"key": "vid_broken", "type": "tv", "qa": [
+        {"uid": "broken-1", "question": STEM + "\n(A) x\n(B) y", "answer": "A", "question_type": ["reasoning"]}]}))
+    lines.append("{not json")
+    (data / "video_info.meta.jsonl").write_text("\n".join(lines) + "\n")
+    return data
+
+
+@pytest.fixture(scope="module")
+def charades(clips, tmp_path_factory):
+    data = tmp_path_factory.mktemp("charades")
+    for v in ("a.mp4", "b.mp4"):
+        put(clips, v, data / "Charades_v1_480" / f"CH{v[0].upper()}.mp4")
+    (data / "charades_sta_test.txt").write_text(
+        "CHA 1.0 2.5##person sees an object.\nCHB 0.0 3.0##the shape turns red.\nCHA 1.0##no end time\n")
+    return data
+
+
+def run_cli(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+# -- prompts, byte for byte -----------------------------------------------------------------------------------------
+def test_prompts_only_match_the_published_prompts(mlvu, videomme, longvideobench, lvbench, charades, clips, tmp_path):
+    a, b = clips[1]["a.mp4"][0], clips[1]["b.mp4"][0]
+    expected = {
+        "mlvu": (mlvu, {
+            "2_needle:0": f"\n{STEM}\n(A) {a[0]}\n(B) {a[1]}\n(C) {a[2]}\n(D) {a[3]}\n\nOnly give the best option.\n\n"
+                          "Best option: (",
+            "4_count:0": "\nHow many times does a star appear at 2 seconds?\n(A) 1\n(B) 2\n(C) 3\n(D) 4\n\nOnly give "
+                         "the best option.\n\nBest option: ("}),
+        "videomme": (videomme, {
+            "000-1": "Select the best answer to the following multiple-choice question based on the video and the "
+                     "subtitles. Respond with only the letter (A, B, C, or D) of the correct option.\n"
+                     f"{STEM}\n['A. {a[0]}', 'B. {a[1]}', 'C. {a[2]}', 'D. {a[3]}']\n\n"
+                     "Answer with the option's letter from the given choices directly."}),
+        "longvideobench": (longvideobench, {
+            "lvb-1": f"{STEM}\nA. {b[0]}\nB. {b[1]}\nC. {b[2]}\nD. {b[3]}\n"
+                     "Answer with the option's letter from the given choices directly.\n"}),
+        "lvbench": (lvbench, {
+            "vid_a-1": f"{STEM}\nA. {a[0]}\nB. {a[1]}\nC. {a[2]}\nD. {a[3]}\n"
+                       "Answer with the option's letter from the given choices directly."}),
+        "charades-sta": (charades, {
+            "CHA>>>person sees an object>>>[1.0, 2.5]": PRE_PROMPT + "person sees an object. Please return its start "
+                                                                     "time and end time."}),
+    }
+    for task, (data, prompts) in expected.items():
+        out = tmp_path / f"{task}.jsonl"
+        assert run_cli(task, "--data", data, "--prompts-only", out) == 0
+        records = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+        for sid, question in prompts.items():
+            record = records[sid]
+            assert record["question"] == question, task
+            assert record["prompt"] == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                                        f"<image>\n{question}<|im_end|>\n<|im_start|>assistant\n")
+            # 4 s at 4 fps: 1 fps gives 4 frames, the 4 fps ceiling all 16 (frame cap far above)
+            assert record["sampling"]["frames"] == 16 and record["sampling"]["group_times"] == [0.0, 1.0, 2.0, 3.0]
+            assert record["decoding"]["stop"] == ["\n\n"] and record["decoding"]["greedy"]
+        assert any("skipped" in r for r in records.values()), f"{task}: the bad rows are listed"
+    assert TASKS["mlvu"].settings.max_frames == 256 and TASKS["videomme"].settings.max_frames == 400
+    assert TASKS["longvideobench"].settings.max_frames == 400 and TASKS["lvbench"].settings.max_frames == 600
+
+
+def test_selection_keys_are_the_published_ones(mlvu, videomme, longvideobench, lvbench):
+    datasets = [("mlvu", mlvu), ("videomme", videomme), ("longvideobench", longvideobench), ("lvbench", lvbench)]
+    keys = {s.id: s.selection_key for t, d in datasets for s in TASKS[t].read(d)[0]}
+    assert keys["2_needle:0"] == f"a.mp4_{STEM}"
+    assert keys["4_count:0"] == "c.mp4_How many times does a star appear at 00:02?"  # before the time rewrite
+    assert keys["000-1"] == f"vid0.mp4_{STEM}"
+    assert keys["lvb-0"] == f"a.mp4_{STEM}"
+    assert keys["vid_a-1"] == f"vid_a_{STEM}"
+
+
+def test_time_rewrite_is_the_published_one():
+    assert convert_times("from 01:30 to 12:05, again 01:30") == "from 90 seconds to 725 seconds, again 90 seconds"
+    assert convert_times("at 1:30") == "at 1:30"  # two digits each side, as published
+
+
+# -- scoring, against hand computations -------------------------------------------------------------------------
+def rows_file(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps({"run": "hand", **r}) + "\n" for r in rows))
+    return path
+
+
+def test_mlvu_m_avg_by_hand(tmp_path):
+    rows = [{"id": "1", "pred": "B) bolt", "gold": "B", "categories": {"task_type": "needle"}},
+            {"id": "2", "pred": "A", "gold": "C", "categories": {"task_type": "needle"}},
+            {"id": "3", "pred": " C) 3 ", "gold": "C", "categories": {"task_type": "count"}},
+            {"id": "4", "pred": "The answer is D", "gold": "D", "categories": {"task_type": "count"}}]  # no ")": whole
+    out = tmp_path / "s.json"
+    assert run_cli("rescore", "mlvu", rows_file(tmp_path / "r.jsonl", rows), "--json", out) == 0
+    s = json.loads(out.read_text())["runs"]["hand"]
+    assert s["categories"]["task_type"]["needle"]["score"] == 50.0
+    assert s["categories"]["task_type"]["count"]["score"] == 50.0
+    assert s["score"] == 50.0 and s["overall"] == 50.0
+
+
+def scored(task: str, rows: list[dict]) -> dict:
+    """The summary of hand-written rows (run "h"), scored from their answer text."""
+    return benchmarks.summarize(TASKS[task], benchmarks.rescore_rows(TASKS[task], [{"run": "h", **r} for r in rows]))
+
+
+def test_videomme_lvb_lvbench_charades_scores_by_hand(tmp_path):
+    videomme = [{"id": "1", "pred": "The best answer is B.", "gold": "B", "categories": {"duration": "short"}},
+                # "Best option:" is not removed (the published list runs two prefixes together): "B" of "Best"
+                {"id": "2", "pred": "Best option: C", "gold": "C", "categories": {"duration": "short"}},
+                {"id": "3", "pred": "it is hard to tell from this video what the answer could possibly be here",
+                 "gold": "A", "categories": {"duration": "long"}}]
+    s = scored("videomme", videomme)
+    assert s["runs"]["h"]["score"] == pytest.approx(100 / 3)
+    assert s["runs"]["h"]["categories"]["duration"]["short"]["score"] == 50.0
+
+    lvbench = [{"id": "1", "pred": "B. bolt", "gold": "B", "categories": {"question_type": ["ER", "KIR"]}},
+               {"id": "2", "pred": "(c)", "gold": "C", "categories": {"question_type": ["ER"]}},
+               {"id": "3", "pred": "", "gold": "A", "categories": {"question_type": ["KIR"]}},  # left out, as published
+               {"id": "4", "pred": "D", "gold": "A", "categories": {"question_type": ["KIR"]}}]
+    s = scored("lvbench", lvbench)["runs"]["h"]
+    assert s["score"] == pytest.approx(200 / 3) and s["n"] == 3 and s["excluded_empty"] == 1
+    types = s["categories"]["question_type"]
+    assert types["ER"]["score"] == 100.0 and types["KIR"]["score"] == 50.0
+
+    lvb = [{"id": "x", "pred": "The correct answer is E", "gold": "E", "categories": {},
+            "doc": {"choices": list("ABCDE")}},
+           {"id": "y", "pred": "A", "gold": "B", "categories": {}, "doc": {"choices": list("ABCD")}}]
+    s = scored("longvideobench", lvb)
+    assert s["runs"]["h"]["score"] == 50.0
+
+    # IoUs: [0,10] vs [5,10] = 0.5; [0,10] vs [0,10] = 1; no time in the answer: the published fallback, 0
+    charades = [{"id": "1", "pred": "The event happens in the 5 - 10 seconds.", "gold": [0, 10]},
+                {"id": "2", "pred": "It starts at 0 seconds\nand ends at 10 seconds.", "gold": [0, 10]},
+                {"id": "3", "pred": "I cannot tell.", "gold": [2, 4]}]
+    s = scored("charades-sta", [{"categories": {}, **r} for r in charades])["runs"]["h"]
+    assert s["score"] == pytest.approx(50.0) and s["R@0.3"] == pytest.approx(200 / 3)
+    assert s["R@0.5"] == pytest.approx(200 / 3) and s["R@0.7"] == pytest.approx(100 / 3)
+    assert extract_time("from 3.5 to 1.0") == [[1.0, 3.5]]
+    assert extract_time("It starts at 0 and ends at 10.") == []  # one number per sentence, as published
+
+
+def test_rescore_an_lmms_eval_log(tmp_path):
+    doc = {"video_id": "001", "duration": "short", "domain": "Knowledge", "sub_category": "Astronomy",
+           "videoID": "v", "task_type": "Counting Problem", "question": "?", "options": ["A. 1", "B. 2"]}
+    log = {"logs": [{"doc_id": 0, "doc": {**doc, "question_id": "001-1", "answer": "B"}, "target": "B",
+                     "resps": [["B."]], "filtered_resps": ["B."]},
+                    {"doc_id": 1, "doc": {**doc, "question_id": "001-2", "answer": "A", "duration": "long"},
+                     "target": "A", "resps": [["The answer is C"]], "filtered_resps": ["The answer is C"]},
+                    {"doc_id": 2, "doc": {**doc, "question_id": "001-3", "answer": "A", "duration": "long"},
+                     "target": "A", "resps": [["A"]], "filtered_resps": [["A"]]}]}
+    path = tmp_path / "videomme.json"
+    path.write_text(json.dumps(log))
+    out = tmp_path / "s.json"
+    assert run_cli("rescore", "videomme", path, "--json", out, "--plot", tmp_path / "p.png") == 0
+    s = json.loads(out.read_text())["runs"]["lmms-eval"]
+    assert s["score"] == pytest.approx(200 / 3) and s["n"] == 3
+    assert s["categories"]["duration"] == {"long": {"n": 2, "score": 50.0}, "short": {"n": 1, "score": 100.0}}
+    assert (tmp_path / "p.png").stat().st_size > 0
+    doc = {"video_name": "x.mp4", "question": "q", "answer": "A", "task_type": "needle"}
+    mlvu = {"logs": [{"doc_id": 0, "doc": doc, "filtered_resps": ["A) yes"]}]}
+    (tmp_path / "mlvu.json").write_text(json.dumps(mlvu))
+    assert run_cli("rescore", "mlvu", tmp_path / "mlvu.json", "--json", out) == 0
+    assert json.loads(out.read_text())["runs"]["lmms-eval"]["score"] == 100.0
+
+
+# -- selection files ----------------------------------------------------------------------------------------------
+SELECTION = {
+    "topic_reasoning": None,
+    "needle": {"config": {"selected_topk": 3, "selected_chunk_size": 4, "compression": 4,
+                          "relevance oracle": "languagebind"},
+               "selected_unit_indices": {f"long.mp4_{STEM}": [5, 1, 9, 30], "b.mp4_Why?": []}},
+    "count": {"config": {"selected_topk": 1, "selected_chunk_size": 6, "compression": 4, "relevance oracle": "x"},
+              "selected_unit_indices": {"c.mp4_How many?": [7]}},
+}
+
+
+def test_selection_mapping_by_hand(tmp_path):
+    path, other = tmp_path / "sel.json", tmp_path / "other.json"
+    path.write_text(json.dumps(SELECTION))
+    other.write_text(json.dumps({"ego": None,
+                                 "order": {**SELECTION["count"], "selected_unit_indices": {"d.mp4_Q": [0]}}}))
+    merged = read_selection([path, other])  # one file per duration or video type, as Video-MME and LVBench publish
+    assert set(merged.entries) == {f"long.mp4_{STEM}", "b.mp4_Why?", "c.mp4_How many?", "d.mp4_Q"}
+    assert merged.null_categories == ("topic_reasoning", "ego")
+    selection = read_selection(path)
+    assert selection.null_categories == ("topic_reasoning",)
+    # 24 groups, B = 4: 6 video blocks (1..6), the prefix is block 0. Units -> u // 2 + 1: 5 -> 3, 1 -> 1, 9 -> 5,
+    # 30 -> 16 (past the end: matches nothing). Dense: {0, 1, 6} + {3, 1, 5} = [0, 1, 3, 5, 6]
+    assert published_dense_blocks([5, 1, 9, 30], 4, 6) == [0, 1, 3, 5, 6]
+    # videoxl numbers the video chunks from 0 (block b = chunk b - 1) and keeps its first and last dense itself
+    assert oracle_scores([0, 1, 3, 5, 6], 6) == ([1.0, 0.0, 1.0, 0.0, 1.0, 1.0], 2)
+    # B = 6: unit 7 -> 7 // 3.0 + 1 = 3.0 -> block 3
+    assert published_dense_blocks([7], 6, 4) == [0, 1, 3, 4]
+    run = Run("bilevel", selection)
+    plan = run.plan(f"long.mp4_{STEM}", 24, (4, 3), (4, 3))
+    assert plan.prefill == {"chunk": 4, "window": 3, "pool": 4} and plan.decode == {"topk": 2, "chunk": 4}
+    assert plan.dense_blocks == [0, 1, 3, 5, 6]
+    for key in ("a.mp4_Any question in the null category?", "nowhere.mp4_no entry", None):
+        dense = run.plan(key, 24, (4, 3), (4, 3))  # no entry: the plain model, full attention and dense KV
+        assert dense.prefill["window"] is None and dense.decode == {} and dense.chunk_scores is None
+    empty = run.plan("b.mp4_Why?", 24, (4, 3), (4, 3))  # an empty unit list: every block dense
+    assert empty.decode == {} and empty.prefill["window"] == 3
+    auto = Run("bilevel", selection, topk="auto").plan("c.mp4_How many?", 24, (4, 3), (4, 3))
+    assert auto.decode == {"topk": 1, "chunk": 6} and auto.chunk_scores is None
+    assert Run("bilevel", selection).label == "bilevel-oracle" and Run("bilevel", selection, "auto").label == \
+        "bilevel-model-auto"
+
+
+def test_selection_runs_end_to_end_with_exactly_the_published_dense_chunks(clips, tmp_path):
+    data = tmp_path / "mlvu"
+    put(clips, "long.mp4", data / "video" / "2_needle" / "long.mp4")
+    put(clips, "a.mp4", data / "video" / "2_needle" / "a.mp4")
+    choices, answer = clips[1]["long.mp4"]
+    (data / "json").mkdir()
+    (data / "json" / "2_needle.json").write_text(json.dumps([
+        {"video": "long.mp4", "question": STEM, "candidates": choices, "answer": choices["ABCD".index(answer)]},
+        {"video": "a.mp4", "question": STEM, "candidates": choices, "answer": choices[0]}]))  # no entry
+    sel = tmp_path / "sel.json"
+    sel.write_text(json.dumps(SELECTION))
+    rows = tmp_path / "rows.jsonl"
+    assert run_cli("mlvu", "--data", data, "--selection", sel, "--rows", rows) == 0
+    assert run_cli("mlvu", "--data", data, "--mode", "bilevel", "--topk", "auto", "--selection", sel,
+                   "--rows", rows, "--json", tmp_path / "s.json") == 0
+    oracle = {r["id"]: r for r in benchmarks.read_rows(rows) if r["run"] == "bilevel-oracle"}
+    assert oracle["2_needle:0"]["chunks"] == 6 and oracle["2_needle:0"]["dense_chunks"] == [0, 2, 4, 5]
+    assert oracle["2_needle:1"]["dense_chunks"] == [0] and "no selection entry" in oracle["2_needle:1"]["note"]
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert set(summary["runs"]) == {"bilevel-oracle", "bilevel-model-auto"}  # side by side
+    assert all(r["n"] == 2 for r in summary["runs"].values())
+
+
+# -- end to end, every task ---------------------------------------------------------------------------------------
+def hand_score(task: str, row: dict) -> float:
+    """The published extraction, worked by hand for the answers a tiny model gives (a letter, maybe with ')')."""
+    pred = row["pred"].strip()
+    if task == "mlvu":
+        return float((pred[pred.index(")") - 1] if ")" in pred else pred) == row["gold"])
+    letter = next((c for c in pred if c in "ABCDE"), "")
+    return float(letter == row["gold"])
+
+
+@pytest.mark.parametrize("task", ["mlvu", "videomme", "longvideobench", "lvbench", "charades-sta"])
+def test_every_task_end_to_end(task, request, tmp_path):
+    data = request.getfixturevalue(task.replace("-sta", ""))
+    out, rows_path = tmp_path / "s.json", tmp_path / "rows.jsonl"
+    assert run_cli(task, "--data", data, "--mode", "chunked", "--rows", rows_path, "--json", out,
+                   "--plot", tmp_path / "p.png") == 0
+    summary = json.loads(out.read_text())
+    rows = benchmarks.read_rows(rows_path)
+    run = summary["runs"]["chunked"]
+    scored = [r for r in rows if "skipped" not in r]
+    assert run["n"] + run.get("excluded_empty", 0) == len(scored) and len(run["skipped"]) == len(rows) - len(scored)
+    assert (tmp_path / "p.png").stat().st_size > 0
+    expected_skipped = {"mlvu": 2, "videomme": 2, "longvideobench": 1, "lvbench": 1, "charades-sta": 1}[task]
+    assert len(summary["annotation_skipped"]) == expected_skipped  # malformed rows and missing videos, listed
+    if task == "charades-sta":
+        assert len(scored) == 2
+        ious = [r["score"] for r in scored]
+        assert run["score"] == pytest.approx(100 * sum(ious) / 2)
+        for r in scored:  # the IoU of what was parsed, by hand
+            (s, e), (gs, ge) = r["parsed"], r["gold"]
+            assert r["score"] == pytest.approx(max(min(e, ge) - max(s, gs), 0) / (max(e, ge) - min(s, gs)))
+        return
+    for r in scored:
+        assert r["score"] == hand_score(task, r), r
+    if task == "mlvu":
+        per = {}
+        for r in scored:
+            per.setdefault(r["categories"]["task_type"], []).append(r["score"])
+        assert run["score"] == pytest.approx(sum(100 * sum(v) / len(v) for v in per.values()) / len(per))
+    elif task == "lvbench":
+        assert [r["id"] for r in rows if "skipped" in r] == ["broken-1"]  # an unreadable video: listed, not fatal
+        answered = [r for r in scored if r["pred"] != ""]
+        assert run["score"] == pytest.approx(100 * sum(r["score"] for r in answered) / len(answered))
+    else:
+        assert run["score"] == pytest.approx(100 * sum(r["score"] for r in scored) / len(scored))
+    assert "chunked" in format_table(summary)
+    # resume: nothing runs again, the summary is the same
+    assert run_cli(task, "--data", data, "--mode", "chunked", "--rows", rows_path, "--json", out) == 0
+    assert json.loads(out.read_text()) == summary and len(benchmarks.read_rows(rows_path)) == len(rows)
+
+
+def test_workers_give_the_serial_rows_even_when_one_dies(mlvu, tmp_path, monkeypatch):
+    task = TASKS["mlvu"]
+    samples, _ = task.read(mlvu)
+    run = Run("dense")
+    serial = benchmarks.run(str(DEFAULT_MODEL), task, samples, run)
+    marker = tmp_path / "kill-once"
+    marker.touch()
+    monkeypatch.setenv("VIDEOXL_EVAL_KILL_ONCE", str(marker))
+    parallel = benchmarks.run(str(DEFAULT_MODEL), task, samples, run, workers=2)
+    assert not marker.exists()  # a worker died mid-run, and its sample was run again
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(parallel) == strip(serial)
+
+
+def test_ray_gives_the_serial_rows_even_when_an_actor_dies(mlvu, tmp_path, monkeypatch):
+    pytest.importorskip("ray")  # an optional extra (videoxl[ray]); skipped where it is not installed
+    from videoxl.eval.distributed import run_ray
+
+    task = TASKS["mlvu"]
+    samples, _ = task.read(mlvu)
+    serial = benchmarks.run(str(DEFAULT_MODEL), task, samples, Run("dense"))
+    marker = tmp_path / "kill-once"
+    marker.touch()
+    monkeypatch.setenv("VIDEOXL_EVAL_KILL_ONCE", str(marker))
+    rows = run_ray("auto", str(DEFAULT_MODEL), task, samples, Run("dense"), actors=2)
+    assert not marker.exists()
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(rows) == strip(serial)
+
+
+def test_bad_options_exit_2(mlvu, tmp_path):
+    assert run_cli("mlvu", "--data", tmp_path / "nowhere") == 2
+    assert run_cli("mlvu", "--data", mlvu, "--topk", "auto") == 2  # auto needs a selection file
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"needle": {"config": {}}}))
+    assert run_cli("mlvu", "--data", mlvu, "--selection", bad) == 2
+    assert run_cli("mlvu", "--data", mlvu, "--mode", "dense", "--selection", bad) == 2
+    assert run_cli("rescore", "mlvu", tmp_path / "nothing.json") == 2
+    assert run_cli("mlvu", "--data", mlvu, "--mode", "chunked", "--topk", "3") == 2
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(SELECTION))
+    assert run_cli("mlvu", "--data", mlvu, "--selection", good, "--topk", "3") == 2  # oracle or auto, not both
+
+
+# -- checkpoint loading and images (issue 11 §2) ---------------------------------------------------------------
+@pytest.fixture()
+def release_like(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(DEFAULT_MODEL, folder)
+    state = load_file(str(folder / "model.safetensors"))
+    hidden = state["lm_head.weight"].shape[1]
+    state["model.image_newline"] = torch.zeros(hidden)
+    state["model.text_mlp.0.weight"] = torch.zeros(hidden, hidden)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def test_unused_release_keys_warn_missing_keys_fail(release_like, caplog):
+    from safetensors.torch import load_file, save_file
+
+    from videoxl import CheckpointError
+    from videoxl.model import VideoXL2
+
+    with caplog.at_level("WARNING"):
+        model = VideoXL2.from_pretrained(release_like, device="cpu")
+    assert "model.image_newline" in caplog.text and "model.text_mlp.0.weight" in caplog.text
+    assert model.dtype == torch.float32  # no torch_dtype in config.json: the CPU default
+    state = load_file(str(release_like / "model.safetensors"))
+    del state["model.norm.weight"]
+    save_file(state, str(release_like / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="missing keys: model.norm.weight"):
+        VideoXL2.from_pretrained(release_like, device="cpu")
+
+
+def test_default_dtype_is_the_checkpoints(release_like):
+    from videoxl.model import VideoXL2
+
+    config = json.loads((release_like / "config.json").read_text())
+    (release_like / "config.json").write_text(json.dumps({**config, "torch_dtype": "bfloat16"}))
+    assert VideoXL2.from_pretrained(release_like, device="cpu").dtype == torch.bfloat16
+    assert VideoXL2.from_pretrained(release_like, device="cpu", dtype=torch.float32).dtype == torch.float32
+
+
+def test_a_single_image_is_time_zero(tmp_path):
+    from PIL import Image
+
+    from videoxl.model import VideoXL2
+
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "red.png")
+    model = VideoXL2.from_pretrained(DEFAULT_MODEL, device="cpu")
+    session = model.ingest(str(tmp_path / "red.png"))
+    assert session.group_times == [0.0]
+    assert model.tokenizer.decode(model.timestamp_ids(session.group_times[0])) == "Time 0.0s:"
+
+
+def test_videomme_subtitles_prompt(videomme, clips, tmp_path):
+    (videomme / "subtitle").mkdir(exist_ok=True)
+    (videomme / "subtitle" / "vid0.srt").write_text(
+        '1\n00:00:00,000 --> 00:00:02,000\n<font color="white" size=".72c">a bolt</font>\n\n'
+        '2\n00:00:30,000 --> 00:00:31,000\n<font color="white" size=".72c">never shown</font>\n')
+    out = tmp_path / "p.jsonl"
+    assert run_cli("videomme", "--data", videomme, "--subtitles", "--prompts-only", out, "--limit", 2) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in records if "skipped" not in r] == ["000-1", "001-1"]  # --limit 2
+    a, b = clips[1]["a.mp4"][0], clips[1]["b.mp4"][0]
+    options = lambda c: "['" + "', '".join(f"{'ABCD'[j]}. {x}" for j, x in enumerate(c)) + "']"  # noqa: E731
+    head = ("Select the best answer to the following multiple-choice question based on the video and the subtitles. "
+            "Respond with only the letter (A, B, C, or D) of the correct option.\n")
+    assert records[0]["question"] == ("This video's subtitles are listed below: \na bolt\n" + head
+                                      + f"{STEM}\n{options(a)}\nThe best answer is:")
+    assert records[1]["question"] == ("This video's subtitles are listed below: \nNo subtitles available\n" + head
+                                      + f"{STEM}\n{options(b)}\nThe best answer is:")
+    assert records[0]["selection_key"] == f"vid0.mp4_{STEM}"
+
+
+def test_the_parser_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import argparse, sys; from videoxl.eval.commands import add_parsers; p = argparse.ArgumentParser(); "
+            "add_parsers(p.add_subparsers()); assert 'torch' not in sys.modules and 'numpy' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

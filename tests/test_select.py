@@ -1,0 +1,58 @@
+"""Chunk selection arithmetic: per-group scores reduced to chunks in one scatter, against a per-chunk loop."""
+
+import pytest
+import torch
+
+from videoxl.engine.select import reduce_to_chunks
+
+
+def loop_reference(per_group, how, ranges, counts):
+    cols = []
+    for s, e in ranges:
+        part = per_group[..., s:e]
+        if how == "max":
+            cols.append(part.amax(-1))
+        elif how == "lse":
+            cols.append(torch.logsumexp(part, -1))
+        else:
+            cols.append((part * (counts[s:e] / counts[s:e].sum()).to(part)).sum(-1))
+    return torch.stack(cols, -1)
+
+
+@pytest.mark.parametrize("how", ["max", "lse", "mean"])
+def test_reduce_to_chunks_equals_a_loop_over_chunks(how):
+    g = torch.Generator().manual_seed(0)
+    per_group = torch.randn(3, 5, 11, generator=g) * 30  # large scores: the log-sum-exp must not overflow
+    ranges = [(0, 3), (3, 4), (4, 9), (9, 11)]
+    counts = torch.randint(1, 20, (11,), generator=g).double()
+    torch.testing.assert_close(reduce_to_chunks(per_group, how, ranges, counts),
+                               loop_reference(per_group, how, ranges, counts))
+
+
+def test_summaries_built_during_prefill_equal_ones_built_afterwards():
+    from helpers import random_groups, tiny_qwen2
+
+    from videoxl.engine.prefill import PrefillConfig, prefill
+    from videoxl.engine.rope import Rope
+    from videoxl.engine.select import GroupSummaries
+
+    model = tiny_qwen2(layers=2)
+    video = prefill(model, torch.arange(4), random_groups(9, hidden=64), PrefillConfig(chunk=2, window=1))
+    streamed = video.summaries
+    assert streamed._page_groups == 9  # extended chunk by chunk while pre-filling
+    after = GroupSummaries(video.store, Rope.of(model))
+    for a, b in zip(streamed.pages()[:2], after.pages()[:2]):
+        for layer in range(2):
+            torch.testing.assert_close(a[layer], b[layer])
+    assert torch.equal(streamed.pages()[2], after.pages()[2])
+    # against a hand computation: the box of the un-rotated keys of group 4's last (short) page
+    span = video.store.groups[4]
+    last = span.start + (span.end - span.start - 1) // 16 * 16
+    keys = Rope.of(model).rotate(video.store.dense.k[1][:, last:span.end],
+                                 -torch.arange(last, span.end, dtype=torch.float64))
+    page = int((streamed.pages()[2] == 4).nonzero()[-1])
+    centre, radius = streamed.pages()[0][1][:, page], streamed.pages()[1][1][:, page]
+    torch.testing.assert_close(centre, (keys.amax(1) + keys.amin(1)) / 2)
+    torch.testing.assert_close(radius, (keys.amax(1) - keys.amin(1)) / 2)
+    # the means are built on first use, and only for groups not yet summarized
+    torch.testing.assert_close(streamed.means()[1], after.means()[1])

@@ -1,0 +1,240 @@
+"""``videoxl eval mlvu|videomme|longvideobench|lvbench|charades-sta|rescore``: the published benchmarks from the
+command line. Wired into ``videoxl/cli.py`` by ``add_parsers(tasks)`` under ``videoxl eval``.
+
+Building the parser imports nothing heavy (no torch, no numpy), so ``videoxl --help`` stays instant; the
+benchmark code is imported when a command runs. Progress bars, tables and pictures live here, not in the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import InputError, OptionError
+from ..options import device_name, fraction, whole
+
+TASK_NAMES = {"mlvu": "MLVU dev (M-Avg over the multiple-choice tasks)",
+              "videomme": "Video-MME (accuracy per duration, domain and task type)",
+              "longvideobench": "LongVideoBench validation (accuracy per duration group and category)",
+              "lvbench": "LVBench (accuracy per question type and video type)",
+              "charades-sta": "Charades-STA test (mIoU, R@0.3/0.5/0.7)"}
+
+
+def _topk(text: str):
+    if text == "auto":
+        return "auto"
+    return whole(0)(text)
+
+
+def add_parsers(tasks) -> None:
+    """Add the benchmark commands to ``videoxl eval``'s subparsers."""
+    for name, title in TASK_NAMES.items():
+        p = tasks.add_parser(name, help=title, description=(
+            f"{title}, with the published prompts, frame caps and scoring. Reads the benchmark's own files from "
+            "--data. --mode dense: full attention; chunked: the published chunked pre-fill, dense decoding; "
+            "bilevel: chunked pre-fill and bi-level decoding, with a published --selection file (oracle "
+            "relevance), or the model's own relevance (--topk N, or --topk auto with a --selection file for each "
+            "question's k and chunk size)."))
+        p.add_argument("--data", required=True, help="folder with the benchmark's annotation files and videos")
+        p.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the bundled model)")
+        p.add_argument("--mode", choices=["dense", "chunked", "bilevel"], default="bilevel")
+        p.add_argument("--selection", metavar="FILE", nargs="+",
+                       help="published selected_infos JSON file(s), merged (oracle bi-level)")
+        p.add_argument("--topk", type=_topk, help="in-model relevance: chunks reloaded dense besides the first and "
+                                                  "last, or 'auto' (each question's k and chunk size from --selection)")
+        p.add_argument("--decode-chunk", type=whole(1), help="in-model relevance: decoding chunk in groups "
+                                                             "(default: the pre-fill chunk)")
+        p.add_argument("--kv-budget", type=fraction,
+                       help="in-model relevance: fraction of the dense KV instead of --topk")
+        p.add_argument("--limit", type=whole(1), help="only the first N runnable samples")
+        p.add_argument("--max-frames", type=whole(4), help="override the published frame cap (for quick checks)")
+        if name == "videomme":
+            p.add_argument("--subtitles", action="store_true", help="with the published subtitle prompt")
+        p.add_argument("--rows", metavar="ROWS.jsonl", help="keep one JSON line per sample here; samples already in "
+                                                            "it (same run) are not run again")
+        p.add_argument("--workers", type=whole(1, 256), default=1, help="local worker processes (default 1)")
+        p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS", help="run samples as Ray tasks")
+        p.add_argument("--json", metavar="PATH", help="write the summary here")
+        p.add_argument("--plot", metavar="PNG", help="write a per-category bar chart here")
+        p.add_argument("--prompts-only", metavar="PATH", help="write every sample's prompt and sampling plan (JSON "
+                                                              "lines) and stop; no model is loaded")
+        p.add_argument("--device", type=device_name)
+        p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                       help="default: the checkpoint's torch_dtype")
+        p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a tty")
+        p.set_defaults(run=run_task, benchmark=name)
+    r = tasks.add_parser("rescore", help="metrics again from saved answers (this harness's rows or an lmms-eval log)")
+    r.add_argument("benchmark", choices=list(TASK_NAMES))
+    r.add_argument("log", help="a --rows file, or an lmms-eval per-sample log ({\"logs\": [{doc, filtered_resps}]})")
+    r.add_argument("--json", metavar="PATH", help="write the summary here")
+    r.add_argument("--plot", metavar="PNG", help="write a per-category bar chart here")
+    r.set_defaults(run=rescore)
+
+
+def _out_path(text: str | None, option: str, suffix: str | None = None) -> Path | None:
+    if not text:
+        return None
+    path = Path(text)
+    if path.is_dir():
+        raise OptionError(f"{option} {text}: is a folder; give a file name")
+    if suffix and path.suffix.lower() != suffix:
+        raise OptionError(f"{option} {text}: must be a file name ending in {suffix}")
+    if not path.parent.is_dir():
+        raise OptionError(f"{option} {text}: the folder {path.parent} does not exist")
+    return path
+
+
+def run_task(args) -> int:
+    from .benchmarks import append_row, prompt_record, read_rows, run, summarize
+    from .selection import Run, read_selection
+    from .tasks import TASKS
+
+    task = TASKS[args.benchmark]
+    data = Path(args.data)
+    if not data.is_dir():
+        raise OptionError(f"--data {args.data}: not a folder (download the benchmark and give its folder)")
+    json_path, plot_path = _out_path(args.json, "--json"), _out_path(args.plot, "--plot", ".png")
+    prompts_path, rows_path = _out_path(args.prompts_only, "--prompts-only"), _out_path(args.rows, "--rows")
+    selection = read_selection(args.selection) if args.selection else None
+    the_run = Run(args.mode, selection, args.topk, args.decode_chunk, args.kv_budget)
+    if args.ray is not None:
+        _check_ray()
+    samples, skipped = task.read(data, subtitles=getattr(args, "subtitles", False))
+    if args.limit:
+        samples = samples[: args.limit]
+    for s in skipped:
+        print(f"skipped {s.id}: {s.reason}", file=sys.stderr)
+    if prompts_path:
+        with prompts_path.open("w", encoding="utf-8") as f:
+            for sample in samples:
+                f.write(json.dumps(prompt_record(task, sample, the_run, args.max_frames)) + "\n")
+            for s in skipped:
+                f.write(json.dumps({"task": task.name, "id": s.id, "skipped": s.reason}) + "\n")
+        print(f"{prompts_path}: {len(samples)} prompts, {len(skipped)} annotation rows skipped")
+        return 0
+    kept = read_rows(rows_path) if rows_path else []
+    done = {r["id"] for r in kept if r["run"] == the_run.label}
+    todo = [s for s in samples if s.id not in done]
+    if done:
+        print(f"{rows_path}: {len(samples) - len(todo)} of {len(samples)} samples already run ({the_run.label})",
+              file=sys.stderr)
+    from .. import DEFAULT_MODEL
+
+    model = args.model or str(DEFAULT_MODEL)
+    bar = None
+    if args.progress or sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"{task.name} {the_run.label}", unit="sample", file=sys.stderr)
+
+    def on_row(row):
+        if rows_path:
+            append_row(rows_path, row)
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        if args.ray is not None:
+            from .distributed import run_ray
+
+            rows = run_ray(args.ray, model, task, todo, the_run, on_row=on_row,
+                           dtype=args.dtype, max_frames=args.max_frames)
+        else:
+            rows = run(model, task, todo, the_run, workers=args.workers, on_row=on_row,
+                       device=args.device, dtype=args.dtype, max_frames=args.max_frames)
+    finally:
+        if bar is not None:
+            bar.close()
+    ids = {s.id for s in samples}
+    if rows_path:  # the summary covers every row kept for these samples (resumed runs and other modes too)
+        rows = [r for r in read_rows(rows_path) if r["id"] in ids and r.get("task", task.name) == task.name]
+        rows = list({(r["id"], r["run"]): r for r in rows}.values())
+    summary = summarize(task, rows, skipped)
+    _report(summary, json_path, plot_path)
+    return 0
+
+
+def rescore(args) -> int:
+    from .benchmarks import read_log, summarize
+    from .tasks import TASKS
+
+    task = TASKS[args.benchmark]
+    json_path, plot_path = _out_path(args.json, "--json"), _out_path(args.plot, "--plot", ".png")
+    log = Path(args.log)
+    if not log.is_file():
+        raise InputError(f"{args.log}: no such file")
+    summary = summarize(task, read_log(task, log))
+    _report(summary, json_path, plot_path)
+    return 0
+
+
+def _check_ray() -> None:
+    try:
+        from ray.util import ActorPool  # noqa: F401
+    except ImportError:
+        raise OptionError("--ray needs Ray (pip install 'videoxl[ray]', or pip install ray); or use --workers N") \
+            from None
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def format_table(summary: dict) -> str:
+    """The summary as text: the headline per run, then each category field with one column per run."""
+    runs = summary["runs"]
+    labels = list(runs)
+    width = max([12] + [len(label) for label in labels])
+    lines = [f"{summary['task']}"]
+    head = f"{'':<28}" + "".join(f"{label:>{width + 2}}" for label in labels)
+    lines.append(head)
+    metric = next(iter(runs.values()))["metric"] if runs else "score"
+    lines.append(f"{metric:<28}" + "".join(f"{_fmt(r['score']):>{width + 2}}" for r in runs.values()))
+    for extra in ("overall", "R@0.3", "R@0.5", "R@0.7", "kv_ratio"):
+        if any(extra in r for r in runs.values()):
+            lines.append(f"{extra:<28}" + "".join(f"{_fmt(r.get(extra)):>{width + 2}}" for r in runs.values()))
+    lines.append(f"{'scored':<28}" + "".join(f"{r['n']:>{width + 2}}" for r in runs.values()))
+    lines.append(f"{'skipped':<28}" + "".join(f"{len(r['skipped']):>{width + 2}}" for r in runs.values()))
+    if any("excluded_empty" in r for r in runs.values()):
+        lines.append(f"{'empty answers (excluded)':<28}"
+                     + "".join(f"{r.get('excluded_empty', 0):>{width + 2}}" for r in runs.values()))
+    fields = list(dict.fromkeys(f for r in runs.values() for f in r.get("categories", {})))
+    for field in fields:
+        lines.append(f"-- {field}")
+        names = sorted({c for r in runs.values() for c in r.get("categories", {}).get(field, {})})
+        for name in names:
+            cells = []
+            for r in runs.values():
+                cell = r.get("categories", {}).get(field, {}).get(name)
+                cells.append("-" if cell is None else f"{_fmt(cell['score'])} ({cell['n']})")
+            lines.append(f"{name[:28]:<28}" + "".join(f"{c:>{width + 2}}" for c in cells))
+    if summary.get("annotation_skipped"):
+        lines.append(f"annotation rows skipped: {len(summary['annotation_skipped'])}")
+        lines += [f"  {s['id']}: {s['reason']}" for s in summary["annotation_skipped"]]
+    for label, r in runs.items():
+        lines += [f"  [{label}] skipped {s['id']}: {s['reason']}" for s in r["skipped"]]
+    return "\n".join(lines)
+
+
+def _report(summary: dict, json_path: Path | None, plot_path: Path | None) -> None:
+    print(format_table(summary), flush=True)
+    if json_path:
+        json_path.write_text(json.dumps(summary, indent=2))
+    if plot_path:
+        from .benchmarks import plot
+
+        plot(summary, plot_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the commands without ``videoxl/cli.py`` (tests, and until the CLI wires them)."""
+    parser = argparse.ArgumentParser(prog="videoxl eval")
+    add_parsers(parser.add_subparsers(dest="task", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except InputError as e:
+        print(f"videoxl: error: {e}", file=sys.stderr)
+        return 2

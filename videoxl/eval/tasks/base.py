@@ -1,0 +1,142 @@
+"""What every published long-video benchmark shares: samples read from the files a benchmark distributes, the
+published sampling and pre-fill settings, the model-side prompt rewrite, and scoring from saved answers.
+
+A task reads its annotation files into :class:`Sample` objects (the exact user text the published harness sends
+after the video, the gold answer, the categories it is scored in) and :class:`Skipped` entries for rows that
+cannot be used (a missing video, a malformed row): those are counted and listed, never dropped silently. Scoring
+works on plain dict rows (``pred`` is the model's answer text), so the same code scores a fresh run, a saved
+``--rows`` file and an lmms-eval per-sample log.
+
+References: the Video-XL-2 evaluation harness (VectorSpaceLab/Video-XL, ``Video-XL-2/eval/lvu/{pure,w_chunk,
+w_chunk_bilevel}``: ``lmms_eval/models/videoxl2.py`` builds the ChatML prompt, rewrites ``mm:ss`` times and looks
+up selection files; ``scripts/*.sh`` hold the frame caps and pre-fill settings) and docs/video-xl-2.md §5, §7-9.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+SYSTEM_PROMPT = "You are a helpful assistant."
+STOP = ("\n\n",)  # lmms-eval's default ``until`` for generate_until tasks: stop at a blank line
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A benchmark's published evaluation settings (VectorSpaceLab/Video-XL ``eval/lvu/*/scripts``)."""
+
+    max_frames: int
+    fps: float = 1.0
+    max_fps: float = 4.0
+    max_new_tokens: int = 16
+    chunked: tuple[int, int] = (4, 3)  # (pre-fill chunk in groups, previous chunks seen) of the chunked run
+    bilevel: tuple[int, int] = (4, 3)  # the same for the bi-level run (block_size_chosed, prev_blocks_num)
+    chunked_frames: int | None = None  # a different frame cap of the published chunked run, if any
+
+    def frames(self, mode: str) -> int:
+        return self.chunked_frames if mode == "chunked" and self.chunked_frames else self.max_frames
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One question of a benchmark, ready to run."""
+
+    task: str
+    id: str
+    video: str
+    question: str  # the user text after the video, byte for byte as the published harness sends it
+    gold: object  # a letter, or [start, end] seconds for grounding
+    categories: dict = field(default_factory=dict)  # e.g. {"task_type": "needle"}; list values = several labels
+    selection_key: str | None = None  # "<video file>_<question>" as the published selection files key it
+    doc: dict = field(default_factory=dict, compare=False)  # what scoring needs beyond gold (e.g. options)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An annotation row that could not be run, and why."""
+
+    task: str
+    id: str
+    reason: str
+
+    def row(self, run: str) -> dict:
+        return {"task": self.task, "id": self.id, "run": run, "skipped": self.reason}
+
+
+def convert_times(text: str) -> str:
+    """The published model-side rewrite of every ``mm:ss`` in the prompt into ``"{seconds} seconds"``
+    (``convert_time_in_prompt`` in VectorSpaceLab/Video-XL ``eval/lvu/*/lmms_eval/models/videoxl2.py``)."""
+    for original in re.findall(r"(\d{2}:\d{2})", text):
+        minutes, seconds = map(int, original.split(":"))
+        text = text.replace(original, f"{minutes * 60 + seconds} seconds")
+    return text
+
+
+def chat_prompt(question: str, system: str = SYSTEM_PROMPT) -> str:
+    """The whole ChatML prompt (qwen_1_5 template), ``<image>`` standing for the timestamped video tokens."""
+    return (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n<image>\n{question}<|im_end|>\n"
+            f"<|im_start|>assistant\n")
+
+
+class Task:
+    """A benchmark: reading its files, extracting and scoring answers, aggregating like its official code."""
+
+    name: str = ""
+    settings: Settings = Settings(max_frames=256)
+    metric: str = "accuracy"
+
+    def read(self, data: Path, *, subtitles: bool = False) -> tuple[list[Sample], list[Skipped]]:
+        raise NotImplementedError
+
+    def score(self, pred: str, sample: dict) -> tuple[object, float]:
+        """(parsed answer, score) of the answer text ``pred`` for a sample (a row with ``gold`` and ``doc``)."""
+        raise NotImplementedError
+
+    def from_lmms_doc(self, doc: dict) -> dict:
+        """An lmms-eval per-sample ``doc`` as a row stub: ``id``, ``gold``, ``categories``, ``doc``."""
+        raise NotImplementedError
+
+    def summarize(self, rows: list[dict]) -> dict:
+        """Metrics over scored rows: ``score`` (the headline), ``categories`` {field: {label: {n, score}}}."""
+        return {"metric": self.metric, "score": _mean_pct(r["score"] for r in rows), "n": len(rows),
+                "categories": by_category(rows)}
+
+
+def _mean_pct(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return 100.0 * sum(values) / len(values) if values else None
+
+
+def by_category(rows: list[dict], keep=lambda row: True) -> dict:
+    """{field: {label: {"n", "score"}}} over the rows' categories; a list value counts the row under each label."""
+    acc: dict = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if not keep(row):
+            continue
+        for key, value in row.get("categories", {}).items():
+            for label in value if isinstance(value, list) else [value]:
+                acc[key][str(label)].append(row["score"])
+    return {key: {label: {"n": len(v), "score": _mean_pct(v)} for label, v in sorted(labels.items())}
+            for key, labels in acc.items()}
+
+
+def find_video(data: Path, names: Iterable[str], folders: Iterable[str]) -> Path | None:
+    """The first existing ``data/folder/name`` (folders in order, "" for ``data`` itself)."""
+    for folder in folders:
+        for name in names:
+            path = data / folder / name
+            if path.is_file():
+                return path
+    return None
+
+
+def read_json(path: Path) -> object:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def missing_video(task: str, sid: str, wanted: str) -> Skipped:
+    return Skipped(task, sid, f"video not found: {wanted}")

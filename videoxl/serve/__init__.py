@@ -1,0 +1,11 @@
+"""``videoxl serve``: an OpenAI-compatible video QA server that pre-fills each video once and answers many
+questions about it, keeping KV stores in tiers from GPU memory to disk.
+
+The request flows through: ``protocol`` (OpenAI's wire format) -> ``media`` (fetching and confining the video) ->
+``service`` (keys, pre-fill once, questions) -> ``scheduler`` (one model worker) -> ``tiers`` (where stores live).
+``app`` holds the HTTP routes, ``metrics`` the Prometheus counters, ``__main__`` the command line.
+"""
+
+from .service import ServeConfig, VideoQA
+
+__all__ = ["ServeConfig", "VideoQA"]

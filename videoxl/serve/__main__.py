@@ -1,0 +1,141 @@
+"""``videoxl serve``: the command line of the server (``python -m videoxl.serve`` works the same).
+
+:func:`add_parser` adds the ``serve`` subcommand to a CLI's subparsers; :func:`run` starts the server from the
+parsed arguments and returns the exit code (0; 2 for bad input such as an unusable checkpoint; 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .. import defaults
+from ..options import device_name, non_negative, positive, rate, whole
+from .service import ServeConfig
+
+DEFAULTS = ServeConfig()
+GB = 2**30
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the bundled model)")
+    p.add_argument("--served-model-name", help="the model id clients send (default: the folder's name)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=whole(0, 65535), default=8000)
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes "
+                                                   "(default: $VIDEOXL_API_KEY; none if unset)")
+    media = p.add_argument_group("media")
+    media.add_argument("--allowed-local-media-path", metavar="DIR",
+                       help="serve local files and file:// URLs from DIR only (default: no local files)")
+    media.add_argument("--allowed-media-domains", nargs="*", default=[], metavar="DOMAIN",
+                       help="fetch http(s) media from these hosts and their subdomains only (default: none)")
+    media.add_argument("--max-media-mb", type=positive, default=DEFAULTS.max_media_bytes / 2**20)
+    media.add_argument("--media-timeout", type=positive, default=30.0, help="seconds to fetch an http(s) video")
+    media.add_argument("--max-frames", type=whole(1, defaults.FRAMES_LIMIT), default=DEFAULTS.max_frames,
+                       help=f"default and upper limit of frames per video (default {DEFAULTS.max_frames})")
+    media.add_argument("--fps", type=rate, default=DEFAULTS.fps)
+    media.add_argument("--max-fps", type=rate, default=DEFAULTS.max_fps)
+    model = p.add_argument_group("pre-fill and decoding")
+    model.add_argument("--chunk", type=whole(1), default=DEFAULTS.prefill.chunk, help="pre-fill chunk, in groups")
+    model.add_argument("--window", type=whole(-1), default=DEFAULTS.prefill.window, help="-1: all earlier chunks")
+    model.add_argument("--topk", type=whole(0), default=DEFAULTS.topk, help="default dense chunks per question")
+    model.add_argument("--decode-chunk", type=whole(1), default=DEFAULTS.decode_chunk)
+    model.add_argument("--max-tokens", type=whole(1, defaults.NEW_TOKENS_LIMIT), default=DEFAULTS.max_tokens, help="default completion length")
+    model.add_argument("--max-tokens-limit", type=whole(1, defaults.NEW_TOKENS_LIMIT), default=DEFAULTS.max_tokens_limit)
+    model.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    model.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    limits = p.add_argument_group("load and KV tiers")
+    limits.add_argument("--max-queue", type=whole(1), default=DEFAULTS.max_queue,
+                        help="jobs waiting for the model before requests are refused with 429")
+    limits.add_argument("--max-question-chars", type=whole(1), default=DEFAULTS.max_question_chars)
+    limits.add_argument("--request-timeout", type=positive, default=DEFAULTS.request_timeout_s)
+    limits.add_argument("--gpu-kv-gb", type=non_negative, default=8.0)
+    limits.add_argument("--cpu-kv-gb", type=non_negative, default=16.0)
+    limits.add_argument("--disk-kv-dir", help="keep evicted stores here; they survive restarts (default: none)")
+    limits.add_argument("--disk-kv-gb", type=non_negative, default=64.0)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``serve`` to a CLI's subparsers (``parser.add_subparsers()``); it sets ``run`` as the handler."""
+    p = subparsers.add_parser("serve", help="serve video QA over an OpenAI-compatible HTTP API",
+                              description="An OpenAI-compatible video QA server that pre-fills each video once "
+                                          "and answers many questions about it.")
+    add_arguments(p)
+    p.set_defaults(run=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model and serve until interrupted; the exit code."""
+    import torch
+    import uvicorn
+
+    from .. import DEFAULT_MODEL
+    from ..engine.prefill import PrefillConfig
+    from ..errors import InputError
+    from ..model import VideoXL2, checkpoint
+    from .app import create_app
+    from .media import MediaPolicy, MediaResolver
+    from .metrics import Metrics
+    from .service import VideoQA, model_fingerprint
+    from .tiers import DiskStores, KVTiers
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("videoxl.serve")
+    try:
+        if args.max_frames < 1 or args.max_queue < 1 or args.max_tokens > args.max_tokens_limit:
+            raise InputError("--max-frames and --max-queue must be >= 1, and --max-tokens <= --max-tokens-limit")
+        root = args.allowed_local_media_path
+        if root is not None and not Path(root).is_dir():
+            raise InputError(f"--allowed-local-media-path {root}: not a folder")
+        config = ServeConfig(
+            max_frames=args.max_frames, fps=args.fps, max_fps=args.max_fps,
+            prefill=PrefillConfig(chunk=args.chunk, window=None if args.window == -1 else args.window),
+            topk=args.topk, decode_chunk=args.decode_chunk, max_tokens=args.max_tokens,
+            max_tokens_limit=args.max_tokens_limit, max_question_chars=args.max_question_chars,
+            max_queue=args.max_queue, request_timeout_s=args.request_timeout,
+            max_media_bytes=int(args.max_media_mb * 2**20))
+        source = args.model or str(DEFAULT_MODEL)
+        folder = checkpoint.resolve(source)
+        model = VideoXL2.from_pretrained(folder, dtype=getattr(torch, args.dtype) if args.dtype else None,
+                                         device=args.device)
+    except (InputError, ValueError) as e:
+        print(f"videoxl serve: error: {e}", file=sys.stderr)
+        return 2
+    fingerprint = model_fingerprint(folder)
+    metrics = Metrics()
+    disk = DiskStores(args.disk_kv_dir, fingerprint) if args.disk_kv_dir else None
+    tiers = KVTiers(model, int(args.gpu_kv_gb * GB), int(args.cpu_kv_gb * GB), disk, int(args.disk_kv_gb * GB),
+                    on_event=lambda name, **labels: metrics.inc("videoxl_kv_events_total", event=name, **labels))
+    scratch = Path(tempfile.mkdtemp(prefix="videoxl-media-"))
+    resolver = MediaResolver(MediaPolicy(Path(root) if root else None, tuple(d.lower() for d in
+                                                                                 args.allowed_media_domains),
+                                         config.max_media_bytes, args.media_timeout), scratch)
+    name = args.served_model_name or Path(str(source).rstrip("/")).name
+    qa = VideoQA(model, name, fingerprint, config, tiers, resolver, metrics)
+    api_key = args.api_key or os.environ.get("VIDEOXL_API_KEY") or None
+    log.info("serving %s (%s on %s) at http://%s:%d/v1%s", name, folder, model.device, args.host, args.port,
+             " with an API key" if api_key else "")
+    try:
+        uvicorn.run(create_app(qa, api_key), host=args.host, port=args.port, log_level=args.log_level,
+                    timeout_graceful_shutdown=10)
+    finally:
+        for leftover in scratch.iterdir():
+            leftover.unlink(missing_ok=True)
+        scratch.rmdir()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m videoxl.serve", description="OpenAI-compatible video QA server")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""The HTTP face of the server: FastAPI routes in OpenAI's shapes over a :class:`VideoQA`.
+
+``POST /v1/chat/completions`` (JSON or SSE stream), ``GET /v1/models``, ``GET /health`` and ``GET /metrics``.
+Bad input answers 4xx with OpenAI's error object and the message of the videoxl ``InputError`` or ``ServeError``
+that refused it; anything else is an internal fault: 500 with a generic message (the traceback goes to the log).
+With an API key, every ``/v1`` route wants ``Authorization: Bearer KEY``, compared in constant time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..engine.decode import Answer, DecodeConfig
+from ..errors import InputError
+from .protocol import ChatRequest, ServeError, chunk, completion, completion_id, error_body, parse_chat
+from .service import Cancel, Cancelled, Sampling, StoreGone, VideoQA
+
+log = logging.getLogger(__name__)
+
+
+def _error(status: int, message: str, type_: str, **headers) -> JSONResponse:
+    return JSONResponse(error_body(message, type_), status_code=status, headers=headers or None)
+
+
+async def _read_json(request: Request, limit: int) -> object:
+    size = request.headers.get("content-length")
+    if size is not None and size.isdigit() and int(size) > limit:
+        raise ServeError(413, f"the request body has {size} bytes; the limit is {limit}")
+    body = bytearray()
+    async for block in request.stream():
+        body += block
+        if len(body) > limit:
+            raise ServeError(413, f"the request body is larger than the limit of {limit} bytes")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ServeError(400, f"the request body is not valid JSON ({e})") from None
+
+
+def _sse(obj) -> str:
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+def _finish_reason(answer: Answer, config: DecodeConfig) -> str:
+    return "length" if len(answer.tokens) >= config.max_new_tokens else "stop"
+
+
+def _report(key: str, video: dict, answer: Answer, info: dict, total: float) -> tuple[dict, dict]:
+    """The ``usage`` object and videoxl's own ``videoxl`` field of a completion."""
+    prompt = info["video_tokens"] + info["question_tokens"]
+    usage = {"prompt_tokens": prompt, "completion_tokens": len(answer.tokens),
+             "total_tokens": prompt + len(answer.tokens)}
+    seconds = {**video["seconds"], **info["seconds"], **answer.seconds, "total": total}
+    return usage, {"key": key, "frames": info["frames"], "groups": info["groups"], "chunks": answer.chunks,
+                   "dense_chunks": len(answer.dense_chunks), "dense_chunk_ids": answer.dense_chunks,
+                   "kv_bytes_used": answer.kv_bytes_used, "kv_bytes_dense": answer.kv_bytes_dense,
+                   "reused": video["reused"], "shared_ingest": video["shared"], "tier": info["tier"],
+                   "seconds": {k: round(v, 6) for k, v in seconds.items()}}
+
+
+def create_app(qa: VideoQA, api_key: str | None = None) -> FastAPI:
+    """The ASGI app serving ``qa``; its shutdown writes memory stores to disk and stops the model worker."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        await asyncio.to_thread(qa.close)
+
+    app = FastAPI(title="videoxl", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    metrics, config = qa.metrics, qa.config
+    created = int(time.time())
+    key_digest = hashlib.sha256(api_key.encode()).digest() if api_key else None
+
+    @app.exception_handler(ServeError)
+    async def serve_error(request: Request, e: ServeError):
+        headers = {"Retry-After": "1"} if e.status in (429, 503) else None
+        if e.status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+    @app.exception_handler(InputError)
+    async def input_error(request: Request, e: InputError):
+        return _error(400, str(e), "invalid_request_error")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        return _error(e.status_code, str(e.detail), ServeError.TYPES.get(e.status_code, "invalid_request_error"))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError):
+        return _error(400, "invalid request", "invalid_request_error")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, e: Exception):
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return _error(500, "internal server error (logged on the server)", "server_error")
+
+    app.add_middleware(_Guard, key_digest=key_digest, metrics=metrics)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": qa.name, "queue": qa.scheduler.depth}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": qa.name, "object": "model", "created": created,
+                                            "owned_by": "videoxl", "max_model_len": None}]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str):
+        if name != qa.name:
+            raise ServeError(404, f"the model {name!r} does not exist; this server serves {qa.name!r}",
+                             code="model_not_found")
+        return {"id": qa.name, "object": "model", "created": created, "owned_by": "videoxl"}
+
+    def decode_config(req: ChatRequest) -> DecodeConfig:
+        topk = None if req.dense or req.kv_budget is not None else (req.topk if req.topk is not None
+                                                                    else config.topk)
+        try:
+            return DecodeConfig(topk=topk, kv_budget=None if req.dense else req.kv_budget,
+                                chunk=req.decode_chunk or config.decode_chunk,
+                                max_new_tokens=req.max_tokens or config.max_tokens, temperature=req.temperature,
+                                top_p=req.top_p, seed=req.seed, stop=req.stop)
+        except ValueError as e:
+            raise ServeError(400, str(e)) from None
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        started = time.perf_counter()
+        req = parse_chat(await _read_json(request, config.max_body_bytes), config.max_question_chars,
+                         config.max_tokens_limit)
+        if req.model is not None and req.model != qa.name:
+            raise ServeError(404, f"the model {req.model!r} does not exist; this server serves {qa.name!r}",
+                             param="model", code="model_not_found")
+        if req.media is None:
+            raise ServeError(400, "no video: add a video_url (or image_url) part to a user message",
+                             param="messages")
+        frames = req.num_frames or config.max_frames
+        if frames > config.max_frames:
+            raise ServeError(400, f"{frames} frames asked for; this server samples at most {config.max_frames}",
+                             param="media_io_kwargs")
+        sampling = Sampling(frames, req.fps or config.fps, req.max_fps or config.max_fps)
+        decoding = decode_config(req)
+        cancel = Cancel(time.monotonic() + config.request_timeout_s)
+        key, video = await qa.video(req.media, sampling, cancel)
+        metrics.observe("videoxl_request_seconds", time.perf_counter() - started, stage="video_ready")
+        cid = completion_id()
+        if req.stream:
+            return StreamingResponse(_stream(qa, key, video, req, sampling, decoding, cancel, cid, started),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        watcher = asyncio.create_task(_watch(request, cancel))
+        try:
+            key, video, answer, info = await _answer(qa, key, video, req, sampling, decoding, cancel)
+        except Cancelled as e:
+            raise ServeError(504 if "time" in str(e) else 400, str(e)) from None
+        finally:
+            watcher.cancel()
+        total = time.perf_counter() - started
+        metrics.observe("videoxl_request_seconds", total, stage="total")
+        usage, report = _report(key, video, answer, info, total)
+        return completion(cid, qa.name, answer.text, _finish_reason(answer, decoding), usage, report)
+
+    return app
+
+
+class _Guard:
+    """ASGI middleware: the API-key check on /v1 routes, and request counts and latencies for the metrics."""
+
+    def __init__(self, app, key_digest: bytes | None, metrics):
+        self.app, self.key_digest, self.metrics = app, key_digest, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, started, status = scope["path"], time.perf_counter(), [500]
+        if self.key_digest is not None and path.startswith("/v1"):
+            header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            scheme, _, token = header.partition(" ")
+            given = hashlib.sha256(token.strip().encode("latin-1")).digest()
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given, self.key_digest):
+                error = ServeError(401, "a missing or wrong API key: send 'Authorization: Bearer KEY'")
+                self.metrics.inc("videoxl_requests_total", path=path, status=401)
+                response = JSONResponse(error.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                return await response(scope, receive, send)
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            if path == "/v1/chat/completions":
+                self.metrics.inc("videoxl_requests_total", path=path, status=status[0])
+                self.metrics.observe("videoxl_request_seconds", time.perf_counter() - started, stage="response")
+
+
+async def _watch(request: Request, cancel: Cancel) -> None:
+    """Set ``cancel`` when the client disconnects before its answer is ready."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.2)
+    cancel.event.set()
+
+
+async def _answer(qa: VideoQA, key: str, video: dict, req: ChatRequest, sampling: Sampling, decoding: DecodeConfig,
+                  cancel: Cancel, on_text=None) -> tuple[str, dict, Answer, dict]:
+    """Answer from the store ``key``; if that store vanished meanwhile (its file broken, or deleted to keep the
+    disk budget), pre-fill the video again once and answer from the new store."""
+    try:
+        return (key, video, *await qa.answer(key, req.question, decoding, cancel, on_text))
+    except StoreGone:
+        log.info("the store %s is gone; pre-filling the video again", key)
+    key, video = await qa.video(req.media, sampling, cancel)
+    try:
+        return (key, video, *await qa.answer(key, req.question, decoding, cancel, on_text))
+    except StoreGone:
+        raise ServeError(503, "the video's KV store was evicted twice while the request waited; retry") from None
+
+
+async def _stream(qa: VideoQA, key: str, video: dict, req: ChatRequest, sampling: Sampling, decoding: DecodeConfig,
+                  cancel: Cancel, cid: str, started: float):
+    """SSE chunks as OpenAI sends them: the role, content deltas, the finish reason (with videoxl's report),
+    optionally a usage chunk, then ``[DONE]``. Leaving early (the client went away) cancels the generation."""
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue = asyncio.Queue()
+    created = int(time.time())
+    task = asyncio.ensure_future(_answer(qa, key, video, req, sampling, decoding, cancel,
+                                         on_text=lambda p: loop.call_soon_threadsafe(pieces.put_nowait, p)))
+    task.add_done_callback(lambda _: pieces.put_nowait(None))
+    try:
+        yield _sse(chunk(cid, qa.name, created, {"role": "assistant", "content": ""}))
+        while (piece := await pieces.get()) is not None:
+            yield _sse(chunk(cid, qa.name, created, {"content": piece}))
+        try:
+            key, video, answer, info = task.result()
+        except ServeError as e:
+            yield _sse(e.body())
+        except (InputError, Cancelled) as e:
+            yield _sse(error_body(str(e), "invalid_request_error"))
+        except Exception:
+            log.exception("internal error while streaming an answer")
+            yield _sse(error_body("internal server error (logged on the server)", "server_error"))
+        else:
+            total = time.perf_counter() - started
+            qa.metrics.observe("videoxl_request_seconds", total, stage="total")
+            usage, report = _report(key, video, answer, info, total)
+            yield _sse(chunk(cid, qa.name, created, {}, _finish_reason(answer, decoding), videoxl=report))
+            if req.include_usage:
+                yield _sse(chunk(cid, qa.name, created, None, usage=usage))
+        yield "data: [DONE]\n\n"
+    finally:
+        cancel.event.set()
