@@ -154,7 +154,6 @@ def _write_png_atomically(path: Path, draw) -> None:
 
 
 def _ask(args) -> int:
-    started = time.perf_counter()
     from .question import check_question_text
 
     check_question_text(args.question)
@@ -178,6 +177,7 @@ def _ask(args) -> int:
     else:
         decode_config = DecodeConfig(topk=None if args.kv_budget else args.topk, kv_budget=args.kv_budget,
                                      chunk=args.decode_chunk, max_new_tokens=args.max_new_tokens)
+    started = time.perf_counter()
     folder = checkpoint.resolve(args.model or default_model())
     tokenizer = checkpoint.load_tokenizer(folder)
     question_ids(tokenizer, args.question, args.max_question_tokens)  # too long: refused before the weights load

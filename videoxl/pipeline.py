@@ -11,6 +11,8 @@ ingest loop and :class:`Session`) -> ``videoxl/serve`` (the HTTP server).
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +44,8 @@ class IngestStats:
     groups: int = 0
     tokens: int = 0
     chunks: int = 0
-    seconds: dict = field(default_factory=lambda: {"decode": 0.0, "encode": 0.0, "prefill": 0.0})
+    seconds: dict = field(default_factory=lambda: {"decode": 0.0, "encode": 0.0, "prefill": 0.0})  # busy, per stage
+    waited: float = 0.0  # time the model waited for decoded frames
 
 
 class Session:
@@ -93,36 +96,93 @@ def ingest_tokens(model: VideoXL2, visual: torch.Tensor, group_times: Sequence[f
 
 def encode_video(model: VideoXL2, video: str | os.PathLike | Sequence, *, max_frames: int = defaults.MAX_FRAMES,
                  fps: float = defaults.FPS, max_fps: float | None = defaults.MAX_FPS,
-                 frame_times: Sequence[float] | None = None, batch_groups: int = 16) -> tuple[torch.Tensor, list[float | None], IngestStats]:
+                 frame_times: Sequence[float] | None = None,
+                 batch_groups: int = 16) -> tuple[torch.Tensor, list[float | None], IngestStats]:
     """All visual tokens of a video at once: (G, tokens_per_group, hidden), group timestamps, timings."""
     frames, group_times, n_frames = _frame_source(video, max_frames, fps, max_fps, frame_times)
     stats = IngestStats(frames=n_frames, groups=len(group_times))
     tokens = [v for _, v in _encode_stream(model, frames, group_times, batch_groups, stats, None, None)]
     return torch.stack(tokens), group_times, stats
 
+_DONE = object()
+
+
+def _decoded_batches(frames: Iterator, group_times: list, batch_groups: int, size: int, thumbs: list | None,
+                     pin: bool, stats: IngestStats, ahead: int = 2) -> Iterator[tuple[list, torch.Tensor]]:
+    """(timestamps, preprocessed frames (4 * groups, 3, size, size)) per batch of ``batch_groups`` groups, decoded
+    and preprocessed in a background thread at most ``ahead`` batches in front of the consumer, so decoding runs
+    while the model encodes and pre-fills (PyAV and torch release the GIL) and memory stays bounded. The thread's
+    busy time is ``stats.seconds["decode"]``; the consumer's waits are ``stats.waited``."""
+    batches: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                batches.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for start in range(0, len(group_times), batch_groups):
+                times = group_times[start: start + batch_groups]
+                t0 = time.perf_counter()
+                batch = []
+                for _ in range(len(times) * FRAMES_PER_GROUP):
+                    frame = next(frames)
+                    batch.append(preprocess(frame, size))
+                    if thumbs is not None and len(batch) % FRAMES_PER_GROUP == 3:  # the group's middle frame
+                        image = frame if isinstance(frame, Image.Image) else Image.fromarray(np.asarray(frame))
+                        thumbs.append(np.asarray(image.convert("RGB").resize((96, 96))))
+                pixels = torch.stack(batch)
+                if pin:  # page-locked, so the copy to the GPU is asynchronous
+                    pixels = pixels.pin_memory()
+                stats.seconds["decode"] += time.perf_counter() - t0
+                if not put((times, pixels)):
+                    return
+            put(_DONE)
+        except BaseException as e:  # handed to the consumer, which raises it where the caller can see it
+            put(e)
+        finally:
+            close = getattr(frames, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=produce, name="videoxl-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            t0 = time.perf_counter()
+            item = batches.get()
+            stats.waited += time.perf_counter() - t0
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=10)
+
+
 def _encode_stream(model: VideoXL2, frames: Iterator, group_times: list, batch_groups: int, stats: IngestStats,
                    thumbs: list | None, on_progress: Progress | None) -> Iterator[tuple[float | None, torch.Tensor]]:
-    """(timestamp, visual tokens) per group, decoding and encoding ``batch_groups`` groups at a time."""
-    size = model.config.vision.image_size
+    """(timestamp, visual tokens) per group, encoding ``batch_groups`` groups at a time while the next batches
+    are decoded in the background."""
     total = len(group_times) * FRAMES_PER_GROUP
     done = 0
-    for start in range(0, len(group_times), batch_groups):
-        times = group_times[start: start + batch_groups]
+    pin = model.device.type == "cuda"
+    for times, pixels in _decoded_batches(frames, group_times, batch_groups, model.config.vision.image_size,
+                                          thumbs, pin, stats):
         t0 = time.perf_counter()
-        batch = []
-        for _ in range(len(times) * FRAMES_PER_GROUP):
-            frame = next(frames)
-            batch.append(preprocess(frame, size))
-            if thumbs is not None and len(batch) % FRAMES_PER_GROUP == 3:  # the group's middle (third) frame
-                image = frame if isinstance(frame, Image.Image) else Image.fromarray(np.asarray(frame))
-                thumbs.append(np.asarray(image.convert("RGB").resize((96, 96))))
-        t1 = time.perf_counter()
-        tokens = model.encode(torch.stack(batch))  # (groups in batch, T, hidden)
+        tokens = model.encode(pixels)  # (4 * groups, 3, S, S) -> (groups, T, hidden)
         if tokens.is_cuda:  # the vision tower's GPU work counts as encoding, not as the pre-fill that follows
             torch.cuda.synchronize(tokens.device)
-        stats.seconds["decode"] += t1 - t0
-        stats.seconds["encode"] += time.perf_counter() - t1
-        done += len(batch)
+        stats.seconds["encode"] += time.perf_counter() - t0
+        done += pixels.shape[0]
         if on_progress:
             on_progress("encode", done, total)
         yield from zip(times, tokens)
@@ -141,9 +201,12 @@ def _prefill(model: VideoXL2, groups: Iterator[Group], group_times: list, stats:
     video_kv = prefill(model.llm, model._prompt_prefix(), groups, prefill_config, expected_tokens=expected,
                        on_chunk=chunk_done)
     total = time.perf_counter() - started
-    stats.seconds["prefill"] = total - stats.seconds["decode"] - stats.seconds["encode"]
+    # busy times: decoding overlaps the rest in its own thread, so the stages add up to more than the wall time
+    stats.seconds["prefill"] = total - stats.seconds["encode"] - stats.waited
+    stats.seconds["ingest"] = total
     stats.tokens, stats.chunks = video_kv.stats.tokens, video_kv.stats.chunks
     return Session(model, video_kv, list(group_times), stats, thumbs)
+
 
 def _frame_source(video, max_frames, fps, max_fps, frame_times):
     """(iterator of frames, group timestamps, number of sampled frames). A single image is one group of four copies

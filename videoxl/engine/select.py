@@ -21,11 +21,35 @@ Scorers, compared by the benchmark by how often the needle's chunk is selected:
 Each (layer, head, question token) turns its chunk scores into a distribution over the candidate chunks
 (softmax); relevance is the average of these distributions, so heads that look everywhere contribute little and
 retrieval heads decide. The lse scorers work slab by slab, never holding (queries x all keys).
+
+Three refinements, measured on natural-prose haystacks (``benchmarks/relevance.py``):
+
+* **Timestamp keys are left out of every score.** A chunk's timestamp KVs are kept verbatim in its sparse form, so
+  reloading it dense adds only its visual (content) tokens; and stamps are alike across chunks, so a question that
+  matches them ("what *number*...", "at what *time*...") would pick chunks by their stamps.
+* **Only the question's content tokens score** (:func:`content_mask`): the chat template around the question
+  (``<|im_end|>``, the ``assistant`` header, newlines) is the same for every question and attends to attention
+  sinks and recent tokens, not to what the question asks.
+* **Retrieval heads only** (:func:`retrieval_heads`): most heads look at sinks, recency or syntax; a few copy from
+  the context (Wu et al., "Retrieval Head Mechanistically Explains Long-Context Factuality", 2024). They are found
+  once per model on synthetic needle haystacks of random tokens (:func:`calibrate_heads`: which (layer, head)
+  pairs put their best score on the needle's group) and cached on disk, keyed by the model's config and a sample
+  of its weights.
+
+:func:`confidence` says how much the chosen chunks stand out; decoding falls back to dense when it is low
+(``DecodeConfig.min_confidence``), and says so.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import math
+import random
+import threading
+import weakref
+from dataclasses import dataclass
 
 import torch
 
@@ -35,6 +59,7 @@ from .store import KVStore
 
 SCORERS = ("bounds", "mean", "sparse", "dense")
 PAGE = 16
+log = logging.getLogger(__name__)
 
 
 def chunk_ranges(num_groups: int, chunk: int) -> list[tuple[int, int]]:
@@ -88,13 +113,15 @@ class GroupSummaries:
         return out
 
     def means(self) -> list[torch.Tensor]:
-        """Per layer (Hkv, groups, D): the mean un-rotated key of each group."""
+        """Per layer (Hkv, groups, D): the mean un-rotated visual key of each group."""
         store = self.store
         done, total = self._mean_groups, len(store.groups)
         if done < total:
-            counts = torch.tensor([s.end - s.start for s in store.groups[done:]])
-            owner = torch.repeat_interleave(torch.arange(total - done), counts)
-            new = self._segments(done, owner, total - done, ("mean",))[0]
+            # timestamp tokens go to a scratch segment (n = groups), dropped: the means are of visual keys only
+            owner = torch.cat([torch.cat([torch.full((s.visual_start - s.start,), total - done),
+                                          torch.full((s.end - s.visual_start,), g)])
+                               for g, s in enumerate(store.groups[done:])]).long()
+            new = [m[:, : total - done] for m in self._segments(done, owner, total - done + 1, ("mean",))[0]]
             self._means = self._means or _Growing(store.layers)
             self._means.append(new)
             self._mean_groups = total
@@ -114,10 +141,11 @@ class GroupSummaries:
         first = store.groups[done].start
         rows, new_owner = [], []
         for g in range(done, total):
-            span = store.groups[g]
-            n = span.end - span.start
+            span = store.groups[g]  # visual tokens only: timestamps stay verbatim in the sparse form
+            n = span.end - span.visual_start
             pages = -(-n // PAGE)
-            rows.append(span.start - first + torch.clamp(torch.arange(pages * PAGE).view(pages, PAGE), max=n - 1))
+            rows.append(span.visual_start - first
+                        + torch.clamp(torch.arange(pages * PAGE).view(pages, PAGE), max=n - 1))
             new_owner += [g] * pages
         index = torch.cat(rows).flatten().to(store.device)
         table = None if self.rope.is_identity else self.rope.table(
@@ -135,8 +163,8 @@ class GroupSummaries:
         self._page_groups = total
 
     def pages(self) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-        """Per layer (Hkv, pages, D) centre and radius of the box of each page of PAGE un-rotated keys (pages never
-        cross groups), and the group of each page."""
+        """Per layer (Hkv, pages, D) centre and radius of the box of each page of PAGE un-rotated visual keys (pages
+        never cross groups), and the group of each page."""
         self.extend()
         centre, radius, owner = self._pages
         if self._owner is None:
