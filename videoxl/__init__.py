@@ -19,10 +19,10 @@ from .errors import CheckpointError, InputError, OptionError, VideoError, VideoX
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "synth"
 
-# PyTorch's OpenMP threads spin while they wait. When another process holds a core, a spinning thread waits for
-# one that is not running and every parallel region stalls: on 2 cores beside one busy process the bundled model
-# ran 17x slower. Passive waiting costs little when the machine is idle (benchmarks/threads.py). It only takes
-# effect if torch is not imported yet, and an explicit setting wins.
+# PyTorch's OpenMP threads spin while they wait. When another process holds a core, a spinning thread takes the
+# core the thread it waits for needs, and every parallel region stalls: on 2 cores beside one busy process the
+# bundled model's stages ran 2.5x slower spinning, 1.1x passive, and passive costs nothing on an idle machine
+# (benchmarks/threads.py). It only takes effect if torch is not imported yet, and an explicit setting wins.
 if "torch" not in sys.modules:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -38,10 +38,7 @@ def device_name(text: str) -> str:
 
 def fraction(text: str) -> float:
     """A fraction of the dense KV cache, in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _number(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"is a fraction of the dense KV cache in (0, 1], got {text!r}")
     return value
