@@ -681,3 +681,31 @@ def test_tiers_chain_gpu_cpu_disk_and_back_token_identical(model, media, tmp_pat
     session, tier = again.checkout("k0")
     assert tier == "disk" and session.ask(QUESTIONS[0], config).tokens == expected[0]
     assert KVTiers(model, size, size, DiskStores(tmp_path, "other model"), 10 * size).entries == {}
+
+
+def test_a_client_that_disconnects_cancels_its_generation_over_http(media, tiny_checkpoint, tmp_path):
+    """A real server with the tiny random checkpoint (it rambles instead of stopping): a streaming client reads one
+    chunk and hangs up; the server stops generating at once instead of running to max_tokens."""
+    server = Server(tmp_path / "tiny.log", "--model", str(tiny_checkpoint), "--allowed-local-media-path", str(media),
+                    "--max-tokens-limit", "4096")
+    try:
+        body = {"model": "tiny", "stream": True, "max_tokens": 4096, "media_io_kwargs": {"video": {"num_frames": 32}},
+                "messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "clip1.mp4"}},
+                                                          {"type": "text", "text": QUESTIONS[0]}]}]}
+        with httpx.Client(timeout=120) as http:
+            with http.stream("POST", server.url + "/v1/chat/completions", json=body) as response:
+                assert response.status_code == 200
+                for line in response.iter_lines():
+                    if line.startswith("data: {") and '"content"' in line:
+                        break  # the first piece of text: hang up now
+        deadline = time.monotonic() + 60
+        while server.metrics().get("videoxl_cancelled_total", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        metrics = server.metrics()
+        assert metrics.get("videoxl_cancelled_total", 0) == 1
+        assert metrics.get("videoxl_generated_tokens_total", 0) < 4096  # stopped early, not at max_tokens
+        # and the model is free again: a full non-streaming answer on the same video comes back
+        done = ask(server.client(), "clip1.mp4", frames=32, model="tiny", max_tokens=8)
+        assert done.choices[0].finish_reason in ("length", "stop")
+    finally:
+        server.stop()
