@@ -68,9 +68,10 @@ class Session:
 
 def ingest(model: VideoXL2, video: str | os.PathLike | Sequence | VideoInfo, *,
            max_frames: int = defaults.MAX_FRAMES, fps: float = defaults.FPS, max_fps: float | None = defaults.MAX_FPS,
-           frame_times: Sequence[float] | None = None, prefill_config: PrefillConfig = PrefillConfig(), on_progress: Progress | None = None,
+           frame_times: Sequence[float] | None = None, prefill_config: PrefillConfig = PrefillConfig(),
+           on_progress: Progress | None = None,
            thumbnails: bool = False) -> Session:
-    """Decode, encode and pre-fill a video chunk by chunk; no more than one chunk of frames is in memory.
+    """Decode, encode and pre-fill a video chunk by chunk; at most three chunks of frames are in memory.
 
     ``video`` is a file path (any container FFmpeg reads; an image file becomes one group at ``Time 0.0s:``), a
     :class:`VideoInfo` from :func:`videoxl.video.probe` (so a caller can refuse a bad file before loading), or a
