@@ -1,7 +1,7 @@
 """Chunk relevance on realistic text: does bi-level decoding reload the right chunks dense, and does it still answer?
 
     python benchmarks/relevance.py [--lengths 2048,4096,8192] [--cases 30] [--tasks single,multikey,multivalue,neighbours]
-                                   [--rows ROWS.jsonl] [--json PATH] [--quick]
+                                   [--rows ROWS.jsonl] [--json PATH] [--quick] [--workers N --worker I]
 
 Text stands in for video, on real SmolLM2-135M-Instruct weights. The haystack is natural English prose: the
 paragraphs of the Python language reference that ship with every Python (``pydoc_data.topics``), shuffled per case,
@@ -17,10 +17,15 @@ written as sentences of the same register as the text around them:
 
 For every case the same haystack is answered by dense decoding (transformers, one forward, SDPA), by decoding over
 the chunked pre-fill with every chunk dense, and by bi-level decoding (decoding chunks of one group, first and last
-dense, ``--topk`` more chosen by each scorer) for each relevance scorer side by side, including ``exact``: the
-question's true attention mass per chunk over the dense cache at every layer (an upper bound that materializes the
-attention over the whole video; for reference only). ``recall`` is the fraction of needle groups among the dense
+dense, ``--topk`` more chosen by each relevance variant) for each variant side by side (``SCORERS``): the default
+(Quest-style bounds over the model's retrieval heads, the best 32 re-ranked by their exact attention mass), the
+same over the question's content tokens only (``bounds-content``), and with content tokens too: without the
+re-ranking (``bounds-norefine``), over every head (``bounds-all``), the other scorers (over the retrieval heads),
+and ``exact``: the question's true attention mass per chunk over the dense cache at every layer and head (a
+reference that materializes the attention over the whole video). ``recall`` is the fraction of needle groups among the dense
 chunks (for ``neighbours``: both groups of the split needle); ``kv_ratio`` the bi-level cache's bytes over dense.
+The ``fallback`` rows are the default with ``min_confidence=FALLBACK``, derived exactly from the rows: a case whose
+confidence is below it is decoded with every chunk dense, which is the chunked decoding the row already holds.
 """
 
 from __future__ import annotations
@@ -47,7 +52,19 @@ from videoxl.llm import load_smollm2  # noqa: E402
 GROUP_TEXT = 144
 PREFILL = PrefillConfig(chunk=4, window=3)
 TASKS = ("single", "multikey", "multivalue", "neighbours")
-SCORERS = ("bounds", "mean", "sparse", "dense", "exact")
+# relevance variants side by side: DecodeConfig options (the default first); "exact" is the reference below
+SCORERS = {
+    "bounds": {"heads": "retrieval", "score_tokens": "all", "refine": 32},  # the default
+    "bounds-content": {"score_tokens": "content", "refine": 16},  # the chat template does not score
+    # the variants below score content tokens only, as the default did when the published rows were measured
+    "bounds-norefine": {"refine": 0, "score_tokens": "content"},  # bounds alone, not re-ranked
+    "bounds-all": {"heads": "all", "score_tokens": "content", "refine": 16},  # every head, as before retrieval heads
+    "mean": {"scorer": "mean", "score_tokens": "content"},
+    "sparse": {"scorer": "sparse", "score_tokens": "content"},
+    "dense": {"scorer": "dense", "score_tokens": "content"},
+    "exact": None,
+}
+FALLBACK = 0.1  # the min_confidence of the derived "fallback" row (see summarize)
 PREFIX = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nSome special magic numbers "
           "are hidden within the following text. Make sure to memorize them. I will quiz you about the numbers "
           "afterwards.\n")
@@ -163,7 +180,8 @@ def exact_scores(decoder: Decoder, question: torch.Tensor, ranges: list[tuple[in
     return mass.tolist()
 
 
-def run_case(model, tokenizer, case: dict, topk: int) -> dict:
+def run_case(model, tokenizer, case: dict, topk: int, prefill_config: PrefillConfig = PREFILL,
+             scorers: dict = SCORERS) -> dict:
     from transformers import DynamicCache
 
     prefix = torch.tensor(case["prefix"])
@@ -172,6 +190,7 @@ def run_case(model, tokenizer, case: dict, topk: int) -> dict:
     question = torch.tensor(case["question"])
     row = {k: case[k] for k in ("task", "index", "depth", "needle_groups")}
     row["tokens"] = ids.numel() + question.numel()
+    row["window"] = prefill_config.window
     t0 = time.perf_counter()
     cache = DynamicCache(config=model.config)
     with torch.inference_mode():
@@ -182,28 +201,41 @@ def run_case(model, tokenizer, case: dict, topk: int) -> dict:
     row["dense_s"] = time.perf_counter() - t0
     del cache
     t0 = time.perf_counter()
-    video = prefill(model, prefix, groups, PREFILL, expected_tokens=ids.numel())
+    video = prefill(model, prefix, groups, prefill_config, expected_tokens=ids.numel())
     decoder = Decoder(model, video, tokenizer)
     chunked = decoder.answer(question, DecodeConfig(max_new_tokens=24))
     row["chunked_s"] = time.perf_counter() - t0
     row["answers"] = {"dense": dense_text, "chunked": chunked.text}
     row["acc_dense"], row["acc_chunked"] = correct(dense_text, case["answers"]), correct(chunked.text, case["answers"])
     config = DecodeConfig(topk=topk, chunk=1, max_new_tokens=24)
-    for scorer in SCORERS:
+    for scorer in scorers:
         t0 = time.perf_counter()
         if scorer == "exact":
             ranges = [(g, g + 1) for g in range(len(groups))]
             answer = decoder.answer(question, config, chunk_scores=exact_scores(decoder, question, ranges))
         else:
-            answer = decoder.answer(question, DecodeConfig(topk=topk, chunk=1, max_new_tokens=24, scorer=scorer))
+            answer = decoder.answer(question, DecodeConfig(topk=topk, chunk=1, max_new_tokens=24, **SCORERS[scorer]))
         hits = [g in answer.dense_chunks for g in case["needle_groups"]]
         row[scorer] = {"recall": sum(hits) / len(hits), "acc": correct(answer.text, case["answers"]),
                        "kv_ratio": answer.kv_ratio, "dense_chunks": answer.dense_chunks, "text": answer.text,
+                       "confidence": answer.confidence,
                        "select_s": answer.seconds.get("select", 0.0), "s": time.perf_counter() - t0}
     return row
 
 
+def with_fallback(row: dict, threshold: float = FALLBACK) -> dict:
+    """The default scorer's result had ``min_confidence=threshold`` been set: a case below it is decoded with every
+    chunk dense, which is exactly the chunked decoding the row already holds (same cache, same positions)."""
+    r = row["bounds"]
+    if r.get("confidence") is None or r["confidence"] >= threshold:
+        return {**r, "fell_back": False}
+    return {**r, "recall": 1.0, "acc": row["acc_chunked"], "kv_ratio": 1.0, "fell_back": True}
+
+
 def summarize(rows: list[dict]) -> list[dict]:
+    """One row per (length, task, scorer) with percentages; a cell run with ``--only-chunked`` gets one row with
+    scorer None (dense and chunked accuracy only)."""
+    rows = [{**r, "fallback": with_fallback(r)} if "bounds" in r else r for r in rows]
     out = []
     for tokens in sorted({r["target"] for r in rows}):
         for task in TASKS:
@@ -211,16 +243,21 @@ def summarize(rows: list[dict]) -> list[dict]:
             if not cell:
                 continue
             n = len(cell)
-            for scorer in SCORERS:
-                out.append({
-                    "tokens": round(sum(r["tokens"] for r in cell) / n), "target_tokens": tokens, "task": task,
-                    "scorer": scorer, "cases": n,
-                    "recall": 100 * sum(r[scorer]["recall"] for r in cell) / n,
+            base = {"tokens": round(sum(r["tokens"] for r in cell) / n), "target_tokens": tokens, "task": task,
+                    "window": cell[0].get("window", PREFILL.window), "cases": n,
                     "acc_dense": 100 * sum(r["acc_dense"] for r in cell) / n,
-                    "acc_chunked": 100 * sum(r["acc_chunked"] for r in cell) / n,
+                    "acc_chunked": 100 * sum(r["acc_chunked"] for r in cell) / n}
+            scorers = [s for s in [*SCORERS, "fallback"] if all(s in r for r in cell)]
+            if not scorers:
+                out.append({**base, "scorer": None})
+            for scorer in scorers:
+                out.append({
+                    **base, "scorer": scorer,
+                    "recall": 100 * sum(r[scorer]["recall"] for r in cell) / n,
                     "acc_bilevel": 100 * sum(r[scorer]["acc"] for r in cell) / n,
                     "kv_ratio": sum(r[scorer]["kv_ratio"] for r in cell) / n,
                     "select_s": sorted(r[scorer]["select_s"] for r in cell)[n // 2],
+                    "fell_back": 100 * sum(r[scorer].get("fell_back", False) for r in cell) / n,
                 })
     return out
 
@@ -234,38 +271,50 @@ def main() -> None:
     parser.add_argument("--rows", type=Path, help="one JSON line per case; cases already there are skipped")
     parser.add_argument("--json", type=Path, help="write the summary rows here")
     parser.add_argument("--quick", action="store_true", help="2,048 tokens, 4 cases per task")
+    parser.add_argument("--window", type=int, default=PREFILL.window,
+                        help="pre-fill window in chunks (-1: every chunk sees all earlier ones)")
+    parser.add_argument("--only-chunked", action="store_true",
+                        help="dense and chunked decoding only (for the pre-fill's own loss across windows)")
+    parser.add_argument("--workers", type=int, default=1, help="run every WORKERS-th case from --worker")
+    parser.add_argument("--worker", type=int, default=0)
     args = parser.parse_args()
     lengths = [2048] if args.quick else [int(x) for x in args.lengths.split(",")]
     cases = 4 if args.quick else args.cases
     tasks = args.tasks.split(",")
+    prefill_config = PrefillConfig(chunk=PREFILL.chunk, window=None if args.window == -1 else args.window)
     model, tokenizer = load_smollm2()
     rows = []
     if args.rows and args.rows.is_file():
         rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.strip().endswith("}")]
     done = {(r["target"], r["task"], r["index"]) for r in rows}
-    print(f"{'tokens':>6} {'task':<10} {'case':>4}  dense chunked | " + " ".join(f"{s:>7}" for s in SCORERS)
+    scorers = {} if args.only_chunked else SCORERS
+    print(f"{'tokens':>6} {'task':<10} {'case':>4}  dense chunked | " + " ".join(f"{s:>11}" for s in scorers)
           + "   (answer right? needle recall)", flush=True)
     for tokens in lengths:
         for task in tasks:
             for i in range(cases):
-                if (tokens, task, i) in done:
+                if (tokens, task, i) in done or i % args.workers != args.worker:
                     continue
-                row = {"target": tokens, **run_case(model, tokenizer, make_case(tokenizer, task, tokens, i, cases),
-                                                     args.topk)}
+                case = make_case(tokenizer, task, tokens, i, cases)
+                row = {"target": tokens, **run_case(model, tokenizer, case, args.topk, prefill_config, scorers)}
                 rows.append(row)
                 if args.rows:
                     with open(args.rows, "a") as f:
                         f.write(json.dumps(row) + "\n")
-                marks = " ".join(f"{'+' if row[s]['acc'] else '-'}{row[s]['recall']:>5.2f}" for s in SCORERS)
+                marks = " ".join(f"{'+' if row[s]['acc'] else '-'}{row[s]['recall']:>10.2f}" for s in scorers)
                 print(f"{row['tokens']:>6} {task:<10} {i:>4}  {'+' if row['acc_dense'] else '-':>5} "
                       f"{'+' if row['acc_chunked'] else '-':>7} | {marks}", flush=True)
     summary = summarize([r for r in rows if r["target"] in lengths and r["task"] in tasks])
-    print(f"\n{'tokens':>6} {'task':<10} {'scorer':<7} {'cases':>5} {'recall':>6} {'dense':>6} {'chunked':>7} "
-          f"{'bilevel':>7} {'KV':>5} {'select s':>8}")
+    print(f"\n{'tokens':>6} {'task':<10} {'scorer':<11} {'cases':>5} {'recall':>6} {'dense':>6} {'chunked':>7} "
+          f"{'bilevel':>7} {'KV':>5} {'select s':>8} {'dense fallback %':>16}")
     for s in summary:
-        print(f"{s['tokens']:>6} {s['task']:<10} {s['scorer']:<7} {s['cases']:>5} {s['recall']:>6.0f} "
+        if s["scorer"] is None:
+            print(f"{s['tokens']:>6} {s['task']:<10} {'-':<11} {s['cases']:>5} {'':>6} {s['acc_dense']:>6.0f} "
+                  f"{s['acc_chunked']:>7.0f}   (window {s['window']})")
+            continue
+        print(f"{s['tokens']:>6} {s['task']:<10} {s['scorer']:<11} {s['cases']:>5} {s['recall']:>6.0f} "
               f"{s['acc_dense']:>6.0f} {s['acc_chunked']:>7.0f} {s['acc_bilevel']:>7.0f} {s['kv_ratio']:>5.2f} "
-              f"{s['select_s']:>8.3f}")
+              f"{s['select_s']:>8.3f} {s['fell_back']:>16.0f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2))

@@ -45,9 +45,9 @@ def test_summaries_built_during_prefill_equal_ones_built_afterwards():
         for layer in range(2):
             torch.testing.assert_close(a[layer], b[layer])
     assert torch.equal(streamed.pages()[2], after.pages()[2])
-    # against a hand computation: the box of the un-rotated keys of group 4's last (short) page
+    # against a hand computation: the box of the un-rotated keys of group 4's last page (pages cover visual tokens)
     span = video.store.groups[4]
-    last = span.start + (span.end - span.start - 1) // 16 * 16
+    last = span.visual_start + (span.end - span.visual_start - 1) // 16 * 16
     keys = Rope.of(model).rotate(video.store.dense.k[1][:, last:span.end],
                                  -torch.arange(last, span.end, dtype=torch.float64))
     page = int((streamed.pages()[2] == 4).nonzero()[-1])
@@ -56,3 +56,33 @@ def test_summaries_built_during_prefill_equal_ones_built_afterwards():
     torch.testing.assert_close(radius, (keys.amax(1) - keys.amin(1)) / 2)
     # the means are built on first use, and only for groups not yet summarized
     torch.testing.assert_close(streamed.means()[1], after.means()[1])
+
+
+def test_summaries_and_scores_leave_timestamp_keys_out():
+    """Timestamp KVs are verbatim in a chunk's sparse form, so reloading it dense adds only its visual tokens; scores
+    must not move when only timestamp keys change."""
+    from helpers import random_groups, tiny_qwen2
+
+    from videoxl.engine.prefill import PrefillConfig, prefill
+    from videoxl.engine.rope import Rope
+    from videoxl.engine.select import GroupSummaries, score_groups
+
+    model = tiny_qwen2(layers=2)
+    video = prefill(model, torch.arange(4), random_groups(6, hidden=64), PrefillConfig(chunk=2, window=1))
+    store, rope = video.store, Rope.of(model)
+    span = store.groups[3]
+    keys = rope.rotate(store.dense.k[0][:, span.visual_start:span.end],
+                       -torch.arange(span.visual_start, span.end, dtype=torch.float64))
+    torch.testing.assert_close(video.summaries.means()[0][:, 3], keys.mean(1))
+    queries = torch.randn(4, 3, 16)
+    before = {s: score_groups(s, queries, 0, store, GroupSummaries(store, rope), 0.25)[0]
+              for s in ("bounds", "mean", "sparse", "dense")}
+    for layer in range(store.layers):  # scramble every timestamp key, dense and sparse
+        for g in store.groups:
+            n = g.visual_start - g.start
+            store.dense.k[layer][:, g.start:g.visual_start] = torch.randn(store.kv_heads, n, store.head_dim) * 9
+            store.sparse.k[layer][:, g.sparse_start:g.sparse_start + n] = 7.0
+    for scorer, scores in before.items():
+        assert scores.shape == (4, 3, 6)
+        torch.testing.assert_close(score_groups(scorer, queries, 0, store, GroupSummaries(store, rope), 0.25)[0],
+                                   scores)

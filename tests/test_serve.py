@@ -173,6 +173,7 @@ def test_answer_then_reuse_the_store(main):
     assert not report["reused"] and report["frames"] == 480 and report["chunks"] == 120
     assert 0 < report["dense_chunks"] < report["chunks"]
     assert 0 < report["kv_bytes_used"] < report["kv_bytes_dense"]
+    assert 0 <= report["confidence"] <= 1 and report["fallback"] is None  # how sure the selection was
     assert {"decode", "encode", "prefill", "select", "generate", "total"} <= set(report["seconds"])
     assert first.usage.prompt_tokens > 2900 and first.usage.completion_tokens >= 1
 

@@ -31,7 +31,7 @@ from pathlib import Path  # noqa: E402
 
 from . import defaults  # noqa: E402
 from .errors import InputError, OptionError  # noqa: E402
-from .options import device_name, fraction, lengths, rate, whole  # noqa: E402
+from .options import device_name, fraction, lengths, rate, unit, whole  # noqa: E402
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -98,8 +98,11 @@ def _add_ask(sub) -> None:
     decoding.add_argument("--kv-budget", type=fraction, help="instead of --topk: fraction of the dense KV to use")
     decoding.add_argument("--decode-chunk", type=whole(1), default=defaults.DECODE_CHUNK,
                           help=f"decoding chunk size in groups (default {defaults.DECODE_CHUNK}: 4 frames)")
+    decoding.add_argument("--min-confidence", type=unit,
+                          help="decode every chunk dense when the relevance confidence is below this (default: off)")
     decoding.add_argument("--dense", action="store_true", help="decode with every chunk dense")
-    decoding.add_argument("--max-new-tokens", type=whole(1, defaults.NEW_TOKENS_LIMIT), default=defaults.MAX_NEW_TOKENS,
+    decoding.add_argument("--max-new-tokens", type=whole(1, defaults.NEW_TOKENS_LIMIT),
+                          default=defaults.MAX_NEW_TOKENS,
                           help=f"answer length limit (default {defaults.MAX_NEW_TOKENS})")
     decoding.add_argument("--max-question-tokens", type=whole(1), default=defaults.QUESTION_TOKENS,
                           help=f"longest question accepted, in tokens (default {defaults.QUESTION_TOKENS})")
@@ -176,7 +179,8 @@ def _ask(args) -> int:
         decode_config = DecodeConfig(max_new_tokens=args.max_new_tokens)
     else:
         decode_config = DecodeConfig(topk=None if args.kv_budget else args.topk, kv_budget=args.kv_budget,
-                                     chunk=args.decode_chunk, max_new_tokens=args.max_new_tokens)
+                                     chunk=args.decode_chunk, max_new_tokens=args.max_new_tokens,
+                                     min_confidence=args.min_confidence)
     started = time.perf_counter()
     folder = checkpoint.resolve(args.model or default_model())
     tokenizer = checkpoint.load_tokenizer(folder)
@@ -200,16 +204,22 @@ def _ask(args) -> int:
             "answer": answer.text.strip(), "frames": stats.frames, "tokens": stats.tokens, "chunks": answer.chunks,
             "dense_chunks": len(answer.dense_chunks), "dense_chunk_indices": answer.dense_chunks,
             "kv_bytes_dense": answer.kv_bytes_dense, "kv_bytes_used": answer.kv_bytes_used,
+            "confidence": None if answer.confidence is None else round(answer.confidence, 4),
+            "fallback": answer.fallback,
             "prefill_attn_flops": flops.attn_flops, "dense_attn_flops": flops.dense_attn_flops,
             "prefill_total_flops": flops.total_flops, "dense_total_flops": flops.dense_total_flops,
             "seconds": {k: round(v, 3) for k, v in seconds.items()}}), flush=True)
     else:
         print(answer.text.strip(), flush=True)
         mb = 2 ** 20
+        sure = "" if answer.confidence is None else f" (relevance confidence {answer.confidence:.2f})"
+        if answer.fallback:
+            sure += f" ({answer.fallback})"
         print(f"[{stats.frames} frames, {stats.tokens} tokens, {answer.chunks} chunks, "
-              f"{len(answer.dense_chunks)} dense; KV {answer.kv_bytes_dense / mb:.2f} MB dense, "
+              f"{len(answer.dense_chunks)} dense{sure}; KV {answer.kv_bytes_dense / mb:.2f} MB dense, "
               f"{answer.kv_bytes_used / mb:.2f} MB used; pre-fill FLOPs vs dense: attention "
-              f"{flops.attn_flops / flops.dense_attn_flops:.0%}, total {flops.total_flops / flops.dense_total_flops:.0%}; "
+              f"{flops.attn_flops / flops.dense_attn_flops:.0%}, "
+              f"total {flops.total_flops / flops.dense_total_flops:.0%}; "
               + ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items()) + "]", file=sys.stderr, flush=True)
     if explain is not None:
         from .explain import render_explanation

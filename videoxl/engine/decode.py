@@ -25,7 +25,8 @@ from .attention import DecodeCache, DecodeStep, run_step
 from .layout import embed
 from .prefill import PrefilledVideo
 from .rope import Rope
-from .select import SCORERS, GroupSummaries, choose_dense, chunk_ranges, reduce_to_chunks, relevance, score_groups
+from .select import (SCORERS, GroupSummaries, choose_dense, chunk_ranges, confidence, content_mask, reduce_to_chunks,
+                     relevance, retrieval_heads, score_groups)
 
 
 @dataclass(frozen=True)
@@ -34,13 +35,24 @@ class DecodeConfig:
 
     Selection: ``topk`` relevant chunks (besides the always-dense first and last) and/or a ``kv_budget`` (fraction
     of the dense KV) decide which chunks are reloaded dense; with neither, every chunk is dense. ``chunk`` is the
-    decoding chunk size in groups (None: the pre-fill chunk size). Generation: greedy when ``temperature`` is 0.
+    decoding chunk size in groups (None: the pre-fill chunk size). Relevance (select.py): ``scorer`` over the
+    ``heads`` ("retrieval": the model's retrieval heads, found once per model, or every head for a model where
+    none was found; "all") and the question's ``score_tokens`` ("content": without the chat template; needs the
+    tokenizer); with "bounds", the ``refine`` best chunks are re-ranked by the exact position-free attention mass
+    of those heads over their visual keys (0: not; a fixed number of chunks, so its cost does not grow with the
+    video). When the chosen chunks stand out less than ``min_confidence`` (select.confidence), every chunk is
+    decoded dense and the answer says so (None, the default: never; confidence is on a scale of its own per model,
+    see select.py). Generation: greedy when ``temperature`` is 0.
     """
 
     topk: int | None = None
     kv_budget: float | None = None
     chunk: int | None = None
     scorer: str = "bounds"
+    heads: Literal["retrieval", "all"] = "retrieval"
+    score_tokens: Literal["content", "all"] = "all"
+    min_confidence: float | None = None
+    refine: int = 32
     score_layers: tuple[int, ...] | None = None
     score_positions: bool = False  # keep RoPE in relevance scores (an ablation: recency then dominates)
     positions: Literal["absolute", "contiguous"] = "contiguous"
@@ -60,6 +72,14 @@ class DecodeConfig:
             raise InputError(f"chunk must be a positive number of groups, got {self.chunk!r}")
         if self.scorer not in SCORERS:
             raise InputError(f"unknown scorer {self.scorer!r}; choose one of {', '.join(SCORERS)}")
+        if self.heads not in ("retrieval", "all"):
+            raise InputError(f"heads must be 'retrieval' or 'all', got {self.heads!r}")
+        if self.score_tokens not in ("content", "all"):
+            raise InputError(f"score_tokens must be 'content' or 'all', got {self.score_tokens!r}")
+        if not isinstance(self.refine, int) or self.refine < 0:
+            raise InputError(f"refine must be a number of chunks >= 0, got {self.refine!r}")
+        if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
+            raise InputError(f"min_confidence must be in [0, 1] or None, got {self.min_confidence!r}")
         if self.positions not in ("absolute", "contiguous"):
             raise InputError(f"positions must be 'absolute' or 'contiguous', got {self.positions!r}")
         if self.max_new_tokens < 1:
@@ -84,6 +104,8 @@ class Answer:
     kv_bytes_dense: int
     kv_bytes_used: int
     seconds: dict = field(default_factory=dict)
+    confidence: float | None = None  # how much the chosen chunks stood out (select.confidence); None: no scoring
+    fallback: str | None = None  # why selection was overridden (e.g. "dense: flat relevance ..."), else None
 
     @property
     def kv_ratio(self) -> float:
@@ -134,6 +156,45 @@ class Decoder:
         return hidden, step
 
     # -- selection --------------------------------------------------------------------------------------------
+    def question_queries(self, question: torch.Tensor, ranges: list[tuple[int, int]], forced: list[int],
+                         layers: tuple[int, ...], positions: bool = False) -> dict[int, torch.Tensor]:
+        """Per layer, the question's queries (H, Q, D), position-free unless ``positions``: the question is run
+        once over a cache where only the ``forced`` chunks are dense (the cheap cache scoring starts from)."""
+        store = self.video.store
+        dense_groups = torch.zeros(len(store.groups), dtype=torch.bool)
+        for c in forced:
+            dense_groups[ranges[c][0]:ranges[c][1]] = True
+        cache, position = self._cache(dense_groups, "absolute", question.shape[0])
+        _, step = self._step(cache, embed(self.model, question), position, capture=layers)
+        q_pos = torch.arange(position, position + question.shape[0], dtype=torch.float64)
+        rope = self.summaries[positions].rope
+        return {layer: rope.rotate(step.queries[layer], -q_pos) for layer in layers}
+
+    def chunk_scores(self, queries: dict[int, torch.Tensor], scorer: str, ranges: list[tuple[int, int]],
+                     chunks: list[int], heads: dict[int, list[int]] | None = None,
+                     positions: bool = False) -> dict[int, torch.Tensor]:
+        """Per layer, (heads, Q, len(chunks)) scores of the given decoding ``chunks`` by ``scorer`` (select.py), for
+        the listed query ``heads`` of each layer (None: all)."""
+        store, summaries = self.video.store, self.summaries[positions]
+        counts = torch.tensor([s.end - s.visual_start for s in store.groups], dtype=torch.float64)
+        subset = None
+        if scorer in ("sparse", "dense") and len(chunks) < len(ranges):  # the lse scorers read only these groups
+            subset = [g for c in sorted(chunks) for g in range(*ranges[c])]
+            local, start = [], 0
+            for c in sorted(chunks):
+                local.append((start, start + ranges[c][1] - ranges[c][0]))
+                start = local[-1][1]
+            order = [sorted(chunks).index(c) for c in chunks]
+        out = {}
+        for layer, q in queries.items():
+            per_group, how = score_groups(scorer, q, layer, store, summaries, self.scale,
+                                          None if heads is None else heads[layer], subset)
+            if subset is None:
+                out[layer] = reduce_to_chunks(per_group, how, ranges, counts)[..., chunks]
+            else:
+                out[layer] = reduce_to_chunks(per_group, how, local, counts[subset])[..., order]
+        return out
+
     def score(self, question: torch.Tensor, config: DecodeConfig, ranges: list[tuple[int, int]],
               forced: list[int]) -> torch.Tensor:
         """Relevance (chunks,) of each decoding chunk to the question, computed by the model (see select.py);
@@ -143,25 +204,38 @@ class Decoder:
         candidates = [c for c in range(len(ranges)) if c not in forced]
         if not candidates:
             return scores
-        dense_groups = torch.zeros(len(store.groups), dtype=torch.bool)
-        for c in forced:
-            dense_groups[ranges[c][0]:ranges[c][1]] = True
-        layers = config.score_layers or tuple(range(store.layers))
-        cache, position = self._cache(dense_groups, "absolute", question.shape[0])
-        _, step = self._step(cache, embed(self.model, question), position, capture=layers)
-        counts = torch.tensor([s.end - s.start for s in store.groups], dtype=torch.float64)
-        q_pos = torch.arange(position, position + question.shape[0], dtype=torch.float64)
-        summaries = self.summaries[config.score_positions]
-        per_layer = []
-        for layer in layers:
-            queries = summaries.rope.rotate(step.queries[layer], -q_pos)  # position-free, like the summaries
-            per_group, how = score_groups(config.scorer, queries, layer, store, summaries, self.scale)
-            per_layer.append(reduce_to_chunks(per_group, how, ranges, counts)[..., candidates])
-        scores[candidates] = relevance(per_layer).cpu()
+        heads = None
+        if config.heads == "retrieval":
+            heads = retrieval_heads(self.model, self.tokenizer).heads or None  # none found: every head
+        layers = config.score_layers or (tuple(sorted(heads)) if heads else tuple(range(store.layers)))
+        if heads is not None:
+            heads = {layer: heads.get(layer, []) for layer in layers}
+            if not any(heads.values()):  # score_layers without a retrieval head: every head of those layers
+                heads = None
+            else:
+                layers = tuple(layer for layer in layers if heads[layer])
+        tokens = None
+        if config.score_tokens == "content" and self.tokenizer is not None and not question.is_floating_point():
+            tokens = content_mask(question, self.tokenizer)
+        queries = self.question_queries(question, ranges, forced, layers, config.score_positions)
+        rel = relevance(self.chunk_scores(queries, config.scorer, ranges, candidates, heads, config.score_positions),
+                        tokens)
+        if config.scorer == "bounds" and config.refine and len(candidates) > 1:
+            # the best bounds re-ranked by their exact attention mass (position-free): a fixed number of chunks,
+            # whatever the video's length; their share of the relevance is kept, its split among them refined
+            short = rel.topk(min(config.refine, len(candidates))).indices.tolist()
+            exact = relevance(self.chunk_scores(queries, "dense", ranges, [candidates[i] for i in short], heads,
+                                                config.score_positions), tokens)
+            rel[short] = rel[short].sum() * exact.to(rel)
+        scores[candidates] = rel.cpu()
         return scores
 
     def select(self, question: torch.Tensor, config: DecodeConfig, chunk_scores: Sequence[float] | None = None):
-        """(ranges, dense chunk indices, relevance or None) for a question."""
+        """(ranges, dense chunk indices, relevance or None) for a question (after any fallback to dense)."""
+        return self._select(question, config, chunk_scores)[:3]
+
+    def _select(self, question: torch.Tensor, config: DecodeConfig, chunk_scores: Sequence[float] | None = None):
+        """:meth:`select`, then the confidence (None without model scores) and the fallback note (None)."""
         store = self.video.store
         ranges = chunk_ranges(len(store.groups), config.chunk or self.video.config.chunk)
         n = len(ranges)
@@ -170,7 +244,7 @@ class Decoder:
                 raise InputError("chunk_scores need topk or kv_budget to say how many chunks to reload dense")
             scores = _external_scores(chunk_scores, n)
         elif not config.selects:
-            return ranges, list(range(n)), None
+            return ranges, list(range(n)), None, None, None
         forced = sorted({0, n - 1})
         if chunk_scores is None:
             scores = self.score(question, config, ranges, forced)
@@ -180,7 +254,14 @@ class Decoder:
         budget = None if config.kv_budget is None else int(config.kv_budget * store.length) - store.prefix_length
         candidates = [c for c in range(n) if c not in forced]
         dense = choose_dense(scores, candidates, forced, config.topk, budget, dense_tok, sparse_tok)
-        return ranges, dense, scores
+        sure, note = None, None
+        if candidates and chunk_scores is None:
+            chosen = [i for i, c in enumerate(candidates) if c in dense]
+            sure = confidence(scores[candidates], chosen)
+            if config.min_confidence is not None and sure < config.min_confidence:
+                dense = list(range(n))
+                note = f"dense: flat relevance (confidence {sure:.2f} < {config.min_confidence:.2f})"
+        return ranges, dense, scores, sure, note
 
     # -- answering --------------------------------------------------------------------------------------------
     def answer(self, question: torch.Tensor, config: DecodeConfig = DecodeConfig(),
@@ -189,7 +270,7 @@ class Decoder:
         """Answer ``question`` (token ids, or embeddings) about the video; ``on_text`` streams text pieces."""
         store = self.video.store
         t0 = time.perf_counter()
-        ranges, dense, scores = self.select(question, config, chunk_scores)
+        ranges, dense, scores, sure, note = self._select(question, config, chunk_scores)
         t1 = time.perf_counter()
         dense_groups = torch.zeros(len(store.groups), dtype=torch.bool)
         for c in dense:
@@ -224,7 +305,7 @@ class Decoder:
         return Answer(text.text, tokens, len(ranges), dense,
                       None if scores is None else [None if x != x else x for x in scores.tolist()],
                       store.dense_bytes, used_bytes,
-                      {"select": t1 - t0, "question": t2 - t1, "generate": t3 - t2})
+                      {"select": t1 - t0, "question": t2 - t1, "generate": t3 - t2}, sure, note)
 
 
 def _external_scores(chunk_scores, n: int) -> torch.Tensor:

@@ -1,0 +1,142 @@
+"""In-model relevance: retrieval heads, content tokens, confidence and the dense fallback."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import random_groups, tiny_qwen2
+
+from videoxl.engine.decode import DecodeConfig, Decoder
+from videoxl.engine.layout import Group
+from videoxl.engine.prefill import PrefillConfig, prefill
+from videoxl.engine.select import RetrievalHeads, calibrate_heads, confidence, content_mask, retrieval_heads
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def test_confidence_is_zero_when_flat_and_one_when_the_chosen_hold_everything():
+    assert confidence(torch.full((10,), 0.1), [2, 5]) == pytest.approx(0.0)
+    assert confidence(torch.tensor([0.0, 0.5, 0.0, 0.5]), [1, 3]) == pytest.approx(1.0)
+    peaked = torch.tensor([0.05, 0.6, 0.05, 0.1, 0.1, 0.1])
+    assert 0.4 < confidence(peaked, [1]) < 0.6  # 0.6 held where 1/6 is chance: (0.6 - 1/6) / (5/6)
+    assert confidence(peaked, [0]) == 0.0  # below chance clips at 0
+    assert confidence(peaked, []) == confidence(peaked, list(range(6))) == 1.0  # nothing was decided
+
+
+def test_content_mask_drops_the_chat_template(smollm2):
+    _, tokenizer = smollm2
+    text = ("\nWhat is the special magic number for lively-harbor?<|im_end|>\n<|im_start|>assistant\n"
+            "The special magic number for lively-harbor is:")
+    ids = torch.tensor(tokenizer(text)["input_ids"])
+    mask = content_mask(ids, tokenizer)
+    kept = tokenizer.decode(ids[mask])
+    assert "<|im" not in kept and "assistant" not in kept and "\n" not in kept
+    assert kept.count("lively-harbor") == 2 and kept.startswith("What is the special magic number")
+    assert kept.endswith("is:")
+
+
+def test_retrieval_heads_round_trip_and_are_cached_per_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIDEOXL_CACHE", str(tmp_path))
+    model = tiny_qwen2(layers=2)
+    found = retrieval_heads(model)
+    assert found.count == 0 and found.cases == 8  # a random model has no retrieval heads: every head scores
+    assert RetrievalHeads.from_json(found.to_json()) == found
+    cached = list((tmp_path / "retrieval-heads").glob("*.json"))
+    assert len(cached) == 1 and RetrievalHeads.from_json(cached[0].read_text()) == found
+    assert retrieval_heads(model) is found  # memoized per model object
+    other = tiny_qwen2(seed=1, layers=2)  # other weights, other key
+    retrieval_heads(other)
+    assert len(list((tmp_path / "retrieval-heads").glob("*.json"))) == 2
+
+
+def test_low_confidence_falls_back_to_dense_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIDEOXL_CACHE", str(tmp_path))
+    model = tiny_qwen2(layers=2)
+    video = prefill(model, torch.arange(4), random_groups(10, hidden=64), PrefillConfig(chunk=2, window=1))
+    decoder = Decoder(model, video)
+    question = torch.arange(10, 15)
+    picked = decoder.answer(question, DecodeConfig(topk=2, chunk=1, max_new_tokens=2, min_confidence=0.0))
+    assert picked.fallback is None and len(picked.dense_chunks) == 4 and picked.kv_ratio < 1
+    assert 0 <= picked.confidence <= 1
+    unsure = decoder.answer(question, DecodeConfig(topk=2, chunk=1, max_new_tokens=2,
+                                                   min_confidence=min(1.0, picked.confidence + 0.01)))
+    assert unsure.fallback.startswith("dense: flat relevance") and f"{picked.confidence:.2f}" in unsure.fallback
+    assert unsure.dense_chunks == list(range(10)) and unsure.kv_ratio == 1.0
+    assert unsure.confidence == picked.confidence
+    # no scoring, no confidence: all dense by request, or caller-given scores
+    assert decoder.answer(question, DecodeConfig(max_new_tokens=1)).confidence is None
+    given = decoder.answer(question, DecodeConfig(topk=1, chunk=1, max_new_tokens=1, min_confidence=1.0),
+                           chunk_scores=[0.0] * 10)
+    assert given.confidence is None and given.fallback is None
+
+
+def test_refining_every_candidate_is_the_exact_mass_and_only_the_shortlist_moves(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIDEOXL_CACHE", str(tmp_path))
+    model = tiny_qwen2(layers=2)
+    video = prefill(model, torch.arange(4), random_groups(12, hidden=64), PrefillConfig(chunk=2, window=1))
+    decoder = Decoder(model, video)
+    question, ranges, forced = torch.arange(10, 16), [(g, g + 1) for g in range(12)], [0, 11]
+    score = lambda **kw: decoder.score(question, DecodeConfig(topk=2, chunk=1, **kw), ranges, forced)
+    torch.testing.assert_close(score(refine=100), score(scorer="dense"), equal_nan=True)  # forced: NaN
+    bounds, refined = score(refine=0), score(refine=4)
+    short = sorted(range(1, 11), key=lambda c: -float(bounds[c]))[:4]
+    rest = [c for c in range(1, 11) if c not in short]
+    torch.testing.assert_close(refined[rest], bounds[rest])  # outside the shortlist: the bounds' relevance
+    torch.testing.assert_close(refined[short].sum(), bounds[short].sum())  # its share kept, split by the mass
+    exact = score(scorer="dense")[short]
+    assert torch.equal(refined[short].argsort(), exact.argsort())
+
+
+@pytest.fixture(scope="module")
+def prose_needle(smollm2):
+    """A ~1.2k-token natural-prose haystack (benchmarks/relevance.py) with one key-value needle, pre-filled."""
+    from relevance import PREFILL, make_case
+
+    model, tokenizer = smollm2
+    case = make_case(tokenizer, "single", 1200, 1, 3)
+    groups = [Group(torch.tensor(s), torch.tensor(t)) for s, t in case["groups"]]
+    video = prefill(model, torch.tensor(case["prefix"]), groups, PREFILL)
+    return model, tokenizer, case, video
+
+
+def test_retrieval_heads_find_the_needle_in_prose(prose_needle):
+    model, tokenizer, case, video = prose_needle
+    decoder = Decoder(model, video, tokenizer)
+    question = torch.tensor(case["question"])
+    answer = decoder.answer(question, DecodeConfig(topk=1, chunk=1, max_new_tokens=12))
+    assert case["needle_groups"][0] in answer.dense_chunks
+    ranked = sorted((x, c) for c, x in enumerate(answer.relevance) if x is not None)
+    assert ranked[-1][1] == case["needle_groups"][0]
+    assert answer.confidence > 0.2 and answer.fallback is None
+    assert case["answers"][0] in answer.text
+
+
+def test_calibration_finds_few_heads_on_smollm2(smollm2, tmp_path, monkeypatch):
+    model, tokenizer = smollm2
+    found = calibrate_heads(model, tokenizer, cases=2, groups=6, group_tokens=48)
+    rates = torch.tensor(found.hit_rate)
+    assert rates.shape == (30, 9)
+    assert 0 < found.count < 30 * 9 // 4  # a minority of heads retrieves
+    for layer, heads in found.heads.items():
+        assert all(rates[layer, h] >= 0.5 for h in heads)
+
+
+def test_cli_reports_the_confidence(tiny_checkpoint, tmp_path):
+    import json
+    import random
+    import subprocess
+
+    from videoxl.synth import make_qa, write
+
+    script, _ = make_qa(random.Random(5), 32, family="needle")
+    clip = write(script, tmp_path / "clip.mp4")
+    common = [sys.executable, "-m", "videoxl.cli", "ask", str(clip), "What object appears in the video?", "--model",
+              str(tiny_checkpoint), "--topk", "1", "--max-new-tokens", "2"]
+    run = subprocess.run(common + ["--json"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert 0 <= out["confidence"] <= 1 and out["fallback"] is None
+    run = subprocess.run(common, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert f"relevance confidence {out['confidence']:.2f}" in run.stderr
