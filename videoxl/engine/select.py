@@ -453,7 +453,7 @@ def calibrate_heads(model: torch.nn.Module, tokenizer=None, cases: int = 8, grou
     rate = hits / cases
     keep = rate >= min_hit
     if not keep.any():
-        log.warning("no head found the needle in %d%% of the calibration cases: scoring with every head",
+        log.info("no head found the needle in %d%% of the calibration cases: scoring with every head",
                     round(100 * min_hit))
     heads = {layer: keep[layer].nonzero().flatten().tolist() for layer in range(layers) if keep[layer].any()}
     return RetrievalHeads(heads, [[round(float(x), 4) for x in row] for row in rate], cases)
