@@ -40,7 +40,7 @@ def random_groups(n_groups: int, hidden: int | None = None, vocab: int = 96, see
 
 def reference_mask(prefix: int, groups: list[Group], chunk: int, window: int | None, timestamps: str,
                    question: int = 0) -> torch.Tensor:
-    """The chunk attention pattern as one dense (L, L) boolean matrix, built rule by rule (brief §8)."""
+    """The chunk attention pattern as one dense (L, L) boolean matrix, built rule by rule (Video-XL-2's ``get_sparse_attention_mask``)."""
     owner, is_ts = [-1] * prefix, [False] * prefix
     for g, group in enumerate(groups):
         owner += [g // chunk] * len(group)

@@ -1,4 +1,5 @@
-"""Streaming chunked pre-fill against an independent dense-mask reference (brief §8)."""
+"""Streaming chunked pre-fill against an independent dense-mask reference (Video-XL-2's
+``get_sparse_attention_mask``, VectorSpaceLab/Video-XL ``Video-XL-2/eval/lvu/w_chunk``)."""
 
 import pytest
 import torch

@@ -214,7 +214,8 @@ def _prefill(model: VideoXL2, groups: Iterator[Group], group_times: list, stats:
 
 def _frame_source(video, max_frames, fps, max_fps, frame_times):
     """(iterator of frames, group timestamps, number of sampled frames). A single image is one group of four copies
-    at time 0.0, as the published evaluation times image inputs (``Time 0.0s:``, docs/video-xl-2.md §6)."""
+    at time 0.0, as the published evaluation times image inputs (``Time 0.0s:``; VectorSpaceLab/Video-XL
+    ``Video-XL-2/eval/lvu/*/lmms_eval/models/videoxl2.py``)."""
     check_sampling(fps, max_fps, max_frames)
     if isinstance(video, VideoInfo):
         info = video

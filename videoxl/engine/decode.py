@@ -1,6 +1,7 @@
 """Bi-level KV decoding: reload the chunks that matter dense, keep the rest sparse, then answer.
 
-Positions (brief §10) come in the two reference modes:
+Positions come in the two reference modes (VectorSpaceLab/Video-XL
+``Video-XL-2/eval/lvu/w_chunk_bilevel/.../modeling_qwen2.py`` and the streaming variant of the release):
 
 * ``"absolute"``: every key keeps the position it had in pre-fill (a pooled key the mean of its window); the
   question continues after the full, uncompacted sequence.

@@ -14,7 +14,8 @@ import torch
 def chunk_mask(prefix: int, groups: Sequence[tuple[int, int]], tail: int, chunk: int, window: int | None,
                timestamps: str = "global") -> torch.Tensor:
     """(L, L) bool, True where attention is allowed, for a prefix, groups of (timestamp, visual) token counts and a
-    ``tail`` (question and answer) that sees everything. Same rules as pre-filling (brief §8)."""
+    ``tail`` (question and answer) that sees everything. Same rules as pre-filling (VectorSpaceLab/Video-XL ``Video-XL-2/eval/lvu/w_chunk/.../llava_qwen.py``,
+    ``get_sparse_attention_mask``)."""
     owner, is_ts = [torch.full((prefix,), -1)], [torch.zeros(prefix, dtype=torch.bool)]
     for g, (ts, vis) in enumerate(groups):
         owner.append(torch.full((ts + vis,), g // chunk))

@@ -11,7 +11,8 @@ chunks that left the window, appended to their own buffer as chunks stream in), 
 store) and its own tokens (a causal square). Each is one mask-free fused-attention call, merged exactly by
 log-sum-exp (attention.py). Indices are built once per chunk, on the host, and moved once.
 
-Timestamp tokens come in two variants (brief §8):
+Timestamp tokens come in two variants (VectorSpaceLab/Video-XL ``Video-XL-2/eval/lvu/w_chunk``, and the streaming variant of the
+Hugging Face release):
 
 * ``"global"`` (default; the published evaluation, behind the published scores): a timestamp token attends to
   every token before it. Cheap: timestamp tokens are a few percent of the sequence.

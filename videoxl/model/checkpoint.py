@@ -1,11 +1,13 @@
-"""Checkpoints in the official Video-XL-2 layout (brief §11): config.json, safetensors shards, tokenizer files.
+"""Checkpoints in the official Video-XL-2 layout (the module tree of VectorSpaceLab/Video-XL
+``Video-XL-2/train/videoxl2/model/llava_arch.py``, as published in ``BAAI/Video-XL-2``): config.json, safetensors
+shards, tokenizer files.
 
 Key layout: ``lm_head.weight``; ``model.{embed_tokens,layers.N,norm}.*`` (Qwen2);
 ``model.vision_tower.vision_tower.vision_model.*`` (SigLIP, no head, 26 layers); ``model.sae.*`` (DTS);
 ``model.mm_projector.{0,2}.*``. Loading is strict: a missing, unexpected or wrongly shaped key is an error naming it.
 The exception is keys a release may carry for modules videoxl does not use: ``model.image_newline`` (created by the
 official model class when ``unpad`` merging is configured) and ``model.text_mlp.*`` (defined by the official eval
-class, never called; VectorSpaceLab/Video-XL ``eval/lvu/*/model/llava_arch.py``, docs/video-xl-2.md §11): they are
+class, never called; VectorSpaceLab/Video-XL ``Video-XL-2/eval/lvu/*/videoxl2/videoxl2/model/llava_arch.py``): they are
 skipped with a warning that names them.
 """
 

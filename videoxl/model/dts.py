@@ -1,7 +1,8 @@
 """DTS, Dynamic Token Synthesis (the reference's ``SiglipAE``, attribute ``sae``): 4 frames of vision features in,
 one grid of tokens out.
 
-Layout quirk of the released weights (brief §3): per-frame features (4G, C, H, W) become the DTS input
+Layout quirk of the released weights (VectorSpaceLab/Video-XL ``Video-XL-2/train/videoxl2/model/llava_arch.py``,
+which views the features without permuting them): per-frame features (4G, C, H, W) become the DTS input
 (G, C, 4, H, W) through a raw memory view, not a permute, so the DTS "time" axis t indexes 4 adjacent vision
 channels; DTS channel c holds frame c // (C/4), vision channels 4 (c % (C/4)) + t. :func:`group_frames` does that
 view; a "clean" permute would be a different function that the released weights do not compute.

@@ -71,7 +71,7 @@ SYNTH = Recipe(
     notes="python -m videoxl.train --recipe synth --out runs/synth --export videoxl/assets/synth",
 )
 
-# The published four-stage recipe (brief §12), for the official sizes on GPUs with external data (a JSONL of
+# The published four-stage recipe (VectorSpaceLab/Video-XL ``Video-XL-2/train/scripts/finetune_stage{3,4}.sh``), for the official sizes on GPUs with external data (a JSONL of
 # video/question/answer). Stage 1's DTS reconstruction objective is not released; start from its weights instead.
 PUBLISHED = Recipe(
     name="video-xl-2",

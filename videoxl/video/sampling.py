@@ -1,4 +1,5 @@
-"""The reference frame-sampling rule (brief §7) and 4-frame grouping with timestamps.
+"""The reference frame-sampling rule (VectorSpaceLab/Video-XL ``Video-XL-2/eval/lvu/*/lmms_eval/models/videoxl2.py``,
+``load_video``) and 4-frame grouping with timestamps.
 
 1 fps base; raised up to ``max_fps`` when ``max_frames`` allows; then ``linspace`` down to ``max_frames``. The frame
 count is padded to a multiple of 4 by repeating the last frame; each group carries the timestamp of its first frame

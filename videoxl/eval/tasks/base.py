@@ -9,7 +9,7 @@ works on plain dict rows (``pred`` is the model's answer text), so the same code
 
 References: the Video-XL-2 evaluation harness (VectorSpaceLab/Video-XL, ``Video-XL-2/eval/lvu/{pure,w_chunk,
 w_chunk_bilevel}``: ``lmms_eval/models/videoxl2.py`` builds the ChatML prompt, rewrites ``mm:ss`` times and looks
-up selection files; ``scripts/*.sh`` hold the frame caps and pre-fill settings) and docs/video-xl-2.md §5, §7-9.
+up selection files; ``scripts/*.sh`` hold the frame caps and pre-fill settings) and the Video-XL-2 paper (arXiv 2506.19225).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ task's own copy of the data holds it), ". " and "Please return its start time an
 most. ``extract_time`` reads "start - end" (or start/end sentences, or hh:mm:ss times; that last branch raises in
 the published code, which indexes a tuple, and reads the time here) and keeps the first pair; an
 answer without exactly one pair scores as the published fallback [end + 10, end + 20] (IoU 0). Video-XL-2 has not
-published its grounding evaluation (docs/video-xl-2.md §13, §17): frames here follow the others, 1 fps (up to 4 fps),
+published its grounding evaluation (its ``eval`` folder for it is a placeholder): frames here follow the others, 1 fps (up to 4 fps),
 at most 256.
 """
 

@@ -12,7 +12,7 @@ tokens at most. The answer is the first of A-E once the listed answer prefixes a
 published code picks a random option, here drawn from a generator seeded with the question's id so that reruns and
 rescoring agree. The published aggregate (instances weighted over duration groups and categories) equals the
 pooled accuracy. Frames: at most 400; the chunked (w_chunk) run used 6-group chunks seeing 5 previous ones
-(docs/video-xl-2.md §8), the bi-level run 4 and 3 (``scripts/longvideobench.sh``).
+(``Video-XL-2/eval/lvu/w_chunk/scripts/longvideobench.sh``), the bi-level run 4 and 3 (``scripts/longvideobench.sh``).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Python list ``str(doc["options"])``; without subtitles the post-prompt is "\\nAn
 the given choices directly."; with subtitles the text of the subtitles shown at 128 evenly spaced frames comes
 first and the prompt ends "The best answer is:". The answer is the first of A-D after the listed answer prefixes
 are removed (two of them run together, a missing comma in the published list, kept as published). Frames: at most
-400 (``scripts/videomme.sh``), 300 in the chunked run (docs/video-xl-2.md §7).
+400 (``scripts/videomme.sh``), 300 in the chunked run (``Video-XL-2/eval/lvu/w_chunk/scripts/videomme.sh``).
 """
 
 from __future__ import annotations
