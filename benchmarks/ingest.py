@@ -29,6 +29,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from videoxl.llm import cache_dir  # noqa: E402
 
@@ -126,12 +127,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     from videoxl.engine.prefill import PrefillConfig
-    from videoxl.model import VideoXL2, preset
-    from videoxl.model.tokenizer import build_tokenizer
     from videoxl.pipeline import ingest
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.quick else "cpu"))
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     budget = args.frames or (256 if args.quick else 2048)
     folder = cache_dir() / "ingest-benchmark"
     minute = minute_of_1080p(folder / "minute-1080p.mp4")
@@ -140,14 +138,9 @@ def main() -> None:
     if args.quick:
         files = {"1 min": minute, "3 min": repeat(minute, 3, folder / "3min-1080p.mp4")}
 
-    tokenizer = build_tokenizer(["<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n", "Time 12.5s:"] * 4,
-                                vocab_size=300)
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    with device:
-        model = VideoXL2(preset("tiny" if args.quick else "video-xl-2"), tokenizer).eval()
-    torch.set_default_dtype(previous)
+    from video import random_model  # benchmarks/video.py
+
+    model = random_model("tiny" if args.quick else "video-xl-2", device)
     size = model.config.vision.image_size
     ingest(model, [np.zeros((64, 64, 3), np.uint8)] * 16, prefill_config=PrefillConfig())  # warm-up
 

@@ -44,13 +44,12 @@ def long_video(frames: int) -> Path:
     return path
 
 
-def worker(preset: str, frames: int, video: str, device: str) -> dict:
-    from videoxl.engine.prefill import PrefillConfig
+def random_model(preset: str, dev: torch.device):
+    """A Video-XL-2 of a preset's sizes with random weights, built on ``dev`` (bf16 on a GPU, fp32 on the CPU)."""
     from videoxl.model import VideoXL2
     from videoxl.model import preset as make_preset
     from videoxl.model.tokenizer import build_tokenizer
 
-    dev = torch.device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     tokenizer = build_tokenizer(["<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n", "Time 12.5s:"] * 4,
                                 vocab_size=300)
@@ -60,6 +59,14 @@ def worker(preset: str, frames: int, video: str, device: str) -> dict:
     with dev:
         model = VideoXL2(make_preset(preset), tokenizer).eval()
     torch.set_default_dtype(previous)
+    return model
+
+
+def worker(preset: str, frames: int, video: str, device: str) -> dict:
+    from videoxl.engine.prefill import PrefillConfig
+
+    dev = torch.device(device)
+    model = random_model(preset, dev)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if dev.type == "cuda":
         torch.cuda.synchronize()
