@@ -1,7 +1,8 @@
 """Chunk relevance on realistic text: does bi-level decoding reload the right chunks dense, and does it still answer?
 
     python benchmarks/relevance.py [--lengths 2048,4096,8192] [--cases 30] [--tasks single,multikey,multivalue,neighbours]
-                                   [--rows ROWS.jsonl] [--json PATH] [--quick] [--workers N --worker I]
+                                   [--scorers bounds,exact,...] [--rows ROWS.jsonl] [--json PATH] [--quick]
+                                   [--workers N --worker I]
 
 Text stands in for video, on real SmolLM2-135M-Instruct weights. The haystack is natural English prose: the
 paragraphs of the Python language reference that ship with every Python (``pydoc_data.topics``), shuffled per case,
@@ -275,6 +276,8 @@ def main() -> None:
                         help="pre-fill window in chunks (-1: every chunk sees all earlier ones)")
     parser.add_argument("--only-chunked", action="store_true",
                         help="dense and chunked decoding only (for the pre-fill's own loss across windows)")
+    parser.add_argument("--scorers", default=",".join(SCORERS),
+                        help="relevance variants to run, comma-separated (default: all of them)")
     parser.add_argument("--workers", type=int, default=1, help="run every WORKERS-th case from --worker")
     parser.add_argument("--worker", type=int, default=0)
     args = parser.parse_args()
@@ -287,7 +290,10 @@ def main() -> None:
     if args.rows and args.rows.is_file():
         rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.strip().endswith("}")]
     done = {(r["target"], r["task"], r["index"]) for r in rows}
-    scorers = {} if args.only_chunked else SCORERS
+    unknown = set(args.scorers.split(",")) - set(SCORERS)
+    if unknown:
+        parser.error(f"unknown scorers {', '.join(sorted(unknown))}; choose from {', '.join(SCORERS)}")
+    scorers = {} if args.only_chunked else {s: SCORERS[s] for s in args.scorers.split(",")}
     print(f"{'tokens':>6} {'task':<10} {'case':>4}  dense chunked | " + " ".join(f"{s:>11}" for s in scorers)
           + "   (answer right? needle recall)", flush=True)
     for tokens in lengths:
