@@ -6,8 +6,11 @@ the selection-file mapping with the published rule worked out by hand.
 """
 
 import json
+import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -519,3 +522,235 @@ def test_the_parser_stays_light():
     code = ("import argparse, sys; from videoxl.eval.commands import add_parsers; p = argparse.ArgumentParser(); "
             "add_parsers(p.add_subparsers()); assert 'torch' not in sys.modules and 'numpy' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- LongVideoBench with interleaved subtitles (--subtitles) ----------------------------------------------------
+LVB_HEAD = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+LVB_TAIL = "<|im_end|>\n<|im_start|>assistant\n"
+
+
+def lvb_question(choices) -> str:
+    return (f"{STEM}\n" + "\n".join(f"{'ABCD'[j]}. {c}" for j, c in enumerate(choices))
+            + "\nAnswer with the option's letter from the given choices directly.\n")
+
+
+@pytest.fixture(scope="module")
+def lvb_subtitled(clips, tmp_path_factory):
+    """LongVideoBench's files with subtitles: a.mp4's in the whisper form ({"timestamp", "text"}, times of the
+    original video, 10 s before the clip), b.mp4's in the {"start", "end", "line"} form, a third row's file missing."""
+    data = tmp_path_factory.mktemp("lvb-subtitles")
+    rows = []
+    for i, (v, offset, sub) in enumerate([("a.mp4", 10.0, "a_en.json"), ("b.mp4", 0.0, "b_en.json"),
+                                          ("c.mp4", 0.0, "gone.json")]):
+        choices, answer = clips[1][v]
+        put(clips, v, data / "videos" / v)
+        rows.append({"id": f"lvb-{i}", "video_id": v[:-4], "video_path": v, "question": STEM, "candidates": choices,
+                     "correct_choice": "ABCD".index(answer), "duration_group": 15, "question_category": "E2O",
+                     "duration": 4.0, "subtitle_path": sub, "starting_timestamp_for_subtitles": offset})
+    (data / "lvb_val.json").write_text(json.dumps(rows))
+    (data / "subtitles").mkdir()
+    (data / "subtitles" / "a_en.json").write_text(json.dumps([
+        {"timestamp": [9.0, 10.2], "text": "first"},          # -1.0..0.2, middle -0.4: before every group
+        {"timestamp": [10.3, 10.6], "text": "second"},        # middle 0.45: after the group at 0 s; widened, covers 0
+        {"timestamp": [11.2, 12.9], "text": "at 01:02"},      # middle 2.05: after the groups at 1 and 2 s
+        {"timestamp": [40.0, 41.0], "text": "never shown"}]))  # no sampled frame inside: left out
+    (data / "subtitles" / "b_en.json").write_text(json.dumps([
+        {"start": "00:00:00.500", "end": "00:00:02.000", "line": "b one"},    # middle 1.25: before the group at 2 s
+        {"start": "00:00:03.200", "end": "00:00:04.000", "line": "b last"}]))  # middle 3.6: after the last group
+    return data
+
+
+def test_longvideobench_subtitles_are_interleaved_by_time(lvb_subtitled, clips, tmp_path):
+    out = tmp_path / "p.jsonl"
+    assert run_cli("longvideobench", "--data", lvb_subtitled, "--subtitles", "--prompts-only", out) == 0
+    records = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    a, b = lvb_question(clips[1]["a.mp4"][0]), lvb_question(clips[1]["b.mp4"][0])
+    assert records["lvb-0"]["question"] == a
+    assert records["lvb-0"]["prompt"] == (
+        LVB_HEAD + "first\nTime 0.0s:<group>\nsecond\nTime 1.0s:<group>Time 2.0s:<group>\nat 62 seconds\n"
+                   "Time 3.0s:<group>\n" + a + LVB_TAIL)
+    assert records["lvb-1"]["question"] == "b last\n" + b  # after the last group: it opens the question
+    assert records["lvb-1"]["prompt"] == (
+        LVB_HEAD + "Time 0.0s:<group>Time 1.0s:<group>\nb one\nTime 2.0s:<group>Time 3.0s:<group>\nb last\n" + b
+        + LVB_TAIL)
+    assert records["lvb-0"]["selection_key"] == f"a.mp4_{STEM}"  # the question's, as without subtitles
+    assert records["lvb-2"] == {"task": "longvideobench", "id": "lvb-2",
+                                "skipped": "subtitle file not found: subtitles/gone.json"}
+    # without --subtitles the same files give the plain published prompt
+    assert run_cli("longvideobench", "--data", lvb_subtitled, "--prompts-only", out) == 0
+    plain = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert plain["lvb-0"]["prompt"] == LVB_HEAD + "<image>\n" + a + LVB_TAIL and len(plain) == 3
+
+
+def test_longvideobench_subtitle_forms_as_published(tmp_path):
+    from videoxl.eval.tasks.base import interleave
+    from videoxl.eval.tasks.longvideobench import read_subtitles
+
+    path = tmp_path / "s.json"
+    # a null (or integer) end is the video's duration, then shifted like the start, as published
+    path.write_text(json.dumps([{"timestamp": [3.0, None], "text": "x"}, {"timestamp": [12.0, 14], "text": "y"}]))
+    assert read_subtitles(path, 10.0, 4.0) == ((-7.0, -6.0, "x"), (2.0, -6.0, "y"))
+    assert read_subtitles(path, 0.0, 4.0) == ((3.0, 4.0, "x"), (12.0, 4.0, "y"))
+    path.write_text(json.dumps([{"start": "01:00:01.5", "end": "01:00:03", "line": "z"}]))
+    assert read_subtitles(path, 3600.0, 0.0) == ((1.5, 3.0, "z"),)
+    # frames every 0.5 s in groups of 4: group stamps 0 and 2
+    frames, groups = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5], [0.0, 2.0]
+    # p: middle 1.95, before the group at 2 s; q: middle 2.95, after the last group; r: shorter than 1 s, widened
+    # to 3.2..4.2 it covers the frame at 3.5 s; s: widened to 3.8..4.8 it covers no frame and is left out
+    assert interleave([(1.7, 2.2, "p"), (2.0, 3.9, "q"), (3.6, 3.8, "r"), (4.2, 4.4, "s")], frames, groups) == \
+        ([[], ["p"]], ["q", "r"])
+
+
+def test_longvideobench_subtitles_end_to_end(lvb_subtitled, clips):
+    from videoxl.eval.benchmarks import Evaluator, load_model
+
+    task = TASKS["longvideobench"]
+    model = load_model(str(DEFAULT_MODEL), "cpu")
+    with_subtitles, skipped = task.read(lvb_subtitled, subtitles=True)
+    plain, _ = task.read(lvb_subtitled)
+    assert [s.id for s in with_subtitles] == ["lvb-0", "lvb-1"] and [s.id for s in skipped] == ["lvb-2"]
+    tokens = {}
+    for name, sample in (("subtitled", with_subtitles[0]), ("plain", plain[0])):
+        evaluator = Evaluator(model, task, Run("chunked"))
+        row = evaluator.row(sample)
+        assert "skipped" not in row and row["score"] in (0.0, 1.0), row
+        tokens[name] = evaluator._cached[1].stats.tokens
+    # the subtitle lines are pre-filled in the video, before the groups they precede
+    pre_filled = ["first\n", "\nsecond\n", "\nat 62 seconds\n"]
+    extra = sum(len(model.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in pre_filled)
+    assert tokens["subtitled"] - tokens["plain"] == extra
+
+
+# -- without --data: the benchmark's Hugging Face dataset repository ----------------------------------------------
+def cli(env_home: Path, *argv) -> subprocess.CompletedProcess:
+    """The real ``videoxl eval`` command, offline, with the hub cache (and unpack folder) under ``env_home``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(env_home), HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "videoxl.cli", "eval", *map(str, argv)], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_no_data_and_no_hub_is_one_clear_line(tmp_path):
+    done = cli(tmp_path / "hf", "mlvu", "--prompts-only", tmp_path / "p.jsonl")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("videoxl: error: mlvu: HF_HUB_OFFLINE is set"), lines
+    assert "MLVU/MVLU" in lines[0] and "pass --data DIR" in lines[0]
+    assert not (tmp_path / "p.jsonl").exists()
+    # LVBench's repository holds no videos: refused before any download
+    assert run_cli("lvbench", "--prompts-only", tmp_path / "p.jsonl") == 2
+
+
+def fake_snapshot(home: Path, repo: str, files: dict) -> Path:
+    """A cached hub snapshot of dataset ``repo`` as huggingface_hub lays it out (refs/main -> snapshots/<commit>)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    folder = home / "hub" / f"datasets--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    for name, content in files.items():
+        path = folder / "snapshots" / commit / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    return folder / "snapshots" / commit
+
+
+def tar_bytes(folder: Path, names: list[str]) -> bytes:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name in names:
+            archive.add(folder / name, arcname=name)
+    return buffer.getvalue()
+
+
+def test_longvideobench_from_a_cached_hub_snapshot(lvb_subtitled, tmp_path):
+    """The gated repository's files (lvb_val.json, videos.tar.part.*, subtitles.tar) from the hub cache, offline:
+    unpacked once into the --data layout, they give the prompts the same files give from --data."""
+    videos = tar_bytes(lvb_subtitled, ["videos/a.mp4", "videos/b.mp4", "videos/c.mp4"])
+    half = len(videos) // 2
+    home = tmp_path / "hf"
+    fake_snapshot(home, "longvideobench/LongVideoBench", {
+        "lvb_val.json": (lvb_subtitled / "lvb_val.json").read_bytes(),
+        "videos.tar.part.aa": videos[:half], "videos.tar.part.ab": videos[half:],
+        "subtitles.tar": tar_bytes(lvb_subtitled, ["subtitles/a_en.json", "subtitles/b_en.json"]),
+        "lvb_test_wo_gt.json": b"not needed, not unpacked"})
+    hub_out, data_out = tmp_path / "hub.jsonl", tmp_path / "data.jsonl"
+    done = cli(home, "longvideobench", "--subtitles", "--prompts-only", hub_out)
+    assert done.returncode == 0, done.stderr
+    assert "longvideobench/LongVideoBench" in done.stderr
+    assert run_cli("longvideobench", "--data", lvb_subtitled, "--subtitles", "--prompts-only", data_out) == 0
+    hub, local = [[json.loads(line) for line in p.read_text().splitlines()] for p in (hub_out, data_out)]
+    assert hub == local and sum("skipped" not in r for r in hub) == 2
+    unpacked = next((home / "videoxl-eval" / "longvideobench--LongVideoBench").iterdir())
+    assert (unpacked / "videos" / "a.mp4").read_bytes() == (lvb_subtitled / "videos" / "a.mp4").read_bytes()
+    assert not (unpacked / "lvb_test_wo_gt.json").exists()  # only the files the run needs
+    assert sorted(p.name for p in (unpacked / ".videoxl-unpacked").iterdir()) == ["subtitles.tar", "videos.tar"]
+    (unpacked / "videos" / "a.mp4").unlink()  # unpacked once: a second run does not unpack again
+    assert cli(home, "longvideobench", "--prompts-only", hub_out).returncode == 0
+    assert not (unpacked / "videos" / "a.mp4").exists()
+    assert [r.get("skipped", "") for r in map(json.loads, hub_out.read_text().splitlines())].count(
+        "video not found: videos/a.mp4") == 1
+
+
+def test_charades_from_lmms_eval_copy_in_the_hub_cache(charades, tmp_path):
+    """lmms-lab/charades_sta's layout (a parquet of video, caption, timestamp; the videos in zips) read offline
+    from the cache gives the prompts of the benchmark's own charades_sta_test.txt."""
+    import io
+    import zipfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([
+        {"video": "CHA.mp4", "caption": "person sees an object", "timestamp": [1.0, 2.5]},
+        {"video": "CHB.mp4", "caption": "the shape turns red", "timestamp": [0.0, 3.0]},
+        {"video": "CHX.mp4", "caption": "no such video", "timestamp": [0.0, 1.0]}]), table)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        for v in ("CHA.mp4", "CHB.mp4"):
+            z.write(charades / "Charades_v1_480" / v, f"Charades_v1_480/{v}")
+    home = tmp_path / "hf"
+    fake_snapshot(home, "lmms-lab/charades_sta", {"data/test-00000-of-00001.parquet": table.getvalue(),
+                                                  "Charades_v1_480_part_1.zip": archive.getvalue()})
+    out, ref = tmp_path / "hub.jsonl", tmp_path / "txt.jsonl"
+    done = cli(home, "charades-sta", "--prompts-only", out)
+    assert done.returncode == 0, done.stderr
+    assert run_cli("charades-sta", "--data", charades, "--prompts-only", ref) == 0
+    hub = [json.loads(line) for line in out.read_text().splitlines()]
+    txt = [json.loads(line) for line in ref.read_text().splitlines() if "skipped" not in line]
+    assert [r["id"] for r in hub] == ["CHA.mp4>>>person sees an object>>>[1.0, 2.5]",
+                                      "CHB.mp4>>>the shape turns red>>>[0.0, 3.0]", "test-00000-of-00001.parquet:2"]
+    assert [r["prompt"] for r in hub[:2]] == [r["prompt"] for r in txt]
+    assert hub[2]["skipped"] == "video not found: Charades_v1_480/CHX.mp4"
+
+
+# -- selection files: the category names of the published ones --------------------------------------------------
+def test_selection_categories_are_the_published_ones(mlvu, videomme, longvideobench, lvbench, tmp_path):
+    from videoxl.eval.tasks.mlvu import MULTIPLE_CHOICE
+
+    # MLVU's task names as the published log's file names them (logs/videoxl2-w_chunk_bilevel-mlvu/*/mlvu.json_
+    # results_each_dataset_holistic_single_multi_needle_anomaly_reco_count_ego_plotQA_topic_reasoning_order.json)
+    assert set(MULTIPLE_CHOICE) == {"needle", "anomaly_reco", "count", "ego", "plotQA", "topic_reasoning", "order"}
+    # the field each published file is keyed by: task_type ("Action Recognition"), question_category ("E2O"),
+    # LVBench's question types ("event understanding"; a question's first)
+    datasets = {"mlvu": mlvu, "videomme": videomme, "longvideobench": longvideobench, "lvbench": lvbench}
+    found = {t: {TASKS[t].selection_category(s.categories) for s in TASKS[t].read(d)[0]} for t, d in datasets.items()}
+    assert found == {"mlvu": {"needle", "count"}, "videomme": {"Object Recognition"}, "longvideobench": {"E2O"},
+                     "lvbench": {"entity recognition", "reasoning"}}
+    assert TASKS["charades-sta"].selection_category({}) is None
+
+    out = tmp_path / "p.jsonl"
+    videomme_file = tmp_path / "videomme_short.json"  # another benchmark's file: refused, naming both
+    videomme_file.write_text(json.dumps({"Action Recognition": {**SELECTION["count"],
+                                                                "selected_unit_indices": {"x.mp4_Q": [1]}}}))
+    assert run_cli("mlvu", "--data", mlvu, "--selection", videomme_file, "--prompts-only", out) == 2
+    mlvu_file = tmp_path / "mlvu.json"  # needle null, as topic_reasoning is in the published file
+    mlvu_file.write_text(json.dumps({"needle": None, "count": SELECTION["count"]}))
+    assert run_cli("mlvu", "--data", mlvu, "--selection", mlvu_file, "--prompts-only", out) == 0
+    records = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert records["2_needle:0"]["decoding"]["note"] == ("category needle is null in the selection file: dense, "
+                                                         "full attention (as published)")
+    assert records["4_count:0"]["decoding"]["note"] == "no selection entry: dense, full attention (as published)"

@@ -21,13 +21,20 @@ import queue
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .selection import Plan, Run
 from .tasks import TASKS, Sample, Skipped, Task, chat_prompt
-from .tasks.base import STOP
+from .tasks.base import STOP, Settings, interleaved
+
+if TYPE_CHECKING:  # torch and the model load only when a run starts
+    from ..engine.prefill import PrefillConfig
+    from ..model import VideoXL2
+    from ..pipeline import Session
+    from ..video import VideoInfo
 
 QUESTION_TOKENS = 1_000_000  # prompts are the benchmark's own; subtitles can be long
+GROUP = "<group>"  # one 4-frame group's visual tokens, in a prompt written out group by group
 _KILL_ONCE = "VIDEOXL_EVAL_KILL_ONCE"  # test hook: a worker that finds this file removes it and dies
 
 
@@ -45,7 +52,7 @@ def plan_of(task: Task, sample: Sample, run: Run, groups: int) -> Plan:
 
     s = task.settings
     return run.plan(sample.selection_key, groups, s.chunked, s.bilevel, default_topk=defaults.TOPK,
-                    default_chunk=s.bilevel[0])
+                    default_chunk=s.bilevel[0], category=task.selection_category(sample.categories))
 
 
 class Evaluator:
@@ -79,18 +86,22 @@ class Evaluator:
             self._probed = (sample.video, *sampling(self.task, sample.video, self.max_frames))
         _, info, frames = self._probed
         plan = plan_of(self.task, sample, self.run, len(frames.group_times))
-        key = (sample.video, tuple(sorted(plan.prefill.items())))
+        texts, question = interleaved(sample, frames.frame_times, frames.group_times)
+        key = (sample.video, tuple(sorted(plan.prefill.items())), tuple(texts or ()))
         if self._cached is None or self._cached[0] != key:
             self._cached = None  # free the previous video's KV first
             s = self.task.settings
-            session = self.model.ingest(info, max_frames=self.max_frames, fps=s.fps,
-                                        max_fps=s.max_fps, prefill_config=PrefillConfig(**plan.prefill))
+            config = PrefillConfig(**plan.prefill)
+            if texts is None:
+                session = self.model.ingest(info, max_frames=self.max_frames, fps=s.fps, max_fps=s.max_fps,
+                                            prefill_config=config)
+            else:
+                session = ingest_with_text(self.model, info, texts, s, self.max_frames, config)
             self._cached = (key, session)
         session = self._cached[1]
         decode = {k: v for k, v in plan.decode.items() if v is not None}
         config = DecodeConfig(**decode, max_new_tokens=self.task.settings.max_new_tokens, stop=STOP)
-        answer = session.ask(sample.question, config, chunk_scores=plan.chunk_scores,
-                             max_question_tokens=QUESTION_TOKENS)
+        answer = session.ask(question, config, chunk_scores=plan.chunk_scores, max_question_tokens=QUESTION_TOKENS)
         pred = answer.text.strip()
         row = {**base, "video": Path(sample.video).name, "gold": sample.gold, "categories": sample.categories,
                "doc": sample.doc, "pred": pred}
@@ -103,6 +114,34 @@ class Evaluator:
         if plan.note:
             row["note"] = plan.note
         return row
+
+
+def ingest_with_text(model: VideoXL2, info: VideoInfo, texts: list[str], settings: Settings, max_frames: int,
+                     prefill_config: PrefillConfig) -> Session:
+    """A video pre-filled with ``texts[g]`` (interleaved subtitles) before group g's ``Time {t}s:`` stamp, as part of
+    that group's timestamp tokens: seen by every later chunk and kept verbatim in sparse chunks, like the stamp."""
+    import torch
+
+    from ..engine.layout import Group
+    from ..engine.prefill import prefill
+    from ..pipeline import Session
+
+    visual, group_times, stats = model.encode_video(info, max_frames=max_frames, fps=settings.fps,
+                                                    max_fps=settings.max_fps)  # (G, T, hidden)
+    assert len(texts) == len(group_times), (len(texts), len(group_times))
+
+    def stamp(text: str, t: float) -> torch.Tensor:
+        if not text:
+            return model.timestamp_ids(t)
+        ids = torch.tensor(model.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        return torch.cat([ids, model.timestamp_ids(t)])
+
+    groups = (Group(stamp(text, t), v) for text, t, v in zip(texts, group_times, visual))
+    started = time.perf_counter()
+    video = prefill(model.llm, model._prompt_prefix(), groups, prefill_config)
+    stats.seconds["prefill"] = time.perf_counter() - started
+    stats.tokens, stats.chunks = video.stats.tokens, video.stats.chunks
+    return Session(model, video, list(group_times), stats)
 
 
 def load_model(model: str, device: str | None = None, dtype: str | None = None):
@@ -335,6 +374,10 @@ def prompt_record(task: Task, sample: Sample, run: Run, max_frames: int | None =
     except InputError as e:
         return {**record, "skipped": f"{type(e).__name__}: {e}"}
     plan = plan_of(task, sample, run, len(frames.group_times))
+    texts, question = interleaved(sample, frames.frame_times, frames.group_times)
+    if texts is not None:  # the video written out group by group, the subtitle lines where they are pre-filled
+        video = "".join(f"{text}Time {t}s:{GROUP}" for text, t in zip(texts, frames.group_times))
+        record.update(question=question, prompt=chat_prompt(question).replace("<image>", video, 1))
     record["sampling"] = {"fps": s.fps, "max_fps": s.max_fps, "max_frames": max_frames,
                           "frames": len(frames.indices), "frame_indices": frames.indices,
                           "group_times": frames.group_times}

@@ -33,11 +33,14 @@ def add_parsers(tasks) -> None:
     for name, title in TASK_NAMES.items():
         p = tasks.add_parser(name, help=title, description=(
             f"{title}, with the published prompts, frame caps and scoring. Reads the benchmark's own files from "
-            "--data. --mode dense: full attention; chunked: the published chunked pre-fill, dense decoding; "
+            "--data, or without it from the benchmark's Hugging Face dataset repository (downloaded once into the "
+            "hub cache; offline, a cached copy). --mode dense: full attention; chunked: the published chunked "
+            "pre-fill, dense decoding; "
             "bilevel: chunked pre-fill and bi-level decoding, with a published --selection file (oracle "
             "relevance), or the model's own relevance (--topk N, or --topk auto with a --selection file for each "
             "question's k and chunk size)."))
-        p.add_argument("--data", required=True, help="folder with the benchmark's annotation files and videos")
+        p.add_argument("--data", help="folder with the benchmark's annotation files and videos (default: its "
+                                      "Hugging Face dataset repository, downloaded or cached)")
         p.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the bundled model)")
         p.add_argument("--mode", choices=["dense", "chunked", "bilevel"], default="bilevel")
         p.add_argument("--selection", metavar="FILE", nargs="+",
@@ -52,6 +55,9 @@ def add_parsers(tasks) -> None:
         p.add_argument("--max-frames", type=whole(4), help="override the published frame cap (for quick checks)")
         if name == "videomme":
             p.add_argument("--subtitles", action="store_true", help="with the published subtitle prompt")
+        if name == "longvideobench":
+            p.add_argument("--subtitles", action="store_true",
+                           help="subtitles interleaved with the frames in time order (the published interleaving)")
         p.add_argument("--rows", metavar="ROWS.jsonl", help="keep one JSON line per sample here; samples already in "
                                                             "it (same run) are not run again")
         p.add_argument("--workers", type=whole(1, 256), default=1, help="local worker processes (default 1)")
@@ -88,12 +94,12 @@ def _out_path(text: str | None, option: str, suffix: str | None = None) -> Path 
 
 def run_task(args) -> int:
     from .benchmarks import append_row, prompt_record, read_rows, run, summarize
-    from .selection import Run, read_selection
+    from .selection import Run, check_categories, read_selection
     from .tasks import TASKS
 
     task = TASKS[args.benchmark]
-    data = Path(args.data)
-    if not data.is_dir():
+    subtitles = getattr(args, "subtitles", False)
+    if args.data is not None and not Path(args.data).is_dir():
         raise OptionError(f"--data {args.data}: not a folder (download the benchmark and give its folder)")
     json_path, plot_path = _out_path(args.json, "--json"), _out_path(args.plot, "--plot", ".png")
     prompts_path, rows_path = _out_path(args.prompts_only, "--prompts-only"), _out_path(args.rows, "--rows")
@@ -101,7 +107,19 @@ def run_task(args) -> int:
     the_run = Run(args.mode, selection, args.topk, args.decode_chunk, args.kv_budget)
     if args.ray is not None:
         _check_ray()
-    samples, skipped = task.read(data, subtitles=getattr(args, "subtitles", False))
+    if args.data is not None:
+        data = Path(args.data)
+    elif task.hub is None:
+        raise OptionError(f"{task.name}: give --data DIR (a folder with the benchmark's files)")
+    else:
+        from .hub import fetch
+
+        data = fetch(task.name, task.hub, subtitles=subtitles)
+        print(f"{task.name}: the files of the Hugging Face dataset {task.hub.repo}, in {data}", file=sys.stderr)
+    samples, skipped = task.read(data, subtitles=subtitles)
+    if selection is not None:
+        labels = {task.selection_category(s.categories) for s in samples} - {None}
+        check_categories(selection, task.name, task.selection_field, labels)
     if args.limit:
         samples = samples[: args.limit]
     for s in skipped:

@@ -5,7 +5,9 @@ question category to ``null`` or ``{"config": {"selected_topk": k, "selected_chu
 "relevance oracle": ...}, "selected_unit_indices": {"<video file>_<question>": [unit, ...]}}``. The published
 harness (``lmms_eval/models/videoxl2.py`` ``get_mapping_dict``, ``language_model/llava_qwen.py`` ``forward``):
 
-* merges every non-null category into one ``key -> (units, config)`` map; the category itself is not used again;
+* merges every non-null category into one ``key -> (units, config)`` map; the category itself is not used again
+  (here it names the plan, and a file none of whose categories is the task's is refused as another benchmark's:
+  each task names the category field of its published files, ``Task.selection_field``);
 * maps unit u (8 frames, 2 groups) to decoding block ``u // (B / 2) + 1``, block 0 being the system prefix and
   blocks 1..N the video in chunks of B groups (the last one shorter); the dense blocks are 0, 1, N and the mapped
   ones (a block past N matches nothing); an empty unit list leaves every block dense;
@@ -48,6 +50,22 @@ class Selection:
 
     def get(self, key: str | None) -> Entry | None:
         return self.entries.get(key) if key is not None else None
+
+    @property
+    def categories(self) -> set[str]:
+        """Every category the file names, null ones included."""
+        return {e.category for e in self.entries.values()} | set(self.null_categories)
+
+
+def check_categories(selection: Selection, task_name: str, field: str | None, labels: set[str]) -> None:
+    """InputError when none of the file's categories is one of the task's ``field`` labels: the file is another
+    benchmark's (each publishes its own, keyed by the category field its task names)."""
+    if not labels or not selection.categories or selection.categories & labels:
+        return
+    theirs = ", ".join(sorted(selection.categories)[:4])
+    ours = ", ".join(sorted(labels)[:4])
+    raise InputError(f"--selection {selection.path}: none of its categories ({theirs}, ...) is a {task_name} "
+                     f"{field} ({ours}, ...): is it another benchmark's selection file?")
 
 
 def read_selection(paths: str | Path | list) -> Selection:
@@ -166,9 +184,10 @@ class Run:
         return f"bilevel-model-k{self.topk}" if self.kv_budget is None else f"bilevel-model-kv{self.kv_budget:g}"
 
     def plan(self, selection_key: str | None, groups: int, prefill: tuple[int, int], bilevel: tuple[int, int],
-             default_topk: int = 4, default_chunk: int = 4) -> Plan:
+             default_topk: int = 4, default_chunk: int = 4, category: str | None = None) -> Plan:
         """The sample's plan, given its selection key and its number of 4-frame groups. ``prefill`` and
-        ``bilevel`` are the task's published (chunk, window) of the chunked and bi-level runs."""
+        ``bilevel`` are the task's published (chunk, window) of the chunked and bi-level runs; ``category`` (the
+        sample's, as the selection files name it) only annotates the plan."""
         full = {"chunk": bilevel[0], "window": None, "pool": 4}
         if self.mode == "dense":
             return Plan(full, {})
@@ -181,7 +200,9 @@ class Run:
                          "kv_budget": self.kv_budget, "chunk": self.decode_chunk or default_chunk})
         entry = self.selection.get(selection_key)
         if entry is None:
-            return Plan(full, {}, note="no selection entry: dense, full attention (as published)")
+            why = (f"category {category} is null in the selection file" if category in self.selection.null_categories
+                   else "no selection entry")
+            return Plan(full, {}, note=f"{why}: dense, full attention (as published)")
         chunked = {"chunk": bilevel[0], "window": bilevel[1], "pool": entry.compression}
         if self.topk == "auto":
             return Plan(chunked, {"topk": entry.topk, "chunk": entry.chunk}, note=f"category {entry.category}")

@@ -53,6 +53,7 @@ class Sample:
     categories: dict = field(default_factory=dict)  # e.g. {"task_type": "needle"}; list values = several labels
     selection_key: str | None = None  # "<video file>_<question>" as the published selection files key it
     doc: dict = field(default_factory=dict, compare=False)  # what scoring needs beyond gold (e.g. options)
+    subtitles: tuple = ()  # (start s, end s, text) spans to interleave with the frames, in the published order
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,16 @@ class Task:
     name: str = ""
     settings: Settings = Settings(max_frames=256)
     metric: str = "accuracy"
+    hub: HubData | None = None  # the benchmark's Hugging Face dataset repository, when --data is not given
+    selection_field: str | None = None  # the category field the published selection files are keyed by
+
+    def selection_category(self, categories: dict) -> str | None:
+        """The sample's category as the published selection files name it (a list value: its first label, as
+        ``Video-XL-2/eval/lvu/w_chunk_bilevel/merge_results.py`` groups LVBench's question types)."""
+        value = categories.get(self.selection_field) if self.selection_field else None
+        if isinstance(value, list):
+            value = value[0] if value else None
+        return None if value is None else str(value)
 
     def read(self, data: Path, *, subtitles: bool = False) -> tuple[list[Sample], list[Skipped]]:
         raise NotImplementedError
@@ -122,6 +133,63 @@ def by_category(rows: list[dict], keep=lambda row: True) -> dict:
                 acc[key][str(label)].append(row["score"])
     return {key: {label: {"n": len(v), "score": _mean_pct(v)} for label, v in sorted(labels.items())}
             for key, labels in acc.items()}
+
+
+@dataclass(frozen=True)
+class HubData:
+    """Where a benchmark's files are on the Hugging Face hub (a dataset repository) and which of them a run needs:
+    glob patterns (``snapshot_download``'s ``allow_patterns``) for the annotations, the videos and the subtitles.
+    Archives among them (``.zip``, ``.tar``, ``.tar.part.*``) are unpacked; ``root`` is the repository folder that
+    then has the ``--data`` layout. ``videos_elsewhere`` says where the videos are when the repository lacks them."""
+
+    repo: str
+    annotations: tuple[str, ...]
+    videos: tuple[str, ...] = ()
+    subtitles: tuple[str, ...] = ()
+    root: str = ""
+    videos_elsewhere: str = ""
+
+
+def interleave(spans: Iterable[tuple[float, float, str]], frame_times: list[float],
+               group_times: list[float]) -> tuple[list[list[str]], list[str]]:
+    """Subtitle spans (start, end, text) placed among 4-frame groups: (lines before each group, lines after the last).
+
+    LongVideoBench's published rule (``insert_subtitles_into_frames`` in longvideobench/LongVideoBench
+    ``longvideobench/longvideobench_dataset.py``) at group granularity: a line comes after every group stamped at
+    or before its midpoint, and is kept only if a sampled frame lies strictly inside its span (widened to one second
+    around the midpoint when shorter). See ``tasks/longvideobench.py`` for the mapping onto Video-XL-2's groups."""
+    before: list[list[str]] = [[] for _ in group_times]
+    after: list[str] = []
+    g = 0
+    for start, end, text in spans:
+        middle = (start + end) / 2
+        while g < len(group_times) and group_times[g] <= middle:
+            g += 1
+        if end - start < 1:
+            start, end = middle - 0.5, middle + 0.5
+        if any(start < t < end for t in frame_times):
+            (before[g] if g < len(group_times) else after).append(text)
+    return before, after
+
+
+def group_texts(before: list[list[str]]) -> list[str]:
+    """The text pre-filled before each group's ``Time {t}s:`` stamp ("" for none)."""
+    return [("\n" if g else "") + "\n".join(lines) + "\n" if lines else "" for g, lines in enumerate(before)]
+
+
+def question_after(after: list[str], question: str) -> str:
+    """The question text, opened by the subtitle lines that come after the last group."""
+    return "".join(f"{line}\n" for line in after) + question
+
+
+def interleaved(sample: Sample, frame_times: list[float], group_times: list[float]) -> tuple[list[str] | None, str]:
+    """(text pre-filled before each group's stamp, None without subtitles; the question asked after the video) of a
+    sample on these frames. Subtitle text gets the published ``mm:ss`` rewrite, as the whole published prompt does."""
+    if not sample.subtitles:
+        return None, sample.question
+    spans = [(start, end, convert_times(text)) for start, end, text in sample.subtitles]
+    before, after = interleave(spans, frame_times, group_times)
+    return group_texts(before), question_after(after, sample.question)
 
 
 def find_video(data: Path, names: Iterable[str], folders: Iterable[str]) -> Path | None:

@@ -1,7 +1,10 @@
 """Charades-STA (test): temporal grounding, mIoU and R@0.3/0.5/0.7 with the times parsed from the answer text.
 
 Files (jiyanggao/TALL, the benchmark's release): ``charades_sta_test.txt``, one query per line,
-``"<video> <start> <end>##<sentence>"``, and the videos as ``Charades_v1_480/<video>.mp4`` (or ``videos/``).
+``"<video> <start> <end>##<sentence>"``, and the videos as ``Charades_v1_480/<video>.mp4`` (or ``videos/``). The
+copy lmms-eval's task reads (the dataset repository ``lmms-lab/charades_sta``, fetched when ``--data`` is not
+given) is read too: ``data/test-*.parquet`` with ``video`` ("<id>.mp4"), ``caption`` and ``timestamp`` [start, end],
+and ``Charades_v1_480_part_*.zip`` unpacked into ``Charades_v1_480/``.
 
 Prompt and scoring as lmms-eval's ``charades_sta`` task (``lmms_eval/tasks/charades_sta/charades.yaml``,
 ``utils.py`` and ``eval_tvg.py``): the published pre-prompt, then the sentence (its final period dropped, as the
@@ -18,7 +21,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .base import Sample, Settings, Skipped, Task, convert_times, find_video, missing_video
+from .base import HubData, Sample, Settings, Skipped, Task, convert_times, find_video, missing_video
 
 PRE_PROMPT = ("Please find the visual event described by a sentence in the video, determining its starting and ending "
               "times. The format should be: 'The event happens in the start time - end time'. For example, The event "
@@ -68,13 +71,28 @@ class CharadesSTA(Task):
     name = "charades-sta"
     settings = Settings(max_frames=256, max_new_tokens=50)
     metric = "mIoU"
+    hub = HubData("lmms-lab/charades_sta", annotations=("data/test-*.parquet",),
+                  videos=("Charades_v1_480_part_*.zip",))
 
     def read(self, data: Path, *, subtitles: bool = False) -> tuple[list[Sample], list[Skipped]]:
         path = data / "charades_sta_test.txt"
-        if not path.is_file():
-            from ...errors import InputError
+        if path.is_file():
+            return self._read_tall(data, path)
+        tables = sorted(data.glob("data/test-*.parquet")) or sorted(data.glob("*.parquet"))
+        if tables:
+            return self._read_lmms(data, tables)
+        from ...errors import InputError
 
-            raise InputError(f"{data}: no charades_sta_test.txt (the Charades-STA test annotations)")
+        raise InputError(f"{data}: no charades_sta_test.txt (the Charades-STA test annotations) nor "
+                         "data/test-*.parquet (lmms-lab/charades_sta)")
+
+    def _sample(self, data: Path, sid: str, video: str, sentence: str, gold: list[float], key: str):
+        path = find_video(data, [video], ["Charades_v1_480", "videos", ""])
+        if path is None:
+            return missing_video(self.name, sid, f"Charades_v1_480/{video}")
+        return Sample(self.name, key, str(path), convert_times(f"{PRE_PROMPT}{sentence}. {POST_PROMPT}"), gold)
+
+    def _read_tall(self, data: Path, path: Path) -> tuple[list[Sample], list[Skipped]]:
         samples, skipped = [], []
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
@@ -90,12 +108,28 @@ class CharadesSTA(Task):
             except (ValueError, AssertionError):
                 skipped.append(Skipped(self.name, sid, "malformed line (expected '<video> <start> <end>##<sentence>')"))
                 continue
-            video = find_video(data, [f"{vid}.mp4"], ["Charades_v1_480", "videos", ""])
-            if video is None:
-                skipped.append(missing_video(self.name, sid, f"Charades_v1_480/{vid}.mp4"))
-                continue
-            samples.append(Sample(self.name, f"{vid}>>>{sentence}>>>{gold}", str(video),
-                                  convert_times(f"{PRE_PROMPT}{sentence}. {POST_PROMPT}"), gold))
+            item = self._sample(data, sid, f"{vid}.mp4", sentence, gold, f"{vid}>>>{sentence}>>>{gold}")
+            (samples if isinstance(item, Sample) else skipped).append(item)
+        return samples, skipped
+
+    def _read_lmms(self, data: Path, tables: list[Path]) -> tuple[list[Sample], list[Skipped]]:
+        from .videomme import read_rows
+
+        samples, skipped = [], []
+        for table in tables:
+            for i, row in enumerate(read_rows(table)):
+                sid = f"{table.name}:{i}"
+                try:
+                    video, caption, stamp = str(row["video"]), str(row["caption"]), row["timestamp"]
+                    gold = [float(x) for x in stamp]
+                    assert caption.strip() and len(gold) == 2 and gold[1] > gold[0] >= 0
+                except (KeyError, TypeError, ValueError, AssertionError):
+                    skipped.append(Skipped(self.name, sid, "malformed row (needs video, caption, timestamp [s, e])"))
+                    continue
+                sentence = caption.strip()
+                sentence = sentence[:-1] if sentence.endswith(".") else sentence
+                item = self._sample(data, sid, video, sentence, gold, f"{video}>>>{caption}>>>{list(stamp)}")
+                (samples if isinstance(item, Sample) else skipped).append(item)
         return samples, skipped
 
     def score(self, pred: str, sample: dict) -> tuple[object, float]:

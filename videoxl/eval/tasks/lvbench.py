@@ -10,7 +10,11 @@ utils.py`` and ``lvbench_*.yaml``; its own copy of LVBench holds the stem and th
 normalised by ``mcq_acc`` (kept as published, including its period regex and the ``count`` passed as ``flags``)
 and compared with the gold letter; empty answers are left out of the published aggregate, so they are counted and
 reported here (``excluded_empty``), not hidden. Frames: at most 600; chunks see 11 previous ones
-(``scripts/lvbench.sh``).
+(``scripts/lvbench.sh``). The published selection files (``w_chunk_bilevel/selected_infos/lvbench/lvbench_<video
+type>.json``) are keyed by LVBench's question types ("event understanding", ...); a question with several is taken
+to be in the category of its first (an assumption: the files do not say; ``w_chunk_bilevel/merge_results.py``
+groups scores by ``doc["question_type"][0]``). The
+dataset repository ``THUDM/LVBench`` holds ``video_info.meta.jsonl`` but not the videos, so ``--data`` is needed.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import re
 import string
 from pathlib import Path
 
-from .base import Sample, Settings, Skipped, Task, _mean_pct, by_category, convert_times, find_video, missing_video
+from .base import (HubData, Sample, Settings, Skipped, Task, _mean_pct, by_category, convert_times, find_video,
+                   missing_video)
 
 POST_PROMPT = "Answer with the option's letter from the given choices directly."
 PUNCT = [";", r"/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
@@ -61,6 +66,10 @@ def split_question(question: str) -> tuple[str, list[str]]:
 class LVBench(Task):
     name = "lvbench"
     settings = Settings(max_frames=600, chunked=(4, 11), bilevel=(4, 11))
+    hub = HubData("THUDM/LVBench", annotations=("video_info.meta.jsonl",),
+                  videos_elsewhere="the videos are downloaded from YouTube with the benchmark's own script, "
+                                   "github.com/THUDM/LVBench")
+    selection_field = "question_type"
 
     def read(self, data: Path, *, subtitles: bool = False) -> tuple[list[Sample], list[Skipped]]:
         path = next((p for p in (data / "video_info.meta.jsonl", data / "data" / "video_info.meta.jsonl")

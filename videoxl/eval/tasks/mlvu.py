@@ -10,7 +10,11 @@ Prompt and scoring as the published Video-XL-2 run (VectorSpaceLab/Video-XL
 its options as ``"(A) ...\\n"`` lines): ``"\\n{question}\\nOnly give the best option.\\n\\nBest option: ("``; the
 answer is the character before the first ``)``, else the whole stripped answer; M-Avg is MLVU's mean of the
 per-task accuracies (the lmms-eval aggregate also logs the pooled accuracy, kept here as ``overall``).
-Frames: at most 256 (``scripts/mlvu.sh``).
+Frames: at most 256 (``scripts/mlvu.sh``). The published selection file (``w_chunk_bilevel/selected_infos/
+mlvu.json``) is keyed by the task names used here (``topic_reasoning`` null, ``anomaly_reco``, ...; the same names
+as the file of the published MLVU log, ``logs/videoxl2-w_chunk_bilevel-mlvu/*/mlvu.json_results_each_dataset_*``).
+Without ``--data``, the files come from the dataset repository ``MLVU/MVLU`` (gated): ``MLVU/json`` and the
+multiple-choice tasks' folders of ``MLVU/video``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .base import Sample, Settings, Skipped, Task, _mean_pct, by_category, convert_times, find_video, missing_video
+from .base import (HubData, Sample, Settings, Skipped, Task, _mean_pct, by_category, convert_times, find_video,
+                   missing_video)
 
 MULTIPLE_CHOICE = ("plotQA", "needle", "ego", "count", "order", "anomaly_reco", "topic_reasoning")
 GROUPS = {"holistic": ("topic_reasoning", "anomaly_reco"), "single": ("needle", "ego", "plotQA"),
@@ -52,6 +57,9 @@ class MLVU(Task):
     name = "mlvu"
     settings = Settings(max_frames=256)
     metric = "M-Avg"
+    hub = HubData("MLVU/MVLU", annotations=tuple(f"MLVU/json/*_{t}.json" for t in MULTIPLE_CHOICE),
+                  videos=tuple(f"MLVU/video/*_{t}/*" for t in MULTIPLE_CHOICE), root="MLVU")
+    selection_field = "task_type"
 
     def read(self, data: Path, *, subtitles: bool = False) -> tuple[list[Sample], list[Skipped]]:
         samples, skipped = [], []

@@ -13,6 +13,10 @@ the given choices directly."; with subtitles the text of the subtitles shown at 
 first and the prompt ends "The best answer is:". The answer is the first of A-D after the listed answer prefixes
 are removed (two of them run together, a missing comma in the published list, kept as published). Frames: at most
 400 (``scripts/videomme.sh``), 300 in the chunked run (``Video-XL-2/eval/lvu/w_chunk/scripts/videomme.sh``).
+The published selection files (``w_chunk_bilevel/selected_infos/videomme/videomme_{short,medium,long}.json``) are
+keyed by ``task_type`` ("Action Recognition", ...), the field ``merge_results.py`` reports per task type. Without
+``--data`` the files come from the dataset repository ``lmms-lab/Video-MME``: the parquet, ``videos_chunked_*.zip``
+(unpacked into ``data/``) and, with ``--subtitles``, ``subtitle.zip`` (``subtitle/``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Sample, Settings, Skipped, Task, convert_times, find_video, missing_video
+from .base import HubData, Sample, Settings, Skipped, Task, convert_times, find_video, missing_video
 
 OPTION_PROMPT = ("Select the best answer to the following multiple-choice question based on the video and the "
                  "subtitles. Respond with only the letter (A, B, C, or D) of the correct option.")
@@ -100,6 +104,9 @@ def subtitle_text(video: Path, srt: Path) -> str:
 class VideoMME(Task):
     name = "videomme"
     settings = Settings(max_frames=400, chunked_frames=300)
+    hub = HubData("lmms-lab/Video-MME", annotations=("videomme/test-*.parquet",), videos=("videos_chunked_*.zip",),
+                  subtitles=("subtitle.zip",))
+    selection_field = "task_type"
 
     def read(self, data: Path, *, subtitles: bool = False) -> tuple[list[Sample], list[Skipped]]:
         files = (sorted(data.glob("**/*.parquet")) or sorted(data.glob("*.jsonl")) or sorted(data.glob("*.json")))
