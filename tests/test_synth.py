@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from videoxl.synth import FAMILIES, QA, Script, group_time, is_correct, make_qa, render, write
-from videoxl.synth.world import OBJECTS, Event
+from videoxl.synth.haystack import fill_lookalikes
+from videoxl.synth.world import GLYPHS, OBJECTS, WORDS, Event
 from videoxl.video import decode_frames, probe
 
 
@@ -100,3 +101,38 @@ def test_short_and_invalid_requests():
         make_qa(random.Random(0), 40, family="plot")
     for i in range(50):  # every family fits in a short clip (order falls back to a needle there)
         make_qa(random.Random(i), 8)
+
+
+def _icon(kind: str, name: str, colour: str = "", scale: float = 1.0) -> np.ndarray:
+    scenes = make_qa(random.Random(0), 16)[0].scenes
+    event = Event(kind, 4, 8, word=name, colour=colour, scale=scale)
+    return render(Script(16, 4.0, 64, scenes).with_events(event), 5).astype(int)
+
+
+def test_glyphs_are_drawn_like_objects_but_are_none_of_them():
+    assert not set(GLYPHS) & set(OBJECTS) and not set(GLYPHS) & set(WORDS)
+    for name in OBJECTS:
+        icon = _icon("object", name)
+        for glyph in GLYPHS:
+            for scale in (0.9, 1.0, 1.1):  # even in the object's own colour, at any size, a glyph's shape ...
+                drawn = _icon("glyph", glyph, name, scale)
+                assert (np.abs(drawn - icon).max(-1) > 30).mean() > 0.05, (glyph, scale, name)  # ... is not its
+    palette = np.array(list(OBJECTS.values()))
+    for glyph in GLYPHS:
+        inside = (np.abs(_icon("glyph", glyph, "heart") - palette[0]).sum(-1) < 10).mean()
+        assert 0.05 < inside < 0.25, glyph  # an object's size: bolt 5% of the frame, house 22%
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lookalike_haystack_keeps_one_answer_and_the_needles_timing(seed):
+    script, qa = make_qa(random.Random(seed), 400, family="needle", multiple_choice=False)
+    filled = fill_lookalikes(random.Random(seed), script)
+    assert set(script.events) < set(filled.events) and filled.scenes == script.scenes  # only glyphs are added
+    assert [e.word for e in filled.events if e.kind == "object"] == [qa.answer]  # still the one object to name
+    glyphs = [e for e in filled.events if e.kind == "glyph"]
+    assert all(4 <= e.end - e.start <= 8 and e.word in GLYPHS and e.colour in OBJECTS for e in glyphs)
+    for i, e in enumerate(filled.events):  # no glyph within 4 frames of another event, as make_qa spaces needles
+        for f in filled.events[i + 1:]:
+            assert f.start >= e.end + 4 or "glyph" not in (e.kind, f.kind), (e, f)
+    covered = sum(e.end - e.start for e in glyphs) / script.frames
+    assert 0.35 < covered < 0.6  # a haystack full of them

@@ -9,6 +9,26 @@ MP4 is written, decoded and encoded once, and the question is answered three way
 
 Cases use seeds of their own ("needle/..."), never drawn in training.
 
+Two haystacks (``haystack``), both asked the question the model was trained on:
+
+* ``plain``: scene cuts, moving shapes and star distractors. The needle is the only large centred icon, outlined in
+  black, in a colour few shapes wear, so a low-level statistic finds its frames: thresholding the share of a frame
+  in the icons' palette at the needle's level flags about 6% of the other frames (256 frames, 4 cases).
+* ``lookalike``: the same video (same seed, so the same scenes, needle, depth and stars) plus look-alike glyphs in
+  every free stretch (:func:`videoxl.synth.haystack.fill_lookalikes`). Glyphs are ten shapes that are not objects
+  (hexagon, octagon, tick, tee, ell, hourglass, semicircle, frame, parallelogram, pie) drawn as the icons are:
+  centred, the icons' radius give or take 10%, filling 6-27% of the frame as the icons fill 5-22%, the same black
+  outlines and black cut-outs, each in the colour of a random object (the needle's own included). They are timed
+  like the needle: shown 4-8 frames, at least 4 frames from any other event, covering about half the frames of a
+  long haystack (a third of a 64-frame one). The same threshold then flags about 40% of the other frames: palette,
+  outline, area and onset look the same with and without the needle, and only the shape tells the object. The
+  answer stays unique: exactly one object of the vocabulary appears, and no glyph in any colour looks like one
+  (``tests/test_synth.py``, ``tests/test_needle.py``). The model never saw a glyph in training, so this haystack
+  also measures how it copes with unseen distractors of the kind it was trained to report. Each case is the plain
+  case with glyphs added, so the two haystacks compare case by case.
+
+Rows carry their haystack; a row without one (written before the option) is ``plain``.
+
 Long runs keep one JSON line per case (``rows``): an interrupted run resumes where it stopped, and several runs
 (different lengths, different machines) merge into one table and one heatmap. ``workers`` runs cases in parallel
 processes, longest first, each with its share of the CPU threads; per-case seconds are then measured with that many
@@ -34,6 +54,7 @@ from ..engine.prefill import PrefillConfig
 from ..llm import cache_dir
 from ..model.videoxl2 import VideoXL2
 from ..synth import is_correct, make_qa, write
+from ..synth.haystack import HAYSTACKS, fill_lookalikes
 
 FPS = 4.0
 
@@ -44,13 +65,19 @@ class NeedleCase:
     depth: float
     index: int
     seed: int = 0
+    haystack: str = "plain"
 
     def make(self):
-        rng = random.Random(f"needle/{self.seed}/{self.frames}/{self.index}")
-        return make_qa(rng, self.frames, FPS, family="needle", multiple_choice=False, depth=self.depth)
+        name = f"needle/{self.seed}/{self.frames}/{self.index}"
+        script, qa = make_qa(random.Random(name), self.frames, FPS, family="needle", multiple_choice=False,
+                             depth=self.depth)
+        if self.haystack == "lookalike":  # a stream of its own: the same needle and scenes as the plain case
+            script = fill_lookalikes(random.Random(f"{name}/lookalike"), script)
+        return script, qa
 
     def video(self, folder: Path) -> Path:
-        path = folder / f"needle-{self.seed}-{self.frames}-{self.index}.mp4"
+        kind = "" if self.haystack == "plain" else f"{self.haystack}-"
+        path = folder / f"needle-{kind}{self.seed}-{self.frames}-{self.index}.mp4"
         if not path.is_file():
             write(self.make()[0], path)
         return path
@@ -64,7 +91,8 @@ def run_case(model: VideoXL2, case: NeedleCase, folder: Path, prefill_config: Pr
     visual, times, stats = model.encode_video(path, max_frames=case.frames)
     encode_s = time.perf_counter() - t0
     assert stats.frames == case.frames, "the haystack is sampled at its native rate"
-    row = {"frames": case.frames, "depth": case.depth, "index": case.index, "seed": case.seed, "answer": qa.answer,
+    row = {"haystack": case.haystack, "frames": case.frames, "depth": case.depth, "index": case.index,
+           "seed": case.seed, "answer": qa.answer,
            "threads": torch.get_num_threads(), "encode_s": encode_s}
 
     t0 = time.perf_counter()
@@ -99,13 +127,19 @@ def run_case(model: VideoXL2, case: NeedleCase, folder: Path, prefill_config: Pr
     return row
 
 
+def haystack_of(row: dict) -> str:
+    """A row's haystack; rows written before there were two are plain."""
+    return row.get("haystack", "plain")
+
+
 def summarize(rows: list[dict]) -> list[dict]:
-    """One row per length: accuracies (percent), KV ratio, mean seconds."""
+    """One row per haystack and length (plain first): accuracies (percent), KV ratio, mean seconds."""
     out = []
-    for frames in sorted({r["frames"] for r in rows}):
-        rs = [r for r in rows if r["frames"] == frames]
+    for haystack, frames in sorted({(haystack_of(r), r["frames"]) for r in rows},
+                                   key=lambda hf: (HAYSTACKS.index(hf[0]), hf[1])):
+        rs = [r for r in rows if r["frames"] == frames and haystack_of(r) == haystack]
         mean = lambda key: sum(float(r[key]) for r in rs) / len(rs)
-        out.append({"frames": frames, "cases": len(rs), "tokens": round(mean("tokens")),
+        out.append({"haystack": haystack, "frames": frames, "cases": len(rs), "tokens": round(mean("tokens")),
                     "acc_dense": 100 * mean("dense"), "acc_chunked": 100 * mean("chunked"),
                     "acc_bilevel": 100 * mean("bilevel"), "needle_selected": 100 * mean("needle_chunk_dense"),
                     **{f"acc_bilevel_{m}": 100 * mean(f"bilevel_{m}") for m in ("absolute", "contiguous")
@@ -117,13 +151,16 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def heatmap(rows: list[dict], png: Path) -> None:
-    """Depth x length accuracy, one panel per method."""
+    """Depth x length accuracy, one panel per method, for the rows of one haystack."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
+    haystacks = {haystack_of(r) for r in rows}
+    if len(haystacks) != 1:
+        raise ValueError(f"a heatmap shows one haystack, got {sorted(haystacks)}")
     lengths = sorted({r["frames"] for r in rows})
     depths = sorted({r["depth"] for r in rows})
     methods = [("dense", "dense pre-fill + decoding"), ("chunked", "chunked pre-fill"),
@@ -147,23 +184,27 @@ def heatmap(rows: list[dict], png: Path) -> None:
     axes[0].set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=8)
     axes[0].set_ylabel("needle depth")
     fig.colorbar(im, ax=axes, shrink=0.8, label="accuracy %")
-    fig.suptitle("Needle in a video: accuracy by depth and length", fontsize=11)
+    fig.suptitle(f"Needle in a video ({haystacks.pop()} haystack): accuracy by depth and length", fontsize=11)
     fig.savefig(png, bbox_inches="tight")
     plt.close(fig)
 
 
-def plan(lengths: list[int], cases: int, depths: int = 10, seed: int = 0) -> list[NeedleCase]:
+def plan(lengths: list[int], cases: int, depths: int = 10, seed: int = 0,
+         haystack: str = "plain") -> list[NeedleCase]:
     """The cases of a run: ``cases`` per length, depths cycling through ``depths`` evenly spaced ones."""
     if cases < 1 or depths < 1 or not lengths or min(lengths) < 8:
         raise ValueError("a needle run needs at least one case, one depth and haystacks of at least 8 frames")
-    return [NeedleCase(frames, (i % depths + 0.5) / depths, i, seed) for frames in lengths for i in range(cases)]
+    if haystack not in HAYSTACKS:
+        raise ValueError(f"unknown haystack {haystack!r}; choose one of {', '.join(HAYSTACKS)}")
+    return [NeedleCase(frames, (i % depths + 0.5) / depths, i, seed, haystack)
+            for frames in lengths for i in range(cases)]
 
 
-def key(row: dict | NeedleCase) -> tuple[int, int, int]:
-    """What identifies a case across runs: (seed, frames, index)."""
+def key(row: dict | NeedleCase) -> tuple[str, int, int, int]:
+    """What identifies a case across runs: (haystack, seed, frames, index)."""
     if isinstance(row, NeedleCase):
-        return row.seed, row.frames, row.index
-    return row["seed"], row["frames"], row["index"]
+        return row.haystack, row.seed, row.frames, row.index
+    return haystack_of(row), row["seed"], row["frames"], row["index"]
 
 
 def read_rows(path: Path, repair: bool = False) -> list[dict]:
@@ -216,7 +257,8 @@ def _run_in_worker(job: tuple) -> dict:
 def run(model: VideoXL2 | str, lengths: list[int], cases: int, depths: int = 10, seed: int = 0,
         prefill_config: PrefillConfig = PrefillConfig(), bilevel: DecodeConfig | None = None,
         folder: Path | None = None, on_case: Callable[[dict], None] | None = None,
-        skip: set[tuple[int, int, int]] = frozenset(), workers: int = 1, device: str | None = None) -> list[dict]:
+        skip: set[tuple[str, int, int, int]] = frozenset(), workers: int = 1, device: str | None = None,
+        haystack: str = "plain") -> list[dict]:
     """Every case of every length not in ``skip`` (see :func:`key`); returns per-case rows (see :func:`summarize`).
 
     ``model`` is a loaded model, or a checkpoint path (needed for ``workers`` > 1: each worker process loads it).
@@ -224,7 +266,7 @@ def run(model: VideoXL2 | str, lengths: list[int], cases: int, depths: int = 10,
     bilevel = bilevel or DecodeConfig(topk=4, chunk=1, max_new_tokens=4)
     folder = folder or cache_dir() / "needle"
     folder.mkdir(parents=True, exist_ok=True)
-    todo = [case for case in plan(lengths, cases, depths, seed) if key(case) not in skip]
+    todo = [case for case in plan(lengths, cases, depths, seed, haystack) if key(case) not in skip]
     rows = []
 
     def done(row):

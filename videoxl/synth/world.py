@@ -1,5 +1,6 @@
 """The synthetic world: scenes of coloured shapes moving over backgrounds, scene cuts, and events (a word card,
-a flashing star) at known frames. A :class:`Script` describes a whole video; :func:`render` draws any frame of it.
+a flashing star, an object icon, a look-alike glyph) at known frames. A :class:`Script` describes a whole video;
+:func:`render` draws any frame of it.
 
 Everything is a pure function of a seed, so a video, its questions and its answers are reproducible anywhere.
 """
@@ -28,6 +29,9 @@ STAR = (250, 225, 60)
 # objects shown as needles: each has its own outline and colour
 OBJECTS = {"heart": (230, 30, 60), "moon": (245, 240, 170), "arrow": (40, 220, 230), "cross": (150, 240, 40),
            "diamond": (230, 40, 230), "ring": (250, 150, 20), "bolt": (255, 255, 255), "house": (150, 90, 40)}
+# look-alikes of the objects: drawn like them (centred, same size, fill, outline and cut-outs, in an object's
+# colour) but none of them an object, so a haystack of glyphs hides a needle from low-level statistics
+GLYPHS = ("hexagon", "octagon", "tick", "tee", "ell", "hourglass", "semicircle", "frame", "parallelogram", "pie")
 
 
 @dataclass(frozen=True)
@@ -49,14 +53,17 @@ class Scene:
 
 @dataclass(frozen=True)
 class Event:
-    """Something shown over frames [start, end): a word card ("word") or a star ("star") at (x, y)."""
+    """Something shown over frames [start, end): a word card ("word"), an object icon ("object"), a look-alike glyph
+    ("glyph") or a star ("star") at (x, y)."""
 
-    kind: str  # "word", "object" (word names the object) or "star"
+    kind: str  # "word", "object" (word names the object), "glyph" (word names the glyph) or "star"
     start: int
     end: int
     word: str = ""
     x: float = 0.5
     y: float = 0.5
+    colour: str = ""  # a glyph's: the object whose colour it wears
+    scale: float = 1.0  # a glyph's: its radius over an object's
 
 
 @dataclass(frozen=True)
@@ -172,6 +179,49 @@ def _draw_object(draw: ImageDraw.ImageDraw, name: str, s: float) -> None:
                      outline=line)
 
 
+def _draw_glyph(draw: ImageDraw.ImageDraw, name: str, fill: tuple[int, int, int], s: float,
+                scale: float = 1.0) -> None:
+    """A look-alike in the middle of the frame: the objects' centre, radius, fill, black outline and black cut-outs
+    (polygons outlined 1 px, round shapes ``s / 32``, as in :func:`_draw_object`). At ``scale`` 1 each fills 7-22%
+    of the frame (mean 15%), as the objects fill 5-22% (mean 15%)."""
+    c, r = s / 2, s * 0.3 * scale
+    line, hole = (0, 0, 0), (0, 0, 0)
+    w = max(1, int(s / 32))
+
+    def regular(k: int, scale: float, turn: float) -> list[tuple[float, float]]:
+        angles = [turn + 2 * math.pi * i / k for i in range(k)]
+        return [(c + scale * r * math.cos(a), c + scale * r * math.sin(a)) for a in angles]
+
+    if name == "hexagon":
+        draw.polygon(regular(6, 1.0, 0), fill=fill, outline=line)
+    elif name == "octagon":
+        draw.polygon(regular(8, 0.9, math.pi / 8), fill=fill, outline=line)
+    elif name == "tick":
+        draw.polygon([(c - r * 0.9, c), (c - r * 0.6, c - r * 0.25), (c - r * 0.25, c + r * 0.3), (c + r * 0.7, c - r),
+                      (c + r * 0.95, c - r * 0.75), (c - r * 0.25, c + r * 0.85)], fill=fill, outline=line)
+    elif name == "tee":
+        t = r * 0.3
+        draw.polygon([(c - r, c - r), (c + r, c - r), (c + r, c - r + 2 * t), (c + t, c - r + 2 * t), (c + t, c + r),
+                      (c - t, c + r), (c - t, c - r + 2 * t), (c - r, c - r + 2 * t)], fill=fill, outline=line)
+    elif name == "ell":
+        t = r * 0.65
+        draw.polygon([(c - r, c - r), (c - r + t, c - r), (c - r + t, c + r - t), (c + r, c + r - t), (c + r, c + r),
+                      (c - r, c + r)], fill=fill, outline=line)
+    elif name == "hourglass":
+        draw.polygon([(c - r * 0.8, c - r), (c + r * 0.8, c - r), (c + r * 0.12, c), (c + r * 0.8, c + r),
+                      (c - r * 0.8, c + r), (c - r * 0.12, c)], fill=fill, outline=line)
+    elif name == "semicircle":
+        draw.pieslice([c - r, c - r * 0.6, c + r, c + r * 1.4], 180, 360, fill=fill, outline=line, width=w)
+    elif name == "frame":
+        draw.rectangle([c - r * 0.85, c - r * 0.85, c + r * 0.85, c + r * 0.85], fill=fill, outline=line, width=w)
+        draw.rectangle([c - r * 0.4, c - r * 0.4, c + r * 0.4, c + r * 0.4], fill=hole)
+    elif name == "parallelogram":
+        draw.polygon([(c - r * 0.4, c - r * 0.6), (c + r, c - r * 0.6), (c + r * 0.4, c + r * 0.6),
+                      (c - r, c + r * 0.6)], fill=fill, outline=line)
+    else:  # pie
+        draw.pieslice([c - r * 0.9, c - r * 0.9, c + r * 0.9, c + r * 0.9], 35, 325, fill=fill, outline=line, width=w)
+
+
 def render(script: Script, frame: int) -> np.ndarray:
     """Frame ``frame`` of the video as an (size, size, 3) uint8 RGB array."""
     s = script.size
@@ -192,6 +242,8 @@ def render(script: Script, frame: int) -> np.ndarray:
                 draw.text((s / 2, s / 2), event.word.upper(), font=_font(int(s * 0.3)), fill=(0, 0, 0), anchor="mm")
             elif event.kind == "object":
                 _draw_object(draw, event.word, s)
+            elif event.kind == "glyph":
+                _draw_glyph(draw, event.word, OBJECTS[event.colour], s, event.scale)
             elif event.kind == "star":
                 draw.polygon(_star(event.x * s, event.y * s, s * 0.16), fill=STAR)
     return np.asarray(image)
