@@ -57,6 +57,37 @@ def test_streaming_prefill_equals_dense_mask_reference(chunk, window, timestamps
     assert video.stats.dense_pairs == causal_pairs(mask.shape[0])
 
 
+@pytest.mark.parametrize("window,per_forward", [(3, 1), (3, 2), (3, 4), (1, 2), (None, 3), (2, None)])
+def test_several_chunks_per_forward_equal_chunk_by_chunk_and_the_reference(window, per_forward):
+    """A forward that pre-fills several chunks computes exactly the pattern of one chunk per forward."""
+    model = tiny_qwen2(layers=2)
+    prefix = torch.arange(4)
+    groups = random_groups(13, hidden=64)
+    ref_logits, _, mask = masked_reference(model, prefix, groups, 2, window, "global")
+    one = prefill(model, prefix, groups, PrefillConfig(chunk=2, window=window, per_forward=1), keep_hidden=True)
+    seen = []
+    many = prefill(model, prefix, iter(groups), PrefillConfig(chunk=2, window=window, per_forward=per_forward),
+                   keep_hidden=True, on_chunk=lambda chunks, tokens: seen.append((chunks, tokens)))
+    assert len(many.hidden) == len(one.hidden) == 1 + 7  # the prefix, then one entry per chunk either way
+    for a, b in zip(one.hidden, many.hidden):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(model.lm_head(torch.cat(many.hidden)), ref_logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(many.store.sparse.k[1][:, : many.store.sparse_length],
+                               one.store.sparse.k[1][:, : one.store.sparse_length], atol=1e-5, rtol=0)
+    assert many.stats.pairs == one.stats.pairs == int(mask.sum())
+    assert [c for c, _ in seen] == list(range(1, 8))  # progress is still reported chunk by chunk
+    assert seen[-1][1] == many.store.length
+
+
+def test_per_forward_beyond_the_window_is_refused():
+    with pytest.raises(ValueError, match=r"per_forward .* window \+ 1 \(3\)"):
+        PrefillConfig(window=2, per_forward=4)
+    assert PrefillConfig(window=2).chunks_per_forward == 3
+    assert PrefillConfig(window=0).chunks_per_forward == 1
+    assert PrefillConfig(window=None).chunks_per_forward == 8
+
+
 def test_window_zero_is_own_chunk_only_not_full_attention():
     """The reference code's `-0` bug made window 0 mean "everything"; here it means own chunk only."""
     model = tiny_qwen2()

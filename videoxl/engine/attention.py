@@ -191,30 +191,44 @@ class Anchors:
 
 
 class PrefillStep:
-    """Pre-fill of ``n`` new tokens starting at ``store.length``; every row attends causally to the new tokens, and:
+    """Pre-fill of ``n`` new tokens starting at ``store.length``: one or several consecutive chunks in one forward.
 
-    * plain rows: to ``anchors[:anchor_len]`` (prefix + timestamps of chunks out of the window) and to the
-      contiguous window ``[window_start, start)`` of the store;
-    * ``global_rows`` (timestamp tokens in the published evaluation's semantics): to every earlier token.
-
-    ``anchor_rows`` (prefix and timestamp rows of this step) are appended to the anchors. Row indices are local.
-    Index tensors are moved to the compute device once per step, on the first layer.
+    ``segments`` are ``(row_start, row_end, window_start, anchor_len)``, one per chunk (rows local to the step,
+    covering them in order). Every row attends causally to the step's own tokens (a chunk sees the earlier chunks of
+    its step in full: a step never holds more chunks than one window), and a segment's rows also to
+    ``anchors[:anchor_len]`` (prefix + timestamps of chunks out of its window) and to the contiguous window
+    ``[window_start, start)`` of the store. ``global_rows`` (timestamp tokens in the published evaluation's
+    semantics) attend to every earlier token instead. ``anchor_rows`` (prefix and timestamp rows of this step) are
+    appended to the anchors. Index tensors are moved to the compute device once per step, on the first layer.
     """
 
-    def __init__(self, store: KVStore, anchors: Anchors, n: int, window_start: int, anchor_len: int,
+    def __init__(self, store: KVStore, anchors: Anchors, n: int, segments: list[tuple[int, int, int, int]],
                  global_rows: torch.Tensor, anchor_rows: torch.Tensor):
         self.store, self.anchors, self.n = store, anchors, n
         self.start = store.length
         self.end = self.start + n
-        assert 0 <= window_start <= self.start and 0 <= anchor_len <= anchors.length
-        assert anchor_len == 0 or window_start > 0, "anchors cover the prefix only when the window does not"
-        self.window_start, self.anchor_len = window_start, anchor_len
+        assert segments and segments[0][0] == 0 and segments[-1][1] == n, segments
+        for (_, r1, _, _), (r0, _, _, _) in zip(segments, segments[1:]):
+            assert r1 == r0, segments
+        for _, _, window_start, anchor_len in segments:
+            assert 0 <= window_start <= self.start and 0 <= anchor_len <= anchors.length
+            assert anchor_len == 0 or window_start > 0, "anchors cover the prefix only when the window does not"
+        # consecutive chunks that see the same past are attended to as one block of rows
+        merged: list[list[int]] = []
+        for r0, r1, ws, a in segments:
+            if merged and merged[-1][2:] == [ws, a]:
+                merged[-1][1] = r1
+            else:
+                merged.append([r0, r1, ws, a])
+        self.segments = [tuple(m) for m in merged]
         self.global_rows, self.anchor_rows = global_rows, anchor_rows
-        n_global = global_rows.numel()
+        is_global = torch.zeros(n, dtype=torch.bool)
+        is_global[global_rows] = True
         # attention-score entries this step computes (the accounting's unit); the plain parts computed for global
         # rows and thrown away are not counted
-        self.pairs = (n * (n + 1) // 2 + (n - n_global) * (anchor_len + self.start - window_start)
-                      + n_global * self.start)
+        self.pairs = n * (n + 1) // 2 + global_rows.numel() * self.start
+        for r0, r1, ws, a in self.segments:
+            self.pairs += (r1 - r0 - int(is_global[r0:r1].sum())) * (a + self.start - ws)
         self._device: dict | None = None
 
     def _on(self, device: torch.device) -> dict:
@@ -223,6 +237,19 @@ class PrefillStep:
                             "anchor_rows": self.anchor_rows.to(device, non_blocking=True)}
         return self._device
 
+    def _past(self, layer: int, window_start: int, anchor_len: int):
+        """The keys and values a segment sees before the step, as one contiguous pair (or None)."""
+        past = []
+        if anchor_len:
+            past.append((self.anchors.buf.k[layer][:, :anchor_len], self.anchors.buf.v[layer][:, :anchor_len]))
+        if window_start < self.start:
+            dense = self.store.dense
+            past.append((dense.k[layer][:, window_start: self.start], dense.v[layer][:, window_start: self.start]))
+        if len(past) == 2:  # one call over both: copying the keys is cheaper than a second kernel and a merge
+            return (torch.cat([past[0][0], past[1][0].to(past[0][0].dtype)], 1),
+                    torch.cat([past[0][1], past[1][1].to(past[0][1].dtype)], 1))
+        return past[0] if past else None
+
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         store, anchors = self.store, self.anchors
         store.write(layer, k, v)
@@ -230,25 +257,25 @@ class PrefillStep:
         if self.anchor_rows.numel():
             a = anchors.length
             anchors.buf.write(layer, a, k.index_select(1, d["anchor_rows"]), v.index_select(1, d["anchor_rows"]))
-        dense_k, dense_v = store.dense.k[layer], store.dense.v[layer]
-        parts = [attend(q, k, v, scale, causal=True)]  # the step's own tokens
-        past = []
-        if self.anchor_len:
-            past.append((anchors.buf.k[layer][:, : self.anchor_len], anchors.buf.v[layer][:, : self.anchor_len]))
-        if self.window_start < self.start:
-            past.append((dense_k[:, self.window_start : self.start], dense_v[:, self.window_start : self.start]))
-        if len(past) == 2:  # one call over both: copying the keys is cheaper than a second kernel and a merge
-            past = [(torch.cat([past[0][0], past[1][0].to(past[0][0].dtype)], 1),
-                     torch.cat([past[0][1], past[1][1].to(past[0][1].dtype)], 1))]
-        if past:
-            parts.append(attend_split(q, past[0][0], past[0][1], scale))
-        out = merge(parts)
-        sees_all = self.anchor_len == 0 and self.window_start == 0  # the plain past is already everything
+        own = attend(q, k, v, scale, causal=True)  # the step's own tokens
+        if len(self.segments) == 1:
+            past = self._past(layer, *self.segments[0][2:])
+            out = own[0] if past is None else merge([own, attend_split(q, past[0], past[1], scale)])
+        else:
+            out = own[0].clone()
+            for r0, r1, ws, a in self.segments:
+                past = self._past(layer, ws, a)
+                if past is not None:
+                    out[:, r0:r1] = merge([(own[0][:, r0:r1], own[1][:, r0:r1]),
+                                           attend_split(q[:, r0:r1], past[0], past[1], scale)])
+        # the plain past of every segment is already everything before the step
+        sees_all = all(a == 0 and ws == 0 for _, _, ws, a in self.segments)
         if self.global_rows.numel() and self.start > 0 and not sees_all:
             rows = d["global_rows"]
-            own = (parts[0][0].index_select(1, rows), parts[0][1].index_select(1, rows))
-            out[:, rows] = merge([own, attend_split(q.index_select(1, rows), dense_k[:, : self.start],
-                                                    dense_v[:, : self.start], scale)])
+            dense_k, dense_v = store.dense.k[layer], store.dense.v[layer]
+            mine = (own[0].index_select(1, rows), own[1].index_select(1, rows))
+            out[:, rows] = merge([mine, attend_split(q.index_select(1, rows), dense_k[:, : self.start],
+                                                     dense_v[:, : self.start], scale)])
         return out
 
     def finish(self) -> None:

@@ -36,6 +36,7 @@ from .select import GroupSummaries
 from .store import KVStore
 
 SUPPORTED_FAMILIES = ("llama", "qwen2")
+FORWARD_TOKENS = 8192  # a forward takes several chunks only while they stay within this many tokens
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,17 @@ class PrefillConfig:
 
     ``window=None`` lets every chunk see all earlier chunks (full causal attention). ``window=0`` means "own chunk
     only" (plus prefix and earlier timestamps); it never silently means "everything".
+
+    ``per_forward`` is how many consecutive chunks one forward of the LLM pre-fills (the same attention pattern,
+    fewer and larger matrix products): at most ``window + 1``, so a chunk sees the earlier chunks of its forward in
+    full; None (the default) takes that many, up to 8 chunks and :data:`FORWARD_TOKENS` tokens.
     """
 
     chunk: int = 4
     window: int | None = 3
     timestamps: Literal["global", "chunk"] = "global"
     pool: int = 4
+    per_forward: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.chunk, int) or self.chunk < 1:
@@ -60,6 +66,17 @@ class PrefillConfig:
             raise InputError(f"timestamps must be 'global' or 'chunk', got {self.timestamps!r}")
         if not isinstance(self.pool, int) or self.pool < 1:
             raise InputError(f"pool must be a positive integer, got {self.pool!r}")
+        if self.per_forward is not None:
+            most = None if self.window is None else self.window + 1
+            if not isinstance(self.per_forward, int) or self.per_forward < 1 or (most and self.per_forward > most):
+                raise InputError(f"per_forward must be a number of chunks from 1 to window + 1"
+                                 f"{'' if most is None else f' ({most})'}, got {self.per_forward!r}")
+
+    @property
+    def chunks_per_forward(self) -> int:
+        if self.per_forward is not None:
+            return self.per_forward
+        return min(8, 8 if self.window is None else self.window + 1)
 
 
 @dataclass
@@ -140,6 +157,25 @@ def _chunks(groups: Iterable[Group], size: int) -> Iterator[list[Group]]:
         yield batch
 
 
+def _forwards(chunks: Iterator[list[Group]], most: int) -> Iterator[list[list[Group]]]:
+    """Consecutive chunks taken together, up to ``most`` of them and :data:`FORWARD_TOKENS` tokens (a chunk larger
+    than that goes alone)."""
+    batch: list[list[Group]] = []
+    tokens = 0
+    for chunk in chunks:
+        size = sum(len(g) for g in chunk)
+        if batch and tokens + size > FORWARD_TOKENS:
+            yield batch
+            batch, tokens = [], 0
+        batch.append(chunk)
+        tokens += size
+        if len(batch) == most:  # full: pre-fill it now rather than wait for the next chunk to arrive
+            yield batch
+            batch, tokens = [], 0
+    if batch:
+        yield batch
+
+
 def prefill(
     model: torch.nn.Module,
     prefix: torch.Tensor,
@@ -151,7 +187,7 @@ def prefill(
 ) -> PrefilledVideo:
     """Pre-fill ``prefix`` then ``groups`` chunk by chunk into a new :class:`KVStore`.
 
-    ``groups`` may be a generator: at most one chunk of groups is held at a time. ``expected_tokens`` pre-sizes the
+    ``groups`` may be a generator: at most one forward's chunks of groups are held at a time. ``expected_tokens`` pre-sizes the
     store. ``on_chunk(chunks_done, tokens_done)`` reports progress. ``keep_hidden`` keeps each step's final hidden
     states (for tests and for scoring heads that read them).
     """
@@ -175,7 +211,7 @@ def prefill(
     no_rows = torch.empty(0, dtype=torch.long)
     if n_prefix:
         anchors.reserve(n_prefix)
-        step = PrefillStep(store, anchors, n_prefix, 0, 0, no_rows, torch.arange(n_prefix))
+        step = PrefillStep(store, anchors, n_prefix, [(0, n_prefix, 0, 0)], no_rows, torch.arange(n_prefix))
         out = run_step(model, prefix_embeds, torch.arange(n_prefix, device=device), step)
         store.commit(n_prefix)
         step.finish()
@@ -186,48 +222,57 @@ def prefill(
 
     chunk_starts: list[int] = []  # first token of each chunk
     anchors_after: list[int] = []  # anchor rows (prefix + timestamps) up to the end of each chunk
-    for j, batch in enumerate(_chunks(groups, config.chunk)):
-        parts, is_ts = [], []
-        for group in batch:
-            ts, vis = embed(model, group.timestamp), embed(model, group.visual)
-            if vis.shape[0] == 0:
-                raise InputError(f"group {stats.groups + len(parts) // 2} has no visual tokens")
-            parts += [ts, vis]
-            is_ts += [torch.ones(ts.shape[0], dtype=torch.bool), torch.zeros(vis.shape[0], dtype=torch.bool)]
+    for chunks in _forwards(_chunks(groups, config.chunk), config.chunks_per_forward):
+        parts, is_ts, segments, sizes = [], [], [], []
+        start = store.length
+        for i, batch in enumerate(chunks):
+            j, rows = stats.chunks + i, sum(p.shape[0] for p in parts)
+            for g, group in enumerate(batch):
+                ts, vis = embed(model, group.timestamp), embed(model, group.visual)
+                if vis.shape[0] == 0:
+                    raise InputError(f"group {stats.groups + sum(map(len, chunks[:i])) + g} has no visual tokens")
+                parts += [ts, vis]
+                is_ts += [torch.ones(ts.shape[0], dtype=torch.bool), torch.zeros(vis.shape[0], dtype=torch.bool)]
+            # chunks [first_visible, j) are seen in full: those before this forward as one contiguous range of the
+            # store, those in it through the forward's own causal square; earlier ones through the anchors
+            first_visible = 0 if config.window is None else max(0, j - config.window)
+            if first_visible == 0:
+                window_start, anchor_len = 0, 0  # nothing evicted yet: the whole history is one range
+            else:
+                window_start = chunk_starts[first_visible] if first_visible < stats.chunks else start
+                anchor_len = anchors_after[first_visible - 1]
+            n_chunk = sum(p.shape[0] for p in parts) - rows
+            segments.append((rows, rows + n_chunk, window_start, anchor_len))
+            sizes.append(n_chunk)
         embeds, is_ts = torch.cat(parts), torch.cat(is_ts)
-        n, start = embeds.shape[0], store.length
+        n = embeds.shape[0]
         store.reserve(start + n)
-
-        # chunks [first_visible, j) are seen in full, as one contiguous range; earlier ones through the anchors
-        first_visible = 0 if config.window is None else max(0, j - config.window)
-        if first_visible == 0:
-            window_start, anchor_len = 0, 0  # nothing evicted yet: the whole history is one range
-        else:
-            window_start = chunk_starts[first_visible] if first_visible < j else start
-            anchor_len = anchors_after[first_visible - 1]
         ts_rows = is_ts.nonzero().squeeze(1)
         global_rows = ts_rows if config.timestamps == "global" else no_rows
         anchors.reserve(anchors.length + ts_rows.numel())
-        step = PrefillStep(store, anchors, n, window_start, anchor_len, global_rows, ts_rows)
+        step = PrefillStep(store, anchors, n, segments, global_rows, ts_rows)
         out = run_step(model, embeds, torch.arange(start, start + n, device=device), step)
         store.commit(n, is_ts)
         step.finish()
 
-        spans, offset = [], start
-        for group in batch:
-            spans.append((offset, group.timestamp.shape[0], offset + len(group)))
-            offset += len(group)
+        spans, offset, ts_seen = [], start, 0
+        for batch, (r0, r1, _, _) in zip(chunks, segments):
+            for group in batch:
+                spans.append((offset, group.timestamp.shape[0], offset + len(group)))
+                offset += len(group)
+            chunk_starts.append(start + r0)
+            ts_seen += int(is_ts[r0:r1].sum())
+            anchors_after.append(anchors.length - ts_rows.numel() + ts_seen)
         store.add_groups(spans, rope)
         summaries.extend()
-        chunk_starts.append(start)
-        anchors_after.append(anchors.length)
         stats.pairs += step.pairs
-        stats.groups += len(batch)
-        stats.chunks += 1
-        if hidden is not None:
-            hidden.append(out)
-        if on_chunk is not None:
-            on_chunk(stats.chunks, store.length)
+        for batch, (r0, r1, _, _) in zip(chunks, segments):
+            stats.groups += len(batch)
+            stats.chunks += 1
+            if hidden is not None:
+                hidden.append(out[r0:r1])
+            if on_chunk is not None:
+                on_chunk(stats.chunks, start + r1)
 
     if stats.groups == 0:
         raise InputError("the input has no groups: chunked pre-fill needs at least one group of visual tokens")
