@@ -224,8 +224,18 @@ class PrefillStep:
         self.global_rows, self.anchor_rows = global_rows, anchor_rows
         is_global = torch.zeros(n, dtype=torch.bool)
         is_global[global_rows] = True
-        # attention-score entries this step computes (the accounting's unit); the plain parts computed for global
-        # rows and thrown away are not counted
+        # global rows see everything before the step, unless every segment's past already is everything
+        sees_all = all(a == 0 and ws == 0 for _, _, ws, a in self.segments)
+        self.global_past = bool(global_rows.numel()) and self.start > 0 and not sees_all
+        # the rows each segment's past is computed for: the global rows get theirs separately, so they are left
+        # out (a slice where the segment has none of them, else local row indices)
+        self._plain: list = []
+        for r0, r1, ws, a in self.segments:
+            if not self.global_past or not is_global[r0:r1].any():
+                self._plain.append((slice(r0, r1), ws, a))
+            elif not is_global[r0:r1].all():
+                self._plain.append(((~is_global[r0:r1]).nonzero().squeeze(1) + r0, ws, a))
+        # attention-score entries this step computes (the accounting's unit)
         self.pairs = n * (n + 1) // 2 + global_rows.numel() * self.start
         for r0, r1, ws, a in self.segments:
             self.pairs += (r1 - r0 - int(is_global[r0:r1].sum())) * (a + self.start - ws)
@@ -234,7 +244,9 @@ class PrefillStep:
     def _on(self, device: torch.device) -> dict:
         if self._device is None:
             self._device = {"global_rows": self.global_rows.to(device, non_blocking=True),
-                            "anchor_rows": self.anchor_rows.to(device, non_blocking=True)}
+                            "anchor_rows": self.anchor_rows.to(device, non_blocking=True),
+                            "plain": [(r if isinstance(r, slice) else r.to(device, non_blocking=True), ws, a)
+                                      for r, ws, a in self._plain]}
         return self._device
 
     def _past(self, layer: int, window_start: int, anchor_len: int):
@@ -258,19 +270,22 @@ class PrefillStep:
             a = anchors.length
             anchors.buf.write(layer, a, k.index_select(1, d["anchor_rows"]), v.index_select(1, d["anchor_rows"]))
         own = attend(q, k, v, scale, causal=True)  # the step's own tokens
-        if len(self.segments) == 1:
-            past = self._past(layer, *self.segments[0][2:])
+        plain = d["plain"]
+        if len(plain) == 1 and plain[0][0] == slice(0, self.n):  # one past for every row: no scatter
+            past = self._past(layer, *plain[0][1:])
             out = own[0] if past is None else merge([own, attend_split(q, past[0], past[1], scale)])
         else:
             out = own[0].clone()
-            for r0, r1, ws, a in self.segments:
+            for rows, ws, a in plain:
                 past = self._past(layer, ws, a)
-                if past is not None:
-                    out[:, r0:r1] = merge([(own[0][:, r0:r1], own[1][:, r0:r1]),
-                                           attend_split(q[:, r0:r1], past[0], past[1], scale)])
-        # the plain past of every segment is already everything before the step
-        sees_all = all(a == 0 and ws == 0 for _, _, ws, a in self.segments)
-        if self.global_rows.numel() and self.start > 0 and not sees_all:
+                if past is None:
+                    continue
+                if isinstance(rows, slice):
+                    mine, qs = (own[0][:, rows], own[1][:, rows]), q[:, rows]
+                else:
+                    mine, qs = (own[0].index_select(1, rows), own[1].index_select(1, rows)), q.index_select(1, rows)
+                out[:, rows] = merge([mine, attend_split(qs, past[0], past[1], scale)])
+        if self.global_past:
             rows = d["global_rows"]
             dense_k, dense_v = store.dense.k[layer], store.dense.v[layer]
             mine = (own[0].index_select(1, rows), own[1].index_select(1, rows))
