@@ -125,3 +125,88 @@ def test_rotation_tag_is_applied_like_ffmpeg_autorotate(tmp_path, rotation, corn
                 "bottom-right": frame[h:, w:]}
     assert max(quarters, key=lambda k: quarters[k].mean()) == corner
     assert quarters[corner].mean() > 200 and all(q.mean() < 40 for k, q in quarters.items() if k != corner)
+
+
+@pytest.fixture(scope="module")
+def bframes(tmp_path_factory):
+    """150 frames of FFmpeg's moving ``testsrc2`` in H.264 with B-frames (some of them references, b-pyramid),
+    a keyframe every 40 frames; and every frame's RGB pixels by presentation time from a plain PyAV decode of
+    the whole file (no skipping), the reference the reader's frames must equal."""
+    import av
+
+    path = tmp_path_factory.mktemp("bframes") / "bframes.mp4"
+    graph = av.filter.Graph()
+    source = graph.add("testsrc2", "size=160x96:rate=30:duration=5")
+    sink = graph.add("buffersink")
+    source.link_to(sink)
+    graph.configure()
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+        stream.codec_context.options = {"x264-params": "keyint=40:min-keyint=40:scenecut=0:bframes=3:b-pyramid=normal"}
+        while True:
+            try:
+                frame = graph.pull()
+            except (av.BlockingIOError, av.EOFError):
+                break
+            frame = frame.reformat(format="yuv420p")
+            frame.pts, frame.pict_type = None, av.video.frame.PictureType.NONE  # testsrc2 marks every frame I
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    with av.open(str(path)) as c:
+        reference = {f.pts: f.to_ndarray(format="rgb24") for f in c.decode(video=0)}
+    return path, reference
+
+
+def test_bframes_fixture_has_unreferenced_frames(bframes):
+    import av
+
+    path, reference = bframes
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        stream.codec_context.skip_frame = "NONREF"
+        kept = sum(1 for _ in c.decode(stream))
+    assert len(reference) == 150 and 40 < kept < 130  # I/P frames and reference B-frames remain
+
+
+@pytest.mark.parametrize("picks", [range(0, 150, 8), range(1, 150, 2), range(150), [3, 50, 51, 52, 120, 149],
+                                   [0, 7, 7, 7, 9, 41, 41, 149, 149]],
+                         ids=["every-8th", "odd", "every", "sparse-seeks", "repeats"])
+def test_skipping_unreferenced_frames_returns_the_frames_of_a_full_decode(bframes, picks, monkeypatch, caplog):
+    """The frames between samples that nothing references are skipped (the decoder is told so for some packets),
+    and every returned frame is the requested one, pixel for pixel, as a full decode gives it."""
+    from videoxl.video import reader
+
+    path, reference = bframes
+    info = probe(path)
+    picks = list(picks)
+    told = []
+    discard = reader._discard
+    monkeypatch.setattr(reader, "_discard", lambda packet, wanted: told.append(discard(packet, wanted)) or told[-1])
+    with caplog.at_level("INFO", logger="videoxl.video.reader"):
+        skipped = list(decode_frames(info, picks))
+    plain = list(decode_frames(info, picks, skip_unused=False))
+    assert caplog.records == []  # no wanted frame went missing, so no fallback to a full decode
+    if len(set(picks)) < 150:
+        assert "NONREF" in told
+    assert len(skipped) == len(plain) == len(picks)
+    for i, a, b in zip(picks, skipped, plain):
+        assert np.array_equal(a, reference[info.pts[i]]) and np.array_equal(b, reference[info.pts[i]]), i
+
+
+def test_a_wanted_frame_lost_to_skipping_is_decoded_again_without_skipping(bframes, monkeypatch, caplog):
+    """If a decoder dropped a wanted frame (here: told to skip every unreferenced frame, wanted or not), the reader
+    decodes that stretch again with nothing skipped, and returns the right frames."""
+    from videoxl.video import reader
+
+    path, reference = bframes
+    info = probe(path)
+    monkeypatch.setattr(reader, "_discard", lambda packet, wanted: "NONREF" if packet.size else "DEFAULT")
+    picks = list(range(0, 150, 3))
+    with caplog.at_level("INFO", logger="videoxl.video.reader"):
+        frames = list(decode_frames(info, picks))
+    assert any("missing while skipping" in r.getMessage() for r in caplog.records)
+    for i, frame in zip(picks, frames, strict=True):
+        assert np.array_equal(frame, reference[info.pts[i]]), i

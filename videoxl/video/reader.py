@@ -3,12 +3,15 @@
 The probe walks the packets without decoding them, which gives every frame's presentation time (variable frame
 rate included) and the keyframes. Decoding then streams the chosen frames in order: it decodes forward while the
 next chosen frame is near, and seeks to the last keyframe before it when a keyframe lies in between, so sparse
-sampling of long videos does not decode the whole stream and dense sampling does not seek at all.
+sampling of long videos does not decode the whole stream and dense sampling does not seek at all. In H.264 the
+decoder also skips the frames between samples that no other frame is predicted from (``skip_frame`` NONREF, set per
+packet), which changes no returned pixel.
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -18,6 +21,8 @@ import av
 import numpy as np
 
 from ..errors import VideoError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -127,16 +132,55 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     return VideoInfo(path, pts, time_base, keyframes, width, height)
 
 
-def decode_frames(info: VideoInfo, indices: list[int]) -> Iterator[np.ndarray]:
-    """Yield the frames at ``indices`` (non-decreasing, repeats allowed) as H x W x 3 uint8 RGB arrays."""
+# Decoders whose AVDISCARD_NONREF drops only pictures that no other picture predicts from. H.264 marks them
+# itself (``nal_ref_idc`` 0, ITU-T H.264 7.4.1) and FFmpeg's ``h264dec.c`` skips exactly those NAL units. HEVC is
+# left out: its "sub-layer non-reference" pictures may still be references for higher temporal sub-layers.
+SKIPS_ONLY_UNREFERENCED = {"h264"}
+
+
+def _discard(packet: av.Packet, wanted: set[int]) -> str:
+    """The decoder's ``skip_frame`` for ``packet``: skip it if it is unreferenced (NONREF) unless its frame is
+    wanted or unknown (no timestamp, or the empty packet that flushes the decoder)."""
+    return "NONREF" if packet.size and packet.pts is not None and packet.pts not in wanted else "DEFAULT"
+
+
+def decode_frames(info: VideoInfo, indices: list[int], *, skip_unused: bool = True) -> Iterator[np.ndarray]:
+    """Yield the frames at ``indices`` (non-decreasing, repeats allowed) as H x W x 3 uint8 RGB arrays.
+
+    With ``skip_unused`` (H.264 only) the decoder skips the frames that are neither wanted nor referenced by
+    another frame (non-reference B-frames): the wanted frames are decoded from the same references as in a full
+    decode, so the arrays are identical; with libx264's default B-frames about 40% of the frames between samples
+    need no decoding.
+    """
     if any(b < a for a, b in zip(indices, indices[1:])):
         raise ValueError("frame indices must be non-decreasing")
     if indices and not 0 <= indices[0] <= indices[-1] < info.frames:
         raise ValueError(f"frame indices must lie in [0, {info.frames})")
     container = _open(info.path)
     stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
+    stream.thread_type = "AUTO"  # frame and slice threads; PyAV's thread_count 0 starts one per core (and one more)
+    codec = stream.codec_context
+    skip = skip_unused and codec.name in SKIPS_ONLY_UNREFERENCED
+    wanted = {info.pts[i] for i in indices}
     position = -1  # index of the last decoded frame
+
+    def decoded_from(key: int) -> Iterator[av.VideoFrame]:
+        container.seek(info.pts[key], stream=stream, backward=True, any_frame=False)
+        for packet in container.demux(stream):
+            # read per packet, by frame threads too (FFmpeg copies skip_frame to a thread with each packet)
+            codec.skip_frame = _discard(packet, wanted) if skip else "DEFAULT"
+            yield from codec.decode(packet)
+
+    def first_from(frames: Iterator[av.VideoFrame], target: int) -> tuple[av.VideoFrame, int]:
+        nonlocal position
+        for frame in frames:
+            index = bisect.bisect_left(info.pts, frame.pts) if frame.pts is not None else position + 1
+            position = index
+            if index >= target:
+                return frame, index
+        raise VideoError(f"{info.path}: the stream ended before frame {target} of {info.frames} "
+                         "(truncated or corrupt file)")
+
     frames = None
     last: tuple[int, np.ndarray] | None = None
     try:
@@ -146,19 +190,18 @@ def decode_frames(info: VideoInfo, indices: list[int]) -> Iterator[np.ndarray]:
                 continue
             key = info.keyframes[bisect.bisect_right(info.keyframes, target) - 1]
             if frames is None or key > position + 1 or target <= position:
-                container.seek(info.pts[key], stream=stream, backward=True, any_frame=False)
-                frames = container.decode(stream)
-                position = -1
-            for frame in frames:
-                index = bisect.bisect_left(info.pts, frame.pts) if frame.pts is not None else position + 1
-                position = index
-                if index >= target:
-                    last = (target, upright(frame))
-                    yield last[1]
-                    break
-            else:
-                raise VideoError(f"{info.path}: the stream ended before frame {target} of {info.frames} "
-                                 "(truncated or corrupt file)")
+                frames, position = decoded_from(key), -1
+            frame, index = first_from(frames, target)
+            if skip and (index != target or frame.pts is None):
+                # the wanted frame did not come out as itself while skipping (a stream that breaks its own
+                # reference marks, or frames without timestamps): from here on decode everything, as without skipping
+                log.info("%s: frame %d missing while skipping unreferenced frames; decoding all frames from "
+                         "frame %d on", info.path, target, key)
+                skip = False
+                frames, position = decoded_from(key), -1
+                frame, index = first_from(frames, target)
+            last = (target, upright(frame))
+            yield last[1]
     except av.FFmpegError as e:
         raise VideoError(f"{info.path}: corrupt or truncated video, decoding failed ({e})") from None
     finally:
