@@ -141,11 +141,16 @@ def test_ingest_and_ask_answer_like_a_dense_one_shot_reference(tiny_checkpoint, 
 def test_ingest_streams_chunk_by_chunk(tiny_checkpoint, clip):
     model = VideoXL2.from_pretrained(tiny_checkpoint, device="cpu")
     events = []
-    session = model.ingest(clip, max_frames=32, prefill_config=PrefillConfig(chunk=2, window=1),
+    session = model.ingest(clip, max_frames=32, prefill_config=PrefillConfig(chunk=2, window=1, per_forward=1),
                            on_progress=lambda stage, done, total: events.append((stage, done)))
     # encoding of chunk k+1 happens after pre-fill of chunk k: never more than a chunk of frames at once
     # (19 frames at 4 fps, padded to 20: 5 groups in chunks of 2, 2, 1)
     assert events == [("encode", 8), ("prefill", 1), ("encode", 16), ("prefill", 2), ("encode", 20), ("prefill", 3)]
+    # by default a forward takes window + 1 = 2 chunks: never more than those two chunks' frames at once
+    events.clear()
+    model.ingest(clip, max_frames=32, prefill_config=PrefillConfig(chunk=2, window=1),
+                 on_progress=lambda stage, done, total: events.append((stage, done)))
+    assert events == [("encode", 8), ("encode", 16), ("prefill", 1), ("prefill", 2), ("encode", 20), ("prefill", 3)]
     answer = session.ask("What colour is the square?", DecodeConfig(topk=0, chunk=1, max_new_tokens=3))
     assert answer.chunks == 5 and answer.dense_chunks == [0, 4]
     assert answer.kv_bytes_used < answer.kv_bytes_dense
