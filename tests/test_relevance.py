@@ -77,7 +77,7 @@ def test_refining_every_candidate_is_the_exact_mass_and_only_the_shortlist_moves
     video = prefill(model, torch.arange(4), random_groups(12, hidden=64), PrefillConfig(chunk=2, window=1))
     decoder = Decoder(model, video)
     question, ranges, forced = torch.arange(10, 16), [(g, g + 1) for g in range(12)], [0, 11]
-    score = lambda **kw: decoder.score(question, DecodeConfig(topk=2, chunk=1, **kw), ranges, forced)
+    score = lambda **kw: decoder.score(question, DecodeConfig(topk=2, chunk=1, heads="all", **kw), ranges, forced)
     torch.testing.assert_close(score(refine=100), score(scorer="dense"), equal_nan=True)  # forced: NaN
     bounds, refined = score(refine=0), score(refine=4)
     short = sorted(range(1, 11), key=lambda c: -float(bounds[c]))[:4]
@@ -86,6 +86,24 @@ def test_refining_every_candidate_is_the_exact_mass_and_only_the_shortlist_moves
     torch.testing.assert_close(refined[short].sum(), bounds[short].sum())  # its share kept, split by the mass
     exact = score(scorer="dense")[short]
     assert torch.equal(refined[short].argsort(), exact.argsort())
+
+
+def test_a_model_without_retrieval_heads_keeps_its_bounds_unrefined(tmp_path, monkeypatch):
+    """Exact mass over every head follows sinks and recency: refining by it is kept for retrieval heads."""
+    from videoxl.engine import select
+
+    monkeypatch.setenv("VIDEOXL_CACHE", str(tmp_path))
+    model = tiny_qwen2(layers=2)
+    video = prefill(model, torch.arange(4), random_groups(12, hidden=64), PrefillConfig(chunk=2, window=1))
+    decoder = Decoder(model, video)
+    question, ranges, forced = torch.arange(10, 16), [(g, g + 1) for g in range(12)], [0, 11]
+    score = lambda **kw: decoder.score(question, DecodeConfig(topk=2, chunk=1, **kw), ranges, forced)
+    every = lambda **kw: score(heads="all", **kw)
+    assert not torch.equal(every(refine=4), every(refine=0))  # refining moves this shortlist
+    monkeypatch.setitem(select._found, model, select.RetrievalHeads({}, [[0.0] * 4] * 2, 1))  # none found
+    torch.testing.assert_close(score(refine=4), every(refine=0), equal_nan=True)  # every head, bounds alone
+    monkeypatch.setitem(select._found, model, select.RetrievalHeads({1: [0, 2]}, [[0.0] * 4] * 2, 1))
+    assert not torch.equal(score(refine=4), score(refine=0))  # with retrieval heads the shortlist is refined
 
 
 @pytest.fixture(scope="module")

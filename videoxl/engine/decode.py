@@ -41,7 +41,7 @@ class DecodeConfig:
     none was found; "all") and the question's ``score_tokens`` ("content": without the chat template; needs the
     tokenizer); with "bounds", the ``refine`` best chunks are re-ranked by the exact position-free attention mass
     of those heads over their visual keys (0: not; a fixed number of chunks, so its cost does not grow with the
-    video). When the chosen chunks stand out less than ``min_confidence`` (select.confidence), every chunk is
+    video; with ``heads="retrieval"`` only when the model has retrieval heads). When the chosen chunks stand out less than ``min_confidence`` (select.confidence), every chunk is
     decoded dense and the answer says so (None, the default: never; confidence is on a scale of its own per model,
     see select.py). Generation: greedy when ``temperature`` is 0.
     """
@@ -208,6 +208,9 @@ class Decoder:
         heads = None
         if config.heads == "retrieval":
             heads = retrieval_heads(self.model, self.tokenizer).heads or None  # none found: every head
+        # re-ranking by exact mass needs heads that retrieve: averaged over every head the mass follows sinks and
+        # recency (README: the relevance table's "exact" column), so a model without retrieval heads keeps its bounds
+        refine = config.refine if (config.heads == "all" or heads is not None) else 0
         layers = config.score_layers or (tuple(sorted(heads)) if heads else tuple(range(store.layers)))
         if heads is not None:
             heads = {layer: heads.get(layer, []) for layer in layers}
@@ -221,10 +224,10 @@ class Decoder:
         queries = self.question_queries(question, ranges, forced, layers, config.score_positions)
         rel = relevance(self.chunk_scores(queries, config.scorer, ranges, candidates, heads, config.score_positions),
                         tokens)
-        if config.scorer == "bounds" and config.refine and len(candidates) > 1:
+        if config.scorer == "bounds" and refine and len(candidates) > 1:
             # the best bounds re-ranked by their exact attention mass (position-free): a fixed number of chunks,
             # whatever the video's length; their share of the relevance is kept, its split among them refined
-            short = rel.topk(min(config.refine, len(candidates))).indices.tolist()
+            short = rel.topk(min(refine, len(candidates))).indices.tolist()
             exact = relevance(self.chunk_scores(queries, "dense", ranges, [candidates[i] for i in short], heads,
                                                 config.score_positions), tokens)
             rel[short] = rel[short].sum() * exact.to(rel)
