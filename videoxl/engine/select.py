@@ -39,7 +39,8 @@ Three refinements, measured on natural-prose haystacks (``benchmarks/relevance.p
   of its weights.
 
 With ``"bounds"``, the ``DecodeConfig.refine`` (32) chunks with the best bounds are then re-ranked by their exact
-position-free attention mass at the retrieval heads: bounds are loose (a page's box bounds 16 keys at once), the
+position-free attention mass at the retrieval heads (a model without any keeps its bounds: over every head the mass
+follows sinks and recency): bounds are loose (a page's box bounds 16 keys at once), the
 mass is not, and reading the dense keys of a fixed number of chunks costs the same at any video length. On the
 prose haystacks at 8k tokens the needle's group of ``multikey`` was outside the best 16 bounds in both cases and
 inside the best 32.
