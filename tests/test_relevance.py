@@ -71,13 +71,20 @@ def test_low_confidence_falls_back_to_dense_and_says_so(tmp_path, monkeypatch):
     assert given.confidence is None and given.fallback is None
 
 
-def test_refining_every_candidate_is_the_exact_mass_and_only_the_shortlist_moves(tmp_path, monkeypatch):
+def scorer_of_twelve_groups(tmp_path, monkeypatch):
+    """(model, score(**DecodeConfig options)): relevance of a question over 12 one-group chunks, first and last
+    forced dense, with a retrieval-head cache of its own."""
     monkeypatch.setenv("VIDEOXL_CACHE", str(tmp_path))
     model = tiny_qwen2(layers=2)
     video = prefill(model, torch.arange(4), random_groups(12, hidden=64), PrefillConfig(chunk=2, window=1))
     decoder = Decoder(model, video)
     question, ranges, forced = torch.arange(10, 16), [(g, g + 1) for g in range(12)], [0, 11]
-    score = lambda **kw: decoder.score(question, DecodeConfig(topk=2, chunk=1, heads="all", **kw), ranges, forced)
+    return model, lambda **kw: decoder.score(question, DecodeConfig(topk=2, chunk=1, **kw), ranges, forced)
+
+
+def test_refining_every_candidate_is_the_exact_mass_and_only_the_shortlist_moves(tmp_path, monkeypatch):
+    _, scored = scorer_of_twelve_groups(tmp_path, monkeypatch)
+    score = lambda **kw: scored(heads="all", **kw)
     torch.testing.assert_close(score(refine=100), score(scorer="dense"), equal_nan=True)  # forced: NaN
     bounds, refined = score(refine=0), score(refine=4)
     short = sorted(range(1, 11), key=lambda c: -float(bounds[c]))[:4]
@@ -92,12 +99,7 @@ def test_a_model_without_retrieval_heads_keeps_its_bounds_unrefined(tmp_path, mo
     """Exact mass over every head follows sinks and recency: refining by it is kept for retrieval heads."""
     from videoxl.engine import select
 
-    monkeypatch.setenv("VIDEOXL_CACHE", str(tmp_path))
-    model = tiny_qwen2(layers=2)
-    video = prefill(model, torch.arange(4), random_groups(12, hidden=64), PrefillConfig(chunk=2, window=1))
-    decoder = Decoder(model, video)
-    question, ranges, forced = torch.arange(10, 16), [(g, g + 1) for g in range(12)], [0, 11]
-    score = lambda **kw: decoder.score(question, DecodeConfig(topk=2, chunk=1, **kw), ranges, forced)
+    model, score = scorer_of_twelve_groups(tmp_path, monkeypatch)
     every = lambda **kw: score(heads="all", **kw)
     assert not torch.equal(every(refine=4), every(refine=0))  # refining moves this shortlist
     monkeypatch.setitem(select._found, model, select.RetrievalHeads({}, [[0.0] * 4] * 2, 1))  # none found
