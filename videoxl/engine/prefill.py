@@ -187,9 +187,9 @@ def prefill(
 ) -> PrefilledVideo:
     """Pre-fill ``prefix`` then ``groups`` chunk by chunk into a new :class:`KVStore`.
 
-    ``groups`` may be a generator: at most one forward's chunks of groups are held at a time. ``expected_tokens`` pre-sizes the
-    store. ``on_chunk(chunks_done, tokens_done)`` reports progress. ``keep_hidden`` keeps each step's final hidden
-    states (for tests and for scoring heads that read them).
+    ``groups`` may be a generator: at most one forward's chunks of groups are held at a time. ``expected_tokens``
+    pre-sizes the store. ``on_chunk(chunks_done, tokens_done)`` reports progress. ``keep_hidden`` keeps each chunk's
+    final hidden states (for tests and for scoring heads that read them).
     """
     check_model(model)
     cfg = model.config
@@ -223,10 +223,10 @@ def prefill(
     chunk_starts: list[int] = []  # first token of each chunk
     anchors_after: list[int] = []  # anchor rows (prefix + timestamps) up to the end of each chunk
     for chunks in _forwards(_chunks(groups, config.chunk), config.chunks_per_forward):
-        parts, is_ts, segments, sizes = [], [], [], []
-        start = store.length
+        parts, is_ts, segments = [], [], []
+        start, rows = store.length, 0  # rows: the forward's tokens before this chunk
         for i, batch in enumerate(chunks):
-            j, rows = stats.chunks + i, sum(p.shape[0] for p in parts)
+            j = stats.chunks + i
             for g, group in enumerate(batch):
                 ts, vis = embed(model, group.timestamp), embed(model, group.visual)
                 if vis.shape[0] == 0:
@@ -241,9 +241,9 @@ def prefill(
             else:
                 window_start = chunk_starts[first_visible] if first_visible < stats.chunks else start
                 anchor_len = anchors_after[first_visible - 1]
-            n_chunk = sum(p.shape[0] for p in parts) - rows
+            n_chunk = sum(len(group) for group in batch)
             segments.append((rows, rows + n_chunk, window_start, anchor_len))
-            sizes.append(n_chunk)
+            rows += n_chunk
         embeds, is_ts = torch.cat(parts), torch.cat(is_ts)
         n = embeds.shape[0]
         store.reserve(start + n)
