@@ -296,20 +296,21 @@ def main() -> None:
     scorers = {} if args.only_chunked else {s: SCORERS[s] for s in args.scorers.split(",")}
     print(f"{'tokens':>6} {'task':<10} {'case':>4}  dense chunked | " + " ".join(f"{s:>11}" for s in scorers)
           + "   (answer right? needle recall)", flush=True)
-    for tokens in lengths:
-        for task in tasks:
-            for i in range(cases):
-                if (tokens, task, i) in done or i % args.workers != args.worker:
-                    continue
-                case = make_case(tokenizer, task, tokens, i, cases)
-                row = {"target": tokens, **run_case(model, tokenizer, case, args.topk, prefill_config, scorers)}
-                rows.append(row)
-                if args.rows:
-                    with open(args.rows, "a") as f:
-                        f.write(json.dumps(row) + "\n")
-                marks = " ".join(f"{'+' if row[s]['acc'] else '-'}{row[s]['recall']:>10.2f}" for s in scorers)
-                print(f"{row['tokens']:>6} {task:<10} {i:>4}  {'+' if row['acc_dense'] else '-':>5} "
-                      f"{'+' if row['acc_chunked'] else '-':>7} | {marks}", flush=True)
+    # a stopped run leaves every cell with about as many cases, their depths spread over the haystack
+    order = [i for start in range(3) for i in range(start, cases, 3)]
+    todo = [(tokens, task, i) for tokens in lengths for i in order for task in tasks]
+    for n, (tokens, task, i) in enumerate(todo):
+        if (tokens, task, i) in done or n % args.workers != args.worker:
+            continue
+        case = make_case(tokenizer, task, tokens, i, cases)
+        row = {"target": tokens, **run_case(model, tokenizer, case, args.topk, prefill_config, scorers)}
+        rows.append(row)
+        if args.rows:
+            with open(args.rows, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        marks = " ".join(f"{'+' if row[s]['acc'] else '-'}{row[s]['recall']:>10.2f}" for s in scorers)
+        print(f"{row['tokens']:>6} {task:<10} {i:>4}  {'+' if row['acc_dense'] else '-':>5} "
+              f"{'+' if row['acc_chunked'] else '-':>7} | {marks}", flush=True)
     summary = summarize([r for r in rows if r["target"] in lengths and r["task"] in tasks])
     print(f"\n{'tokens':>6} {'task':<10} {'scorer':<11} {'cases':>5} {'recall':>6} {'dense':>6} {'chunked':>7} "
           f"{'bilevel':>7} {'KV':>5} {'select s':>8} {'dense fallback %':>16}")
