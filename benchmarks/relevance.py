@@ -21,12 +21,14 @@ the chunked pre-fill with every chunk dense, and by bi-level decoding (decoding 
 dense, ``--topk`` more chosen by each relevance variant) for each variant side by side (``SCORERS``): the default
 (Quest-style bounds over the model's retrieval heads, the best 32 re-ranked by their exact attention mass), the
 same over the question's content tokens only (``bounds-content``), and with content tokens too: without the
-re-ranking (``bounds-norefine``), over every head (``bounds-all``), the other scorers (over the retrieval heads),
-and ``exact``: the question's true attention mass per chunk over the dense cache at every layer and head (a
-reference that materializes the attention over the whole video). ``recall`` is the fraction of needle groups among the dense
-chunks (for ``neighbours``: both groups of the split needle); ``kv_ratio`` the bi-level cache's bytes over dense.
-The ``fallback`` rows are the default with ``min_confidence=FALLBACK``, derived exactly from the rows: a case whose
-confidence is below it is decoded with every chunk dense, which is the chunked decoding the row already holds.
+re-ranking (``bounds-norefine``), over every head (``bounds-all``), the other scorers (over the retrieval heads).
+Two references: ``exact``, the question's true attention mass per chunk over the dense cache at every layer and
+head (it materializes the attention over the whole video), and ``oracle``, the needle's groups given as external
+scores (what bi-level decoding answers when selection is perfect at this budget). ``recall`` is the fraction of
+needle groups among the dense chunks (for ``neighbours``: both groups of the split needle); ``kv_ratio`` the
+bi-level cache's bytes over dense. The ``fallback`` rows are the default with ``min_confidence=FALLBACK``, derived
+exactly from the rows: a case whose confidence is below it is decoded with every chunk dense, which is the chunked
+decoding the row already holds.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ from videoxl.llm import load_smollm2  # noqa: E402
 GROUP_TEXT = 144
 PREFILL = PrefillConfig(chunk=4, window=3)
 TASKS = ("single", "multikey", "multivalue", "neighbours")
-# relevance variants side by side: DecodeConfig options (the default first); "exact" is the reference below
+# relevance variants side by side: DecodeConfig options (the default first); "exact" and "oracle" are the references
+# below
 SCORERS = {
     "bounds": {"heads": "retrieval", "score_tokens": "all", "refine": 32},  # the default
     "bounds-content": {"score_tokens": "content", "refine": 16},  # the chat template does not score
@@ -64,6 +67,7 @@ SCORERS = {
     "sparse": {"scorer": "sparse", "score_tokens": "content"},
     "dense": {"scorer": "dense", "score_tokens": "content"},
     "exact": None,
+    "oracle": None,
 }
 FALLBACK = 0.1  # the min_confidence of the derived "fallback" row (see summarize)
 PREFIX = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nSome special magic numbers "
@@ -214,6 +218,9 @@ def run_case(model, tokenizer, case: dict, topk: int, prefill_config: PrefillCon
         if scorer == "exact":
             ranges = [(g, g + 1) for g in range(len(groups))]
             answer = decoder.answer(question, config, chunk_scores=exact_scores(decoder, question, ranges))
+        elif scorer == "oracle":  # the needle's groups, as an external scorer that knows them would give
+            truth = [float(g in case["needle_groups"]) for g in range(len(groups))]
+            answer = decoder.answer(question, config, chunk_scores=truth)
         else:
             answer = decoder.answer(question, DecodeConfig(topk=topk, chunk=1, max_new_tokens=24, **SCORERS[scorer]))
         hits = [g in answer.dense_chunks for g in case["needle_groups"]]
@@ -263,6 +270,33 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def schedule(lengths: list[int], tasks: list[str], cases: int) -> list[tuple[int, str, int]]:
+    """(length, task, case index) in run order: tasks alternate, and every third case first (depths 0, 3, 6, ...
+    of ``cases``), so a run stopped early leaves every cell of a length with about as many cases, spread over the
+    haystack's depth."""
+    order = [i for start in range(3) for i in range(start, cases, 3)]
+    return [(tokens, task, i) for tokens in lengths for i in order for task in tasks]
+
+
+def markdown(summary: list[dict]) -> str:
+    """The README's table: one line per (length, task), recall / bi-level accuracy in % for the default scorer, the
+    mean-key scorer and the exact attention mass side by side."""
+    lines = ["| tokens | task | cases | dense | chunked | **default scorer** | mean key | exact attention mass, all heads "
+             "| oracle | KV bi-level / dense | select s |", "|---:|---|---:|---:|---:|---|---|---|---|---:|---:|"]
+    cells: dict[tuple, dict] = {}
+    for s in summary:
+        cells.setdefault((s["target_tokens"], s["task"]), {})[s["scorer"]] = s
+    for (_, task), by in cells.items():
+        base = by.get("bounds") or next(iter(by.values()))
+        pair = {k: f"{by[k]['recall']:.0f} / {by[k]['acc_bilevel']:.0f}" if k in by else "-"
+                for k in ("bounds", "mean", "exact", "oracle")}
+        kv, sel = (f"{base['kv_ratio']:.2f}", f"{base['select_s']:.2f}") if "bounds" in by else ("-", "-")
+        lines.append(f"| {base['tokens']:,} | {task} | {base['cases']} | {base['acc_dense']:.0f} | "
+                     f"{base['acc_chunked']:.0f} | **{pair['bounds']}** | {pair['mean']} | {pair['exact']} | {pair['oracle']} | {kv} "
+                     f"| {sel} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", default="2048,4096,8192", help="haystack sizes in tokens")
@@ -278,6 +312,7 @@ def main() -> None:
                         help="dense and chunked decoding only (for the pre-fill's own loss across windows)")
     parser.add_argument("--scorers", default=",".join(SCORERS),
                         help="relevance variants to run, comma-separated (default: all of them)")
+    parser.add_argument("--markdown", action="store_true", help="also print the summary as the README's table")
     parser.add_argument("--workers", type=int, default=1, help="run every WORKERS-th case from --worker")
     parser.add_argument("--worker", type=int, default=0)
     args = parser.parse_args()
@@ -296,10 +331,7 @@ def main() -> None:
     scorers = {} if args.only_chunked else {s: SCORERS[s] for s in args.scorers.split(",")}
     print(f"{'tokens':>6} {'task':<10} {'case':>4}  dense chunked | " + " ".join(f"{s:>11}" for s in scorers)
           + "   (answer right? needle recall)", flush=True)
-    # a stopped run leaves every cell with about as many cases, their depths spread over the haystack
-    order = [i for start in range(3) for i in range(start, cases, 3)]
-    todo = [(tokens, task, i) for tokens in lengths for i in order for task in tasks]
-    for n, (tokens, task, i) in enumerate(todo):
+    for n, (tokens, task, i) in enumerate(schedule(lengths, tasks, cases)):
         if (tokens, task, i) in done or n % args.workers != args.worker:
             continue
         case = make_case(tokenizer, task, tokens, i, cases)
@@ -322,6 +354,8 @@ def main() -> None:
         print(f"{s['tokens']:>6} {s['task']:<10} {s['scorer']:<11} {s['cases']:>5} {s['recall']:>6.0f} "
               f"{s['acc_dense']:>6.0f} {s['acc_chunked']:>7.0f} {s['acc_bilevel']:>7.0f} {s['kv_ratio']:>5.2f} "
               f"{s['select_s']:>8.3f} {s['fell_back']:>16.0f}")
+    if args.markdown:
+        print("\n" + markdown(summary))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2))

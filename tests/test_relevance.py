@@ -160,3 +160,36 @@ def test_cli_reports_the_confidence(tiny_checkpoint, tmp_path):
     run = subprocess.run(common, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert f"relevance confidence {out['confidence']:.2f}" in run.stderr
+
+
+def test_benchmark_schedule_leaves_balanced_cells_when_stopped():
+    from relevance import schedule
+
+    todo = schedule([2048, 4096], ["single", "multikey"], 30)
+    assert sorted(todo) == sorted((n, t, i) for n in (2048, 4096) for t in ("single", "multikey") for i in range(30))
+    first = todo[:20]  # a run stopped after 20 cases
+    assert {n for n, _, _ in first} == {2048}
+    assert sum(t == "single" for _, t, _ in first) == 10
+    depths = sorted((i + 0.5) / 30 for _, t, i in first if t == "single")
+    assert depths[0] < 0.05 and depths[-1] > 0.9 and max(b - a for a, b in zip(depths, depths[1:])) <= 0.1 + 1e-9
+
+
+def test_benchmark_oracle_and_table(smollm2):
+    """The oracle reference reloads the needle's group; the README table is the summary of the rows, by hand."""
+    from relevance import PREFILL, make_case, markdown, run_case, summarize
+
+    model, tokenizer = smollm2
+    case = make_case(tokenizer, "single", 1200, 1, 3)
+    row = run_case(model, tokenizer, case, 1, PREFILL, {"oracle": None})
+    assert row["oracle"]["recall"] == 1.0 and case["needle_groups"][0] in row["oracle"]["dense_chunks"]
+    assert row["oracle"]["kv_ratio"] < 1
+
+    def cell(recall, acc, kv=0.5):
+        return {"recall": recall, "acc": acc, "kv_ratio": kv, "select_s": 0.1, "confidence": 0.3}
+
+    rows = [{"target": 2048, "task": "single", "tokens": 2050, "acc_dense": True, "acc_chunked": False,
+             "bounds": cell(1.0, True), "oracle": cell(1.0, True), "exact": cell(0.0, False)},
+            {"target": 2048, "task": "single", "tokens": 2054, "acc_dense": False, "acc_chunked": False,
+             "bounds": cell(0.0, False, 0.7), "oracle": cell(1.0, False), "exact": cell(1.0, True)}]
+    table = markdown(summarize(rows)).splitlines()
+    assert table[2] == "| 2,052 | single | 2 | 50 | 0 | **50 / 50** | - | 50 / 50 | 100 / 50 | 0.60 | 0.10 |"
