@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import re
 import sys
@@ -210,6 +211,7 @@ def run_case(model, tokenizer, case: dict, topk: int, prefill_config: PrefillCon
     decoder = Decoder(model, video, tokenizer)
     chunked = decoder.answer(question, DecodeConfig(max_new_tokens=24))
     row["chunked_s"] = time.perf_counter() - t0
+    row["question_s"] = chunked.seconds["question"]  # the question's pre-fill over the dense cache (selection's bar)
     row["answers"] = {"dense": dense_text, "chunked": chunked.text}
     row["acc_dense"], row["acc_chunked"] = correct(dense_text, case["answers"]), correct(chunked.text, case["answers"])
     config = DecodeConfig(topk=topk, chunk=1, max_new_tokens=24)
@@ -265,6 +267,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                     "acc_bilevel": 100 * sum(r[scorer]["acc"] for r in cell) / n,
                     "kv_ratio": sum(r[scorer]["kv_ratio"] for r in cell) / n,
                     "select_s": sorted(r[scorer]["select_s"] for r in cell)[n // 2],
+                    "question_s": sorted(r.get("question_s", math.nan) for r in cell)[n // 2],
                     "fell_back": 100 * sum(r[scorer].get("fell_back", False) for r in cell) / n,
                 })
     return out
@@ -282,7 +285,7 @@ def markdown(summary: list[dict]) -> str:
     """The README's table: one line per (length, task), recall / bi-level accuracy in % for the default scorer, the
     mean-key scorer and the exact attention mass side by side."""
     lines = ["| tokens | task | cases | dense | chunked | **default scorer** | mean key | exact attention mass, all heads "
-             "| oracle | KV bi-level / dense | select s |", "|---:|---|---:|---:|---:|---|---|---|---|---:|---:|"]
+             "| oracle | KV bi-level / dense | select s (question's pre-fill s) |", "|---:|---|---:|---:|---:|---|---|---|---|---:|---:|"]
     cells: dict[tuple, dict] = {}
     for s in summary:
         cells.setdefault((s["target_tokens"], s["task"]), {})[s["scorer"]] = s
@@ -291,6 +294,8 @@ def markdown(summary: list[dict]) -> str:
         pair = {k: f"{by[k]['recall']:.0f} / {by[k]['acc_bilevel']:.0f}" if k in by else "-"
                 for k in ("bounds", "mean", "exact", "oracle")}
         kv, sel = (f"{base['kv_ratio']:.2f}", f"{base['select_s']:.2f}") if "bounds" in by else ("-", "-")
+        if "bounds" in by and not math.isnan(base["question_s"]):
+            sel += f" ({base['question_s']:.2f})"
         lines.append(f"| {base['tokens']:,} | {task} | {base['cases']} | {base['acc_dense']:.0f} | "
                      f"{base['acc_chunked']:.0f} | **{pair['bounds']}** | {pair['mean']} | {pair['exact']} | {pair['oracle']} | {kv} "
                      f"| {sel} |")
@@ -345,7 +350,7 @@ def main() -> None:
               f"{'+' if row['acc_chunked'] else '-':>7} | {marks}", flush=True)
     summary = summarize([r for r in rows if r["target"] in lengths and r["task"] in tasks])
     print(f"\n{'tokens':>6} {'task':<10} {'scorer':<11} {'cases':>5} {'recall':>6} {'dense':>6} {'chunked':>7} "
-          f"{'bilevel':>7} {'KV':>5} {'select s':>8} {'dense fallback %':>16}")
+          f"{'bilevel':>7} {'KV':>5} {'select s':>8} {'question s':>10} {'dense fallback %':>16}")
     for s in summary:
         if s["scorer"] is None:
             print(f"{s['tokens']:>6} {s['task']:<10} {'-':<11} {s['cases']:>5} {'':>6} {s['acc_dense']:>6.0f} "
@@ -353,7 +358,7 @@ def main() -> None:
             continue
         print(f"{s['tokens']:>6} {s['task']:<10} {s['scorer']:<11} {s['cases']:>5} {s['recall']:>6.0f} "
               f"{s['acc_dense']:>6.0f} {s['acc_chunked']:>7.0f} {s['acc_bilevel']:>7.0f} {s['kv_ratio']:>5.2f} "
-              f"{s['select_s']:>8.3f} {s['fell_back']:>16.0f}")
+              f"{s['select_s']:>8.3f} {s['question_s']:>10.3f} {s['fell_back']:>16.0f}")
     if args.markdown:
         print("\n" + markdown(summary))
     if args.json:

@@ -188,8 +188,8 @@ def test_benchmark_oracle_and_table(smollm2):
         return {"recall": recall, "acc": acc, "kv_ratio": kv, "select_s": 0.1, "confidence": 0.3}
 
     rows = [{"target": 2048, "task": "single", "tokens": 2050, "acc_dense": True, "acc_chunked": False,
-             "bounds": cell(1.0, True), "oracle": cell(1.0, True), "exact": cell(0.0, False)},
+             "question_s": 0.4, "bounds": cell(1.0, True), "oracle": cell(1.0, True), "exact": cell(0.0, False)},
             {"target": 2048, "task": "single", "tokens": 2054, "acc_dense": False, "acc_chunked": False,
-             "bounds": cell(0.0, False, 0.7), "oracle": cell(1.0, False), "exact": cell(1.0, True)}]
+             "question_s": 0.5, "bounds": cell(0.0, False, 0.7), "oracle": cell(1.0, False), "exact": cell(1.0, True)}]
     table = markdown(summarize(rows)).splitlines()
-    assert table[2] == "| 2,052 | single | 2 | 50 | 0 | **50 / 50** | - | 50 / 50 | 100 / 50 | 0.60 | 0.10 |"
+    assert table[2] == "| 2,052 | single | 2 | 50 | 0 | **50 / 50** | - | 50 / 50 | 100 / 50 | 0.60 | 0.10 (0.50) |"
