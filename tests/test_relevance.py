@@ -193,3 +193,20 @@ def test_benchmark_oracle_and_table(smollm2):
              "question_s": 0.5, "bounds": cell(0.0, False, 0.7), "oracle": cell(1.0, False), "exact": cell(1.0, True)}]
     table = markdown(summarize(rows)).splitlines()
     assert table[2] == "| 2,052 | single | 2 | 50 | 0 | **50 / 50** | - | 50 / 50 | 100 / 50 | 0.60 | 0.10 (0.50) |"
+
+
+def test_benchmark_answers_fit_their_budget_and_score_as_ruler(smollm2):
+    """SmolLM2 writes one token per digit: every task's full answer must fit its new-token budget, and multivalue
+    earns the fraction of its numbers found (RULER's string_match_all)."""
+    from relevance import answer_budget, correct, make_case
+
+    _, tokenizer = smollm2
+    for task in ("single", "multikey", "multivalue", "neighbours"):
+        case = make_case(tokenizer, task, 1200, 0, 3)
+        full = "\n\n" + "\n".join(f"- {a}." for a in case["answers"]) + "<|im_end|>"
+        assert len(tokenizer(full)["input_ids"]) < answer_budget(task), task
+        assert correct(full, case["answers"]) == 1.0
+    case = make_case(tokenizer, "multivalue", 1200, 0, 3)
+    a, b, c, d = case["answers"]
+    assert correct(f"{a}, {c} and {a[:-1]}", case["answers"]) == 0.5
+    assert correct("Time 12.0s:", case["answers"]) == 0.0
