@@ -61,6 +61,7 @@ TASKS = ("single", "multikey", "multivalue", "neighbours")
 # below
 SCORERS = {
     "bounds": {"heads": "retrieval", "score_tokens": "all", "refine": 32},  # the default
+    "bounds-follow": {"follow": 1},  # the default, and the best chunk brings the one after it (within topk)
     "bounds-content": {"score_tokens": "content", "refine": 16},  # the chat template does not score
     # the variants below score content tokens only, as the default did when the published rows were measured
     "bounds-norefine": {"refine": 0, "score_tokens": "content"},  # bounds alone, not re-ranked
@@ -195,7 +196,9 @@ def exact_scores(decoder: Decoder, question: torch.Tensor, ranges: list[tuple[in
 
 
 def run_case(model, tokenizer, case: dict, topk: int, prefill_config: PrefillConfig = PREFILL,
-             scorers: dict = SCORERS) -> dict:
+             scorers: dict = SCORERS, baselines: bool = True) -> dict:
+    """One case answered dense, chunked and by each scorer's bi-level decoding (without ``baselines``: by the
+    scorers only; the dense and chunked fields are then None)."""
     from transformers import DynamicCache
 
     prefix = torch.tensor(case["prefix"])
@@ -206,6 +209,11 @@ def run_case(model, tokenizer, case: dict, topk: int, prefill_config: PrefillCon
     row["tokens"] = ids.numel() + question.numel()
     row["window"] = prefill_config.window
     budget = answer_budget(case["task"])
+    if not baselines:
+        video = prefill(model, prefix, groups, prefill_config, expected_tokens=ids.numel())
+        decoder = Decoder(model, video, tokenizer)
+        row.update(dense_s=None, chunked_s=None, question_s=None, answers=None, acc_dense=None, acc_chunked=None)
+        return _scored(row, decoder, case, question, topk, budget, len(groups), scorers)
     t0 = time.perf_counter()
     cache = DynamicCache(config=model.config)
     with torch.inference_mode():
@@ -223,14 +231,21 @@ def run_case(model, tokenizer, case: dict, topk: int, prefill_config: PrefillCon
     row["question_s"] = chunked.seconds["question"]  # the question's pre-fill over the dense cache (selection's bar)
     row["answers"] = {"dense": dense_text, "chunked": chunked.text}
     row["acc_dense"], row["acc_chunked"] = correct(dense_text, case["answers"]), correct(chunked.text, case["answers"])
+    return _scored(row, decoder, case, question, topk, budget, len(groups), scorers)
+
+
+def _scored(row: dict, decoder: Decoder, case: dict, question: torch.Tensor, topk: int, budget: int, n_groups: int,
+            scorers: dict) -> dict:
+    """``row`` with one entry per scorer: its bi-level answer, recall, KV ratio, confidence and times."""
+    groups = range(n_groups)
     config = DecodeConfig(topk=topk, chunk=1, max_new_tokens=budget)
     for scorer in scorers:
         t0 = time.perf_counter()
         if scorer == "exact":
-            ranges = [(g, g + 1) for g in range(len(groups))]
+            ranges = [(g, g + 1) for g in groups]
             answer = decoder.answer(question, config, chunk_scores=exact_scores(decoder, question, ranges))
         elif scorer == "oracle":  # the needle's groups, as an external scorer that knows them would give
-            truth = [float(g in case["needle_groups"]) for g in range(len(groups))]
+            truth = [float(g in case["needle_groups"]) for g in groups]
             answer = decoder.answer(question, config, chunk_scores=truth)
         else:
             answer = decoder.answer(question, DecodeConfig(topk=topk, chunk=1, max_new_tokens=budget, **SCORERS[scorer]))
@@ -246,7 +261,7 @@ def with_fallback(row: dict, threshold: float = FALLBACK) -> dict:
     """The default scorer's result had ``min_confidence=threshold`` been set: a case below it is decoded with every
     chunk dense, which is exactly the chunked decoding the row already holds (same cache, same positions)."""
     r = row["bounds"]
-    if r.get("confidence") is None or r["confidence"] >= threshold:
+    if r.get("confidence") is None or r["confidence"] >= threshold or row["acc_chunked"] is None:
         return {**r, "fell_back": False}
     return {**r, "recall": 1.0, "acc": row["acc_chunked"], "kv_ratio": 1.0, "fell_back": True}
 
@@ -264,8 +279,8 @@ def summarize(rows: list[dict]) -> list[dict]:
             n = len(cell)
             base = {"tokens": round(sum(r["tokens"] for r in cell) / n), "target_tokens": tokens, "task": task,
                     "window": cell[0].get("window", PREFILL.window), "cases": n,
-                    "acc_dense": 100 * sum(r["acc_dense"] for r in cell) / n,
-                    "acc_chunked": 100 * sum(r["acc_chunked"] for r in cell) / n}
+                    "acc_dense": percent([r["acc_dense"] for r in cell]),
+                    "acc_chunked": percent([r["acc_chunked"] for r in cell])}
             scorers = [s for s in [*SCORERS, "fallback"] if all(s in r for r in cell)]
             if not scorers:
                 out.append({**base, "scorer": None})
@@ -276,10 +291,19 @@ def summarize(rows: list[dict]) -> list[dict]:
                     "acc_bilevel": 100 * sum(r[scorer]["acc"] for r in cell) / n,
                     "kv_ratio": sum(r[scorer]["kv_ratio"] for r in cell) / n,
                     "select_s": sorted(r[scorer]["select_s"] for r in cell)[n // 2],
-                    "question_s": sorted(r.get("question_s", math.nan) for r in cell)[n // 2],
+                    "question_s": sorted(r.get("question_s") or math.nan for r in cell)[n // 2],
                     "fell_back": 100 * sum(r[scorer].get("fell_back", False) for r in cell) / n,
                 })
     return out
+
+
+def percent(values: list) -> float | None:
+    """Mean in %, None when a row has no value (a ``--scorers-only`` run: no dense or chunked answer)."""
+    return None if any(v is None for v in values) else 100 * sum(values) / len(values)
+
+
+def pct(x: float | None, width: int = 0) -> str:
+    return f"{'-' if x is None else format(x, '.0f'):>{width}}"
 
 
 def schedule(lengths: list[int], tasks: list[str], cases: int) -> list[tuple[int, str, int]]:
@@ -305,8 +329,8 @@ def markdown(summary: list[dict]) -> str:
         kv, sel = (f"{base['kv_ratio']:.2f}", f"{base['select_s']:.2f}") if "bounds" in by else ("-", "-")
         if "bounds" in by and not math.isnan(base["question_s"]):
             sel += f" ({base['question_s']:.2f})"
-        lines.append(f"| {base['tokens']:,} | {task} | {base['cases']} | {base['acc_dense']:.0f} | "
-                     f"{base['acc_chunked']:.0f} | **{pair['bounds']}** | {pair['mean']} | {pair['exact']} | {pair['oracle']} | {kv} "
+        lines.append(f"| {base['tokens']:,} | {task} | {base['cases']} | {pct(base['acc_dense'])} | "
+                     f"{pct(base['acc_chunked'])} | **{pair['bounds']}** | {pair['mean']} | {pair['exact']} | {pair['oracle']} | {kv} "
                      f"| {sel} |")
     return "\n".join(lines)
 
@@ -326,6 +350,8 @@ def main() -> None:
                         help="dense and chunked decoding only (for the pre-fill's own loss across windows)")
     parser.add_argument("--scorers", default=",".join(SCORERS),
                         help="relevance variants to run, comma-separated (default: all of them)")
+    parser.add_argument("--scorers-only", action="store_true",
+                        help="bi-level answers only, no dense or chunked ones (an ablation beside a full run's rows)")
     parser.add_argument("--markdown", action="store_true", help="also print the summary as the README's table")
     parser.add_argument("--workers", type=int, default=1, help="run every WORKERS-th case from --worker")
     parser.add_argument("--worker", type=int, default=0)
@@ -349,12 +375,14 @@ def main() -> None:
         if (tokens, task, i) in done or n % args.workers != args.worker:
             continue
         case = make_case(tokenizer, task, tokens, i, cases)
-        row = {"target": tokens, **run_case(model, tokenizer, case, args.topk, prefill_config, scorers)}
+        row = {"target": tokens, **run_case(model, tokenizer, case, args.topk, prefill_config, scorers,
+                                            baselines=not args.scorers_only)}
         rows.append(row)
         if args.rows:
             with open(args.rows, "a") as f:
                 f.write(json.dumps(row) + "\n")
         mark = {1.0: "+", 0.0: "-"}
+        mark[None] = " "
         marks = " ".join(f"{mark.get(row[s]['acc'], '~')}{row[s]['recall']:>10.2f}" for s in scorers)
         print(f"{row['tokens']:>6} {task:<10} {i:>4}  {mark.get(row['acc_dense'], '~'):>5} "
               f"{mark.get(row['acc_chunked'], '~'):>7} | {marks}", flush=True)
@@ -363,11 +391,11 @@ def main() -> None:
           f"{'bilevel':>7} {'KV':>5} {'select s':>8} {'question s':>10} {'dense fallback %':>16}")
     for s in summary:
         if s["scorer"] is None:
-            print(f"{s['tokens']:>6} {s['task']:<10} {'-':<11} {s['cases']:>5} {'':>6} {s['acc_dense']:>6.0f} "
-                  f"{s['acc_chunked']:>7.0f}   (window {s['window']})")
+            print(f"{s['tokens']:>6} {s['task']:<10} {'-':<11} {s['cases']:>5} {'':>6} {pct(s['acc_dense'], 6)} "
+                  f"{pct(s['acc_chunked'], 7)}   (window {s['window']})")
             continue
         print(f"{s['tokens']:>6} {s['task']:<10} {s['scorer']:<11} {s['cases']:>5} {s['recall']:>6.0f} "
-              f"{s['acc_dense']:>6.0f} {s['acc_chunked']:>7.0f} {s['acc_bilevel']:>7.0f} {s['kv_ratio']:>5.2f} "
+              f"{pct(s['acc_dense'], 6)} {pct(s['acc_chunked'], 7)} {s['acc_bilevel']:>7.0f} {s['kv_ratio']:>5.2f} "
               f"{s['select_s']:>8.3f} {s['question_s']:>10.3f} {s['fell_back']:>16.0f}")
     if args.markdown:
         print("\n" + markdown(summary))

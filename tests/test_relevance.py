@@ -132,6 +132,37 @@ def test_retrieval_heads_find_the_needle_in_prose(prose_needle):
     assert case["answers"][0] in answer.text
 
 
+def test_selection_runs_the_question_only_up_to_its_last_scoring_layer(prose_needle):
+    """The scoring queries equal those of the question's full forward over the whole cheap cache, taken from a
+    forward that stops at the last scoring layer and a cache of the layers up to it."""
+    from videoxl.engine.attention import DecodeStep, run_step
+    from videoxl.engine.layout import embed
+    from videoxl.engine.select import chunk_ranges
+
+    model, tokenizer, case, video = prose_needle
+    decoder = Decoder(model, video, tokenizer)
+    question = torch.tensor(case["question"])
+    ranges = chunk_ranges(len(video.store.groups), 1)
+    forced = [0, len(ranges) - 1]
+    layers = (5, 9, 17)
+    early = decoder.question_queries(question, ranges, forced, layers)
+    dense_groups = torch.zeros(len(video.store.groups), dtype=torch.bool)
+    dense_groups[0] = dense_groups[-1] = True
+    cache, position = decoder._cache(dense_groups, "absolute", question.shape[0])
+    assert len(cache.k) == video.store.layers == 30
+    step = DecodeStep(cache, question.shape[0], layers)
+    full = run_step(model, embed(model, question), torch.arange(position, position + question.shape[0]), step)
+    assert full is not None and full.shape == (question.shape[0], model.config.hidden_size)
+    rope = decoder.summaries[False].rope
+    q_pos = torch.arange(position, position + question.shape[0], dtype=torch.float64)
+    for layer in layers:
+        torch.testing.assert_close(early[layer], rope.rotate(step.queries[layer], -q_pos))
+    short, _ = decoder._cache(dense_groups, "absolute", question.shape[0], layers=18)
+    stopped = DecodeStep(short, question.shape[0], layers, queries_only=True)
+    assert run_step(model, embed(model, question), torch.arange(position, position + question.shape[0]), stopped) is None
+    assert sorted(stopped.queries) == list(layers)  # layers 18-29 were never reached (their cache does not exist)
+
+
 def test_calibration_finds_few_heads_on_smollm2(smollm2, tmp_path, monkeypatch):
     model, tokenizer = smollm2
     found = calibrate_heads(model, tokenizer, cases=2, groups=6, group_tokens=48)

@@ -86,3 +86,21 @@ def test_summaries_and_scores_leave_timestamp_keys_out():
         assert scores.shape == (4, 3, 6)
         torch.testing.assert_close(score_groups(scorer, queries, 0, store, GroupSummaries(store, rope), 0.25)[0],
                                    scores)
+
+
+def test_choose_dense_follow_brings_the_next_chunk_within_topk_and_budget():
+    from videoxl.engine.select import choose_dense
+
+    rel = torch.tensor([float("nan"), 0.1, 0.9, 0.2, 0.4, 0.5, 0.3, float("nan")])
+    cands, forced, dense_tok, sparse_tok = list(range(1, 7)), [0, 7], [10] * 8, [3] * 8
+    assert choose_dense(rel, cands, forced, 3, None, dense_tok, sparse_tok) == [0, 2, 4, 5, 7]
+    assert choose_dense(rel, cands, forced, 3, None, dense_tok, sparse_tok, follow=1) == [0, 2, 3, 5, 7]
+    assert choose_dense(rel, cands, forced, 4, None, dense_tok, sparse_tok, follow=2) == [0, 2, 3, 5, 6, 7]
+    # the best chunk's follower is the forced last one: nothing to bring, the next picks are by relevance
+    rel_last = torch.tensor([float("nan"), 0.1, 0.2, 0.3, 0.4, 0.5, 0.9, float("nan")])
+    assert choose_dense(rel_last, cands, forced, 3, None, dense_tok, sparse_tok, follow=1) == [0, 4, 5, 6, 7]
+    # the budget holds the forced chunks plus two reloads of 7 tokens; a follower too large for it is skipped
+    budget = 2 * 10 + 6 * 3 + 2 * 7
+    assert choose_dense(rel, cands, forced, None, budget, dense_tok, sparse_tok, follow=1) == [0, 2, 3, 7]
+    large = dense_tok[:3] + [40] + dense_tok[4:]
+    assert choose_dense(rel, cands, forced, None, budget, large, sparse_tok, follow=1) == [0, 2, 5, 7]

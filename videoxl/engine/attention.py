@@ -319,17 +319,22 @@ class DecodeCache:
 class DecodeStep:
     """``n`` new tokens appended to a :class:`DecodeCache`; they see all of it and each other causally.
 
-    If ``capture`` names layers, the step keeps those layers' (rotated) queries for chunk scoring.
+    If ``capture`` names layers, the step keeps those layers' (rotated) queries for chunk scoring; with
+    ``queries_only`` the forward stops once the last of them is captured (:func:`run_step` returns None), so the
+    layers above it are not run and the cache needs only the layers up to it.
     """
 
-    def __init__(self, cache: DecodeCache, n: int, capture: tuple[int, ...] = ()):
+    def __init__(self, cache: DecodeCache, n: int, capture: tuple[int, ...] = (), queries_only: bool = False):
         self.cache, self.n, self.capture = cache, n, set(capture)
+        self.last = max(capture) if queries_only else None
         self.queries: dict[int, torch.Tensor] = {}
         self.start = cache.length
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         if layer in self.capture:
             self.queries[layer] = q
+            if layer == self.last:
+                raise _Captured
         end = self.start + self.n
         cache_k, cache_v = self.cache.k[layer], self.cache.v[layer]
         cache_k[:, self.start : end] = k
@@ -343,6 +348,10 @@ class DecodeStep:
 
     def finish(self) -> None:
         self.cache.length += self.n
+
+
+class _Captured(Exception):
+    """Raised by a ``queries_only`` step once it holds every query it captures (caught by :func:`run_step`)."""
 
 
 # -- the transformers hook ---------------------------------------------------------------------------------------
@@ -378,10 +387,14 @@ def prepare(model: torch.nn.Module) -> None:
             config._attn_implementation = ATTENTION_NAME
 
 
-def run_step(model: torch.nn.Module, embeds: torch.Tensor, positions: torch.Tensor, step) -> torch.Tensor:
-    """One forward of the decoder stack over (n, hidden) embeddings; returns the final hidden states (n, hidden)."""
+def run_step(model: torch.nn.Module, embeds: torch.Tensor, positions: torch.Tensor, step) -> torch.Tensor | None:
+    """One forward of the decoder stack over (n, hidden) embeddings; returns the final hidden states (n, hidden),
+    or None when a ``queries_only`` step stopped it early (transformers' output hooks are reset in a ``finally``)."""
     prepare(model)
-    with torch.inference_mode():
-        out = model.model(inputs_embeds=embeds[None], position_ids=positions[None], use_cache=False,
-                          videoxl_step=step)
+    try:
+        with torch.inference_mode():
+            out = model.model(inputs_embeds=embeds[None], position_ids=positions[None], use_cache=False,
+                              videoxl_step=step)
+    except _Captured:
+        return None
     return out.last_hidden_state[0]

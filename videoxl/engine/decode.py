@@ -41,7 +41,8 @@ class DecodeConfig:
     none was found; "all") and the question's ``score_tokens`` ("content": without the chat template; needs the
     tokenizer); with "bounds", the ``refine`` best chunks are re-ranked by the exact position-free attention mass
     of those heads over their visual keys (0: not; a fixed number of chunks, so its cost does not grow with the
-    video; with ``heads="retrieval"`` only when the model has retrieval heads). When the chosen chunks stand out less than ``min_confidence`` (select.confidence), every chunk is
+    video; with ``heads="retrieval"`` only when the model has retrieval heads). With ``follow``, each of the
+    ``follow`` best chunks brings the chunk after it, within ``topk`` (select.choose_dense). When the chosen chunks stand out less than ``min_confidence`` (select.confidence), every chunk is
     decoded dense and the answer says so (None, the default: never; confidence is on a scale of its own per model,
     see select.py). Generation: greedy when ``temperature`` is 0.
     """
@@ -54,6 +55,7 @@ class DecodeConfig:
     score_tokens: Literal["content", "all"] = "all"
     min_confidence: float | None = None
     refine: int = 32
+    follow: int = 0
     score_layers: tuple[int, ...] | None = None
     score_positions: bool = False  # keep RoPE in relevance scores (an ablation: recency then dominates)
     positions: Literal["absolute", "contiguous"] = "contiguous"
@@ -79,6 +81,8 @@ class DecodeConfig:
             raise InputError(f"score_tokens must be 'content' or 'all', got {self.score_tokens!r}")
         if not isinstance(self.refine, int) or self.refine < 0:
             raise InputError(f"refine must be a number of chunks >= 0, got {self.refine!r}")
+        if not isinstance(self.follow, int) or self.follow < 0:
+            raise InputError(f"follow must be a number of chunks >= 0, got {self.follow!r}")
         if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
             raise InputError(f"min_confidence must be in [0, 1] or None, got {self.min_confidence!r}")
         if self.positions not in ("absolute", "contiguous"):
@@ -132,15 +136,17 @@ class Decoder:
             self.eos.add(tokenizer.eos_token_id)
 
     # -- the mixed cache ------------------------------------------------------------------------------------------
-    def _cache(self, dense_groups: torch.Tensor, positions: str, room: int) -> tuple[DecodeCache, int]:
-        """Gather the mixed cache; returns it and the position the next token takes."""
+    def _cache(self, dense_groups: torch.Tensor, positions: str, room: int,
+               layers: int | None = None) -> tuple[DecodeCache, int]:
+        """Gather the mixed cache (of the first ``layers`` layers; None: all); returns it and the position the next
+        token takes."""
         store = self.video.store
         from_dense, index, pos = store.layout(dense_groups)
         keys, values = [], []
         move = None
         if positions == "contiguous":  # one rotation table for every layer
             move = self.rope.table(torch.arange(pos.numel(), dtype=torch.float64) - pos, store.device, store.dtype)
-        for layer in range(store.layers):
+        for layer in range(store.layers if layers is None else layers):
             k, v = store.gather(layer, from_dense, index)
             if move is not None:
                 k = self.rope.apply(k, move)
@@ -149,9 +155,9 @@ class Decoder:
         cache = DecodeCache(keys, values, room)
         return cache, (store.length if positions == "absolute" else cache.length)
 
-    def _step(self, cache: DecodeCache, embeds: torch.Tensor, position: int, capture=()):
+    def _step(self, cache: DecodeCache, embeds: torch.Tensor, position: int, capture=(), queries_only=False):
         n = embeds.shape[0]
-        step = DecodeStep(cache, n, capture)
+        step = DecodeStep(cache, n, capture, queries_only)
         hidden = run_step(self.model, embeds, torch.arange(position, position + n, device=self.device), step)
         step.finish()
         return hidden, step
@@ -160,13 +166,14 @@ class Decoder:
     def question_queries(self, question: torch.Tensor, ranges: list[tuple[int, int]], forced: list[int],
                          layers: tuple[int, ...], positions: bool = False) -> dict[int, torch.Tensor]:
         """Per layer, the question's queries (H, Q, D), position-free unless ``positions``: the question is run
-        once over a cache where only the ``forced`` chunks are dense (the cheap cache scoring starts from)."""
+        once over a cache where only the ``forced`` chunks are dense (the cheap cache scoring starts from), up to
+        the last scoring layer only (the retrieval heads of SmolLM2-135M end at layer 20 of 30)."""
         store = self.video.store
         dense_groups = torch.zeros(len(store.groups), dtype=torch.bool)
         for c in forced:
             dense_groups[ranges[c][0]:ranges[c][1]] = True
-        cache, position = self._cache(dense_groups, "absolute", question.shape[0])
-        _, step = self._step(cache, embed(self.model, question), position, capture=layers)
+        cache, position = self._cache(dense_groups, "absolute", question.shape[0], layers=max(layers) + 1)
+        _, step = self._step(cache, embed(self.model, question), position, capture=layers, queries_only=True)
         q_pos = torch.arange(position, position + question.shape[0], dtype=torch.float64)
         rope = self.summaries[positions].rope
         return {layer: rope.rotate(step.queries[layer], -q_pos) for layer in layers}
@@ -257,7 +264,7 @@ class Decoder:
                       for s, e in ranges]
         budget = None if config.kv_budget is None else int(config.kv_budget * store.length) - store.prefix_length
         candidates = [c for c in range(n) if c not in forced]
-        dense = choose_dense(scores, candidates, forced, config.topk, budget, dense_tok, sparse_tok)
+        dense = choose_dense(scores, candidates, forced, config.topk, budget, dense_tok, sparse_tok, config.follow)
         sure, note = None, None
         if candidates and chunk_scores is None:
             chosen = [i for i, c in enumerate(candidates) if c in dense]

@@ -337,20 +337,31 @@ def content_mask(ids: torch.Tensor, tokenizer) -> torch.Tensor:
 
 
 def choose_dense(relevance: torch.Tensor, candidates: list[int], forced: list[int], topk: int | None,
-                 token_budget: int | None, tokens_if_dense: list[int], tokens_if_sparse: list[int]) -> list[int]:
-    """The chunks to reload dense: ``forced`` ones, then candidates by relevance while ``topk`` and the budget allow."""
+                 token_budget: int | None, tokens_if_dense: list[int], tokens_if_sparse: list[int],
+                 follow: int = 0) -> list[int]:
+    """The chunks to reload dense: ``forced`` ones, then candidates by relevance while ``topk`` and the budget
+    allow. With ``follow``, each of the ``follow`` best picks brings the candidate chunk right after it next (what
+    it leads into: the value of a key cut by a chunk boundary, the rest of an event), within the same ``topk`` and
+    budget."""
     dense = set(forced)
     used = sum(tokens_if_dense[c] if c in dense else tokens_if_sparse[c] for c in range(len(tokens_if_dense)))
+    allowed = set(candidates)
     picked = 0
-    for c in sorted(candidates, key=lambda c: -float(relevance[c])):
+    queue = [(c, False) for c in sorted(candidates, key=lambda c: -float(relevance[c]))]  # (chunk, a follower?)
+    while queue:
         if topk is not None and picked >= topk:
             break
+        c, follower = queue.pop(0)
         extra = tokens_if_dense[c] - tokens_if_sparse[c]
-        if token_budget is not None and used + extra > token_budget:
+        if c in dense or (token_budget is not None and used + extra > token_budget):
             continue
         dense.add(c)
         used += extra
         picked += 1
+        if follow > 0 and not follower:
+            follow -= 1
+            if c + 1 in allowed and c + 1 not in dense:
+                queue.insert(0, (c + 1, True))
     return sorted(dense)
 
 
