@@ -252,6 +252,12 @@ def test_decoding_options(main):
     assert budget.videoxl["kv_bytes_used"] <= 0.6 * budget.videoxl["kv_bytes_dense"]
     top1 = ask(client, "clip0.mp4", extra_body={"topk": 1})
     assert top1.videoxl["dense_chunks"] == 3
+    best = next(c for c in top1.videoxl["dense_chunk_ids"] if c not in (0, top1.videoxl["chunks"] - 1))
+    followed = ask(client, "clip0.mp4", extra_body={"topk": 2, "follow": 1}).videoxl
+    assert followed["dense_chunks"] == 4 and best in followed["dense_chunk_ids"]
+    assert best + 1 < followed["chunks"] - 1 and best + 1 in followed["dense_chunk_ids"]  # brought by the best
+    unsure = ask(client, "clip0.mp4", extra_body={"topk": 1, "min_confidence": 1.0}).videoxl
+    assert unsure["fallback"].startswith("dense: flat relevance") and unsure["dense_chunks"] == unsure["chunks"]
     short = ask(client, "clip0.mp4", QUESTIONS[1], max_tokens=1)
     assert short.usage.completion_tokens == 1 and short.choices[0].finish_reason == "length"
     sampled = [ask(client, "clip0.mp4", temperature=1.5, top_p=0.9, seed=7).choices[0].message.content
@@ -344,6 +350,8 @@ def test_error_statuses(main, media):
     assert _status(lambda: ask(client, "clip0.mp4", model="gpt-4o"))[0] == 404
     assert _status(lambda: ask(client, "clip0.mp4", temperature=5))[0] == 400
     assert _status(lambda: ask(client, "clip0.mp4", extra_body={"kv_budget": 2}))[0] == 400
+    assert _status(lambda: ask(client, "clip0.mp4", extra_body={"follow": -1}))[0] == 400
+    assert _status(lambda: ask(client, "clip0.mp4", extra_body={"min_confidence": 1.5}))[0] == 400
     assert _status(lambda: ask(client, "clip0.mp4", frames=100_000))[0] == 400  # too many frames
     assert _status(lambda: ask(client, "clip0.mp4", max_tokens=10**6))[0] == 400
     assert _status(lambda: ask(client, "clip0.mp4", "x" * 10_000))[0] == 400

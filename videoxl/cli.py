@@ -98,6 +98,8 @@ def _add_ask(sub) -> None:
     decoding.add_argument("--kv-budget", type=fraction, help="instead of --topk: fraction of the dense KV to use")
     decoding.add_argument("--decode-chunk", type=whole(1), default=defaults.DECODE_CHUNK,
                           help=f"decoding chunk size in groups (default {defaults.DECODE_CHUNK}: 4 frames)")
+    decoding.add_argument("--follow", type=whole(0), default=defaults.FOLLOW,
+                          help=f"the N best chunks each bring the chunk after them, within --topk (default {defaults.FOLLOW})")
     decoding.add_argument("--min-confidence", type=unit,
                           help="decode every chunk dense when the relevance confidence is below this (default: off)")
     decoding.add_argument("--dense", action="store_true", help="decode with every chunk dense")
@@ -180,7 +182,7 @@ def _ask(args) -> int:
     else:
         decode_config = DecodeConfig(topk=None if args.kv_budget else args.topk, kv_budget=args.kv_budget,
                                      chunk=args.decode_chunk, max_new_tokens=args.max_new_tokens,
-                                     min_confidence=args.min_confidence)
+                                     follow=args.follow, min_confidence=args.min_confidence)
     started = time.perf_counter()
     folder = checkpoint.resolve(args.model or default_model())
     tokenizer = checkpoint.load_tokenizer(folder)

@@ -16,3 +16,4 @@ CHUNK = 4  # pre-fill chunk, in 4-frame groups (the published default)
 WINDOW = 3  # previous chunks a chunk attends to in full (the published default)
 TOPK = 4  # relevant decoding chunks reloaded dense besides the first and last
 DECODE_CHUNK = 1  # decoding chunk, in groups
+FOLLOW = 0  # best decoding chunks that bring the chunk after them, within TOPK (README: relevance, "follow")

@@ -21,6 +21,7 @@ from typing import Callable, Literal, Sequence
 
 import torch
 
+from .. import defaults
 from ..errors import InputError
 from .attention import DecodeCache, DecodeStep, run_step
 from .layout import embed
@@ -55,7 +56,7 @@ class DecodeConfig:
     score_tokens: Literal["content", "all"] = "all"
     min_confidence: float | None = None
     refine: int = 32
-    follow: int = 0
+    follow: int = defaults.FOLLOW
     score_layers: tuple[int, ...] | None = None
     score_positions: bool = False  # keep RoPE in relevance scores (an ablation: recency then dominates)
     positions: Literal["absolute", "contiguous"] = "contiguous"

@@ -3,7 +3,7 @@
 Requests follow vLLM's conventions for video: a user message holds ``text`` parts and one ``video_url`` (or
 ``image_url``) part, ``{"type": "video_url", "video_url": {"url": ...}, "uuid": ...}``; frame sampling goes in
 ``media_io_kwargs = {"video": {"num_frames": N, "fps": F}}``; videoxl's own options (``topk``, ``kv_budget``,
-``decode_chunk``, ``dense``) come as extra top-level fields (the ``openai`` client's ``extra_body``).
+``decode_chunk``, ``follow``, ``min_confidence``, ``dense``) come as extra top-level fields (the ``openai`` client's ``extra_body``).
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ class ChatRequest:
     topk: int | None = None
     kv_budget: float | None = None
     decode_chunk: int | None = None
+    follow: int = 0
+    min_confidence: float | None = None
     dense: bool = False
 
 
@@ -188,6 +190,8 @@ def parse_chat(body: object, max_question_chars: int, max_tokens_limit: int) -> 
         topk=_number(body, "topk", int, 0, None),
         kv_budget=_number(body, "kv_budget", float, 1e-9, 1.0),
         decode_chunk=_number(body, "decode_chunk", int, 1, None),
+        follow=_number(body, "follow", int, 0, None) or 0,
+        min_confidence=_number(body, "min_confidence", float, 0.0, 1.0),
         dense=bool(body.get("dense", False)),
     )
 
