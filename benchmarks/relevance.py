@@ -266,35 +266,54 @@ def with_fallback(row: dict, threshold: float = FALLBACK) -> dict:
     return {**r, "recall": 1.0, "acc": row["acc_chunked"], "kv_ratio": 1.0, "fell_back": True}
 
 
+def _cell_base(cell: list[dict]) -> dict:
+    n = len(cell)
+    return {"tokens": round(sum(r["tokens"] for r in cell) / n), "target_tokens": cell[0]["target"],
+            "task": cell[0]["task"], "window": cell[0].get("window", PREFILL.window), "cases": n,
+            "acc_dense": percent([r["acc_dense"] for r in cell]),
+            "acc_chunked": percent([r["acc_chunked"] for r in cell])}
+
+
 def summarize(rows: list[dict]) -> list[dict]:
-    """One row per (length, task, scorer) with percentages; a cell run with ``--only-chunked`` gets one row with
-    scorer None (dense and chunked accuracy only)."""
+    """One row per (length, task, scorer) with percentages, over the cell's cases that ran that scorer (dense and
+    chunked accuracy over the same cases); a cell run with ``--only-chunked`` gets one row with scorer None (dense
+    and chunked accuracy only)."""
     rows = [{**r, "fallback": with_fallback(r)} if "bounds" in r else r for r in rows]
     out = []
     for tokens in sorted({r["target"] for r in rows}):
         for task in TASKS:
             cell = [r for r in rows if r["target"] == tokens and r["task"] == task]
-            if not cell:
-                continue
-            n = len(cell)
-            base = {"tokens": round(sum(r["tokens"] for r in cell) / n), "target_tokens": tokens, "task": task,
-                    "window": cell[0].get("window", PREFILL.window), "cases": n,
-                    "acc_dense": percent([r["acc_dense"] for r in cell]),
-                    "acc_chunked": percent([r["acc_chunked"] for r in cell])}
-            scorers = [s for s in [*SCORERS, "fallback"] if all(s in r for r in cell)]
-            if not scorers:
-                out.append({**base, "scorer": None})
+            scorers = [s for s in [*SCORERS, "fallback"] if any(s in r for r in cell)]
+            if cell and not scorers:
+                out.append({**_cell_base(cell), "scorer": None})
             for scorer in scorers:
+                ran = [r for r in cell if scorer in r]
+                n = len(ran)
                 out.append({
-                    **base, "scorer": scorer,
-                    "recall": 100 * sum(r[scorer]["recall"] for r in cell) / n,
-                    "acc_bilevel": 100 * sum(r[scorer]["acc"] for r in cell) / n,
-                    "kv_ratio": sum(r[scorer]["kv_ratio"] for r in cell) / n,
-                    "select_s": sorted(r[scorer]["select_s"] for r in cell)[n // 2],
-                    "question_s": sorted(r.get("question_s") or math.nan for r in cell)[n // 2],
-                    "fell_back": 100 * sum(r[scorer].get("fell_back", False) for r in cell) / n,
+                    **_cell_base(ran), "scorer": scorer,
+                    "recall": 100 * sum(r[scorer]["recall"] for r in ran) / n,
+                    "acc_bilevel": 100 * sum(r[scorer]["acc"] for r in ran) / n,
+                    "kv_ratio": sum(r[scorer]["kv_ratio"] for r in ran) / n,
+                    "select_s": sorted(r[scorer]["select_s"] for r in ran)[n // 2],
+                    "question_s": sorted(r.get("question_s") or math.nan for r in ran)[n // 2],
+                    "fell_back": 100 * sum(r[scorer].get("fell_back", False) for r in ran) / n,
                 })
     return out
+
+
+def merged(rows: list[dict], extra: list[Path]) -> list[dict]:
+    """``rows`` with the scorers of ``--scorers-only`` rows (other files) added to the cases they match; rows are
+    keyed by (length, task, index), so the same haystack and needles."""
+    by_key = {(r["target"], r["task"], r["index"]): r for r in rows}
+    for path in extra:
+        for line in path.read_text().splitlines():
+            if not line.strip().endswith("}"):
+                continue
+            r = json.loads(line)
+            into = by_key.get((r["target"], r["task"], r["index"]))
+            if into is not None:
+                into.update({k: v for k, v in r.items() if k in SCORERS and k not in into})
+    return rows
 
 
 def percent(values: list) -> float | None:
@@ -316,22 +335,27 @@ def schedule(lengths: list[int], tasks: list[str], cases: int) -> list[tuple[int
 
 def markdown(summary: list[dict]) -> str:
     """The README's table: one line per (length, task), recall / bi-level accuracy in % for the default scorer, the
-    mean-key scorer and the exact attention mass side by side."""
-    lines = ["| tokens | task | cases | dense | chunked | **default scorer** | mean key | exact attention mass, all heads "
-             "| oracle | KV bi-level / dense | select s (question's pre-fill s) |", "|---:|---|---:|---:|---:|---|---|---|---|---:|---:|"]
+    default with ``follow=1``, the mean-key scorer, the exact attention mass and the oracle side by side (a scorer
+    run on fewer of the cell's cases says on how many, with dense's accuracy on those)."""
+    lines = ["| tokens | task | cases | dense | chunked | **default scorer** | default, follow 1 | mean key "
+             "| exact attention mass, all heads | oracle | KV bi-level / dense | select s (question's pre-fill s) |",
+             "|---:|---|---:|---:|---:|---|---|---|---|---|---:|---:|"]
     cells: dict[tuple, dict] = {}
     for s in summary:
         cells.setdefault((s["target_tokens"], s["task"]), {})[s["scorer"]] = s
     for (_, task), by in cells.items():
         base = by.get("bounds") or next(iter(by.values()))
-        pair = {k: f"{by[k]['recall']:.0f} / {by[k]['acc_bilevel']:.0f}" if k in by else "-"
-                for k in ("bounds", "mean", "exact", "oracle")}
+        pair = {}
+        for k in ("bounds", "bounds-follow", "mean", "exact", "oracle"):
+            pair[k] = f"{by[k]['recall']:.0f} / {by[k]['acc_bilevel']:.0f}" if k in by else "-"
+            if k in by and by[k]["cases"] != base["cases"]:
+                pair[k] += f" ({by[k]['cases']} cases, dense {pct(by[k]['acc_dense'])})"
         kv, sel = (f"{base['kv_ratio']:.2f}", f"{base['select_s']:.2f}") if "bounds" in by else ("-", "-")
         if "bounds" in by and not math.isnan(base["question_s"]):
             sel += f" ({base['question_s']:.2f})"
         lines.append(f"| {base['tokens']:,} | {task} | {base['cases']} | {pct(base['acc_dense'])} | "
-                     f"{pct(base['acc_chunked'])} | **{pair['bounds']}** | {pair['mean']} | {pair['exact']} | {pair['oracle']} | {kv} "
-                     f"| {sel} |")
+                     f"{pct(base['acc_chunked'])} | **{pair['bounds']}** | {pair['bounds-follow']} | {pair['mean']} | "
+                     f"{pair['exact']} | {pair['oracle']} | {kv} | {sel} |")
     return "\n".join(lines)
 
 
@@ -352,6 +376,8 @@ def main() -> None:
                         help="relevance variants to run, comma-separated (default: all of them)")
     parser.add_argument("--scorers-only", action="store_true",
                         help="bi-level answers only, no dense or chunked ones (an ablation beside a full run's rows)")
+    parser.add_argument("--merge", type=Path, action="append", default=[],
+                        help="a --scorers-only run's rows: their scorers join the --rows cases they match")
     parser.add_argument("--markdown", action="store_true", help="also print the summary as the README's table")
     parser.add_argument("--workers", type=int, default=1, help="run every WORKERS-th case from --worker")
     parser.add_argument("--worker", type=int, default=0)
@@ -364,6 +390,7 @@ def main() -> None:
     rows = []
     if args.rows and args.rows.is_file():
         rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.strip().endswith("}")]
+    rows = merged(rows, args.merge)
     done = {(r["target"], r["task"], r["index"]) for r in rows}
     unknown = set(args.scorers.split(",")) - set(SCORERS)
     if unknown:

@@ -1,5 +1,6 @@
 """In-model relevance: retrieval heads, content tokens, confidence and the dense fallback."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -205,9 +206,9 @@ def test_benchmark_schedule_leaves_balanced_cells_when_stopped():
     assert depths[0] < 0.05 and depths[-1] > 0.9 and max(b - a for a, b in zip(depths, depths[1:])) <= 0.1 + 1e-9
 
 
-def test_benchmark_oracle_and_table(smollm2):
+def test_benchmark_oracle_and_table(smollm2, tmp_path):
     """The oracle reference reloads the needle's group; the README table is the summary of the rows, by hand."""
-    from relevance import PREFILL, make_case, markdown, run_case, summarize
+    from relevance import PREFILL, make_case, markdown, merged, run_case, summarize
 
     model, tokenizer = smollm2
     case = make_case(tokenizer, "single", 1200, 1, 3)
@@ -223,7 +224,15 @@ def test_benchmark_oracle_and_table(smollm2):
             {"target": 2048, "task": "single", "tokens": 2054, "acc_dense": False, "acc_chunked": False,
              "question_s": 0.5, "bounds": cell(0.0, False, 0.7), "oracle": cell(1.0, False), "exact": cell(1.0, True)}]
     table = markdown(summarize(rows)).splitlines()
-    assert table[2] == "| 2,052 | single | 2 | 50 | 0 | **50 / 50** | - | 50 / 50 | 100 / 50 | 0.60 | 0.10 (0.50) |"
+    assert table[2] == "| 2,052 | single | 2 | 50 | 0 | **50 / 50** | - | - | 50 / 50 | 100 / 50 | 0.60 | 0.10 (0.50) |"
+    # a --scorers-only run's rows join the cases they match; its column counts only those, with dense on them
+    extra = tmp_path / "follow.jsonl"
+    extra.write_text(json.dumps({"target": 2048, "task": "single", "index": 1, "acc_dense": None,
+                                 "bounds-follow": cell(1.0, True), "bounds": cell(0.0, False)}) + "\n")
+    rows[0]["index"], rows[1]["index"] = 0, 1
+    table = markdown(summarize(merged(rows, [extra]))).splitlines()
+    assert table[2] == ("| 2,052 | single | 2 | 50 | 0 | **50 / 50** | 100 / 100 (1 cases, dense 0) | - | 50 / 50 "
+                        "| 100 / 50 | 0.60 | 0.10 (0.50) |")
 
 
 def test_benchmark_answers_fit_their_budget_and_score_as_ruler(smollm2):
