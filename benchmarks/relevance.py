@@ -1,8 +1,8 @@
 """Chunk relevance on realistic text: does bi-level decoding reload the right chunks dense, and does it still answer?
 
     python benchmarks/relevance.py [--lengths 2048,4096,8192] [--cases 30] [--tasks single,multikey,multivalue,neighbours]
-                                   [--scorers bounds,exact,...] [--rows ROWS.jsonl] [--json PATH] [--quick]
-                                   [--workers N --worker I]
+                                   [--scorers bounds,exact,...] [--rows ROWS.jsonl] [--json PATH] [--markdown]
+                                   [--scorers-only] [--merge OTHER_ROWS.jsonl] [--quick] [--workers N --worker I]
 
 Text stands in for video, on real SmolLM2-135M-Instruct weights. The haystack is natural English prose: the
 paragraphs of the Python language reference that ship with every Python (``pydoc_data.topics``), shuffled per case,
@@ -21,6 +21,7 @@ For every case the same haystack is answered by dense decoding (transformers, on
 the chunked pre-fill with every chunk dense, and by bi-level decoding (decoding chunks of one group, first and last
 dense, ``--topk`` more chosen by each relevance variant) for each variant side by side (``SCORERS``): the default
 (Quest-style bounds over the model's retrieval heads, the best 32 re-ranked by their exact attention mass), the
+same with ``follow=1`` (``bounds-follow``: the best chunk brings the one after it, within the same top-k), the
 same over the question's content tokens only (``bounds-content``), and with content tokens too: without the
 re-ranking (``bounds-norefine``), over every head (``bounds-all``), the other scorers (over the retrieval heads).
 Two references: ``exact``, the question's true attention mass per chunk over the dense cache at every layer and
@@ -29,7 +30,8 @@ scores (what bi-level decoding answers when selection is perfect at this budget)
 needle groups among the dense chunks (for ``neighbours``: both groups of the split needle); ``kv_ratio`` the
 bi-level cache's bytes over dense. The ``fallback`` rows are the default with ``min_confidence=FALLBACK``, derived
 exactly from the rows: a case whose confidence is below it is decoded with every chunk dense, which is the chunked
-decoding the row already holds.
+decoding the row already holds. A ``--scorers-only`` run (an ablation) answers with its scorers alone, and
+``--merge`` adds its rows' scorers to a full run's cases of the same (length, task, index): the same haystack.
 """
 
 from __future__ import annotations
