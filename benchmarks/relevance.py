@@ -37,6 +37,7 @@ decoding the row already holds. A ``--scorers-only`` run (an ablation) answers w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import random
@@ -250,7 +251,7 @@ def _scored(row: dict, decoder: Decoder, case: dict, question: torch.Tensor, top
             truth = [float(g in case["needle_groups"]) for g in groups]
             answer = decoder.answer(question, config, chunk_scores=truth)
         else:
-            answer = decoder.answer(question, DecodeConfig(topk=topk, chunk=1, max_new_tokens=budget, **SCORERS[scorer]))
+            answer = decoder.answer(question, dataclasses.replace(config, **SCORERS[scorer]))
         hits = [g in answer.dense_chunks for g in case["needle_groups"]]
         row[scorer] = {"recall": sum(hits) / len(hits), "acc": correct(answer.text, case["answers"]),
                        "kv_ratio": answer.kv_ratio, "dense_chunks": answer.dense_chunks, "text": answer.text,

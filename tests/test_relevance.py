@@ -160,7 +160,8 @@ def test_selection_runs_the_question_only_up_to_its_last_scoring_layer(prose_nee
         torch.testing.assert_close(early[layer], rope.rotate(step.queries[layer], -q_pos))
     short, _ = decoder._cache(dense_groups, "absolute", question.shape[0], layers=18)
     stopped = DecodeStep(short, question.shape[0], layers, queries_only=True)
-    assert run_step(model, embed(model, question), torch.arange(position, position + question.shape[0]), stopped) is None
+    at = torch.arange(position, position + question.shape[0])
+    assert run_step(model, embed(model, question), at, stopped) is None
     assert sorted(stopped.queries) == list(layers)  # layers 18-29 were never reached (their cache does not exist)
 
 

@@ -99,7 +99,8 @@ def _add_ask(sub) -> None:
     decoding.add_argument("--decode-chunk", type=whole(1), default=defaults.DECODE_CHUNK,
                           help=f"decoding chunk size in groups (default {defaults.DECODE_CHUNK}: 4 frames)")
     decoding.add_argument("--follow", type=whole(0), default=defaults.FOLLOW,
-                          help=f"the N best chunks each bring the chunk after them, within --topk (default {defaults.FOLLOW})")
+                          help="the N best chunks each bring the chunk after them, within --topk "
+                               f"(default {defaults.FOLLOW})")
     decoding.add_argument("--min-confidence", type=unit,
                           help="decode every chunk dense when the relevance confidence is below this (default: off)")
     decoding.add_argument("--dense", action="store_true", help="decode with every chunk dense")

@@ -43,9 +43,10 @@ class DecodeConfig:
     tokenizer); with "bounds", the ``refine`` best chunks are re-ranked by the exact position-free attention mass
     of those heads over their visual keys (0: not; a fixed number of chunks, so its cost does not grow with the
     video; with ``heads="retrieval"`` only when the model has retrieval heads). With ``follow``, each of the
-    ``follow`` best chunks brings the chunk after it, within ``topk`` (select.choose_dense). When the chosen chunks stand out less than ``min_confidence`` (select.confidence), every chunk is
-    decoded dense and the answer says so (None, the default: never; confidence is on a scale of its own per model,
-    see select.py). Generation: greedy when ``temperature`` is 0.
+    ``follow`` best chunks brings the chunk after it, within ``topk`` (select.choose_dense). When the chosen chunks
+    stand out less than ``min_confidence`` (select.confidence), every chunk is decoded dense and the answer says so
+    (None, the default: never; confidence is on a scale of its own per model, see select.py). Generation: greedy
+    when ``temperature`` is 0.
     """
 
     topk: int | None = None
