@@ -212,43 +212,35 @@ def run_case(model, tokenizer, case: dict, topk: int, prefill_config: PrefillCon
     row["tokens"] = ids.numel() + question.numel()
     row["window"] = prefill_config.window
     budget = answer_budget(case["task"])
-    if not baselines:
-        video = prefill(model, prefix, groups, prefill_config, expected_tokens=ids.numel())
-        decoder = Decoder(model, video, tokenizer)
-        row.update(dense_s=None, chunked_s=None, question_s=None, answers=None, acc_dense=None, acc_chunked=None)
-        return _scored(row, decoder, case, question, topk, budget, len(groups), scorers)
-    t0 = time.perf_counter()
-    cache = DynamicCache(config=model.config)
-    with torch.inference_mode():
-        model(ids[None], cache=cache, use_cache=True, logits_to_keep=1)
-        full = torch.cat([ids, question])
-        out = model.generate(full[None], cache=cache, max_new_tokens=budget, do_sample=False)
-    dense_text = tokenizer.decode(out[0, full.numel():], skip_special_tokens=True)
-    row["dense_s"] = time.perf_counter() - t0
-    del cache
+    row.update(dense_s=None, chunked_s=None, question_s=None, answers=None, acc_dense=None, acc_chunked=None)
+    if baselines:
+        t0 = time.perf_counter()
+        cache = DynamicCache(config=model.config)
+        with torch.inference_mode():
+            model(ids[None], cache=cache, use_cache=True, logits_to_keep=1)
+            full = torch.cat([ids, question])
+            out = model.generate(full[None], cache=cache, max_new_tokens=budget, do_sample=False)
+        dense_text = tokenizer.decode(out[0, full.numel():], skip_special_tokens=True)
+        row["dense_s"] = time.perf_counter() - t0
+        del cache
     t0 = time.perf_counter()
     video = prefill(model, prefix, groups, prefill_config, expected_tokens=ids.numel())
     decoder = Decoder(model, video, tokenizer)
-    chunked = decoder.answer(question, DecodeConfig(max_new_tokens=budget))
-    row["chunked_s"] = time.perf_counter() - t0
-    row["question_s"] = chunked.seconds["question"]  # the question's pre-fill over the dense cache (selection's bar)
-    row["answers"] = {"dense": dense_text, "chunked": chunked.text}
-    row["acc_dense"], row["acc_chunked"] = correct(dense_text, case["answers"]), correct(chunked.text, case["answers"])
-    return _scored(row, decoder, case, question, topk, budget, len(groups), scorers)
-
-
-def _scored(row: dict, decoder: Decoder, case: dict, question: torch.Tensor, topk: int, budget: int, n_groups: int,
-            scorers: dict) -> dict:
-    """``row`` with one entry per scorer: its bi-level answer, recall, KV ratio, confidence and times."""
-    groups = range(n_groups)
+    if baselines:
+        chunked = decoder.answer(question, DecodeConfig(max_new_tokens=budget))
+        row["chunked_s"] = time.perf_counter() - t0
+        row["question_s"] = chunked.seconds["question"]  # the question's pre-fill over the dense cache: selection's bar
+        row["answers"] = {"dense": dense_text, "chunked": chunked.text}
+        row["acc_dense"] = correct(dense_text, case["answers"])
+        row["acc_chunked"] = correct(chunked.text, case["answers"])
     config = DecodeConfig(topk=topk, chunk=1, max_new_tokens=budget)
     for scorer in scorers:
         t0 = time.perf_counter()
         if scorer == "exact":
-            ranges = [(g, g + 1) for g in groups]
+            ranges = [(g, g + 1) for g in range(len(groups))]
             answer = decoder.answer(question, config, chunk_scores=exact_scores(decoder, question, ranges))
         elif scorer == "oracle":  # the needle's groups, as an external scorer that knows them would give
-            truth = [float(g in case["needle_groups"]) for g in groups]
+            truth = [float(g in case["needle_groups"]) for g in range(len(groups))]
             answer = decoder.answer(question, config, chunk_scores=truth)
         else:
             answer = decoder.answer(question, dataclasses.replace(config, **SCORERS[scorer]))
@@ -401,6 +393,7 @@ def main() -> None:
     scorers = {} if args.only_chunked else {s: SCORERS[s] for s in args.scorers.split(",")}
     print(f"{'tokens':>6} {'task':<10} {'case':>4}  dense chunked | " + " ".join(f"{s:>11}" for s in scorers)
           + "   (answer right? needle recall)", flush=True)
+    mark = {1.0: "+", 0.0: "-", None: " "}  # right, wrong, not run; "~": partly right (multivalue)
     for n, (tokens, task, i) in enumerate(schedule(lengths, tasks, cases)):
         if (tokens, task, i) in done or n % args.workers != args.worker:
             continue
@@ -411,8 +404,6 @@ def main() -> None:
         if args.rows:
             with open(args.rows, "a") as f:
                 f.write(json.dumps(row) + "\n")
-        mark = {1.0: "+", 0.0: "-"}
-        mark[None] = " "
         marks = " ".join(f"{mark.get(row[s]['acc'], '~')}{row[s]['recall']:>10.2f}" for s in scorers)
         print(f"{row['tokens']:>6} {task:<10} {i:>4}  {mark.get(row['acc_dense'], '~'):>5} "
               f"{mark.get(row['acc_chunked'], '~'):>7} | {marks}", flush=True)
