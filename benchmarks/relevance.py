@@ -21,7 +21,9 @@ For every case the same haystack is answered by dense decoding (transformers, on
 the chunked pre-fill with every chunk dense, and by bi-level decoding (decoding chunks of one group, first and last
 dense, ``--topk`` more chosen by each relevance variant) for each variant side by side (``SCORERS``): the default
 (Quest-style bounds over the model's retrieval heads, the best 32 re-ranked by their exact attention mass), the
-same with ``follow=1`` (``bounds-follow``: the best chunk brings the one after it, within the same top-k), the
+same with ``follow=1`` (``bounds-follow``: the best chunk brings the one after it, within the same top-k) and with
+``follow_tail=0.25`` (``bounds-tail``: it does so only when a quarter of its attention falls on its last sixteenth,
+four times a uniform share), the
 same over the question's content tokens only (``bounds-content``), and with content tokens too: without the
 re-ranking (``bounds-norefine``), over every head (``bounds-all``), the other scorers (over the retrieval heads).
 Two references: ``exact``, the question's true attention mass per chunk over the dense cache at every layer and
@@ -65,6 +67,7 @@ TASKS = ("single", "multikey", "multivalue", "neighbours")
 SCORERS = {
     "bounds": {"heads": "retrieval", "score_tokens": "all", "refine": 32},  # the default
     "bounds-follow": {"follow": 1},  # the default, and the best chunk brings the one after it (within topk)
+    "bounds-tail": {"follow_tail": 0.25},  # the same, only when a quarter of its attention is on its last 1/16
     "bounds-content": {"score_tokens": "content", "refine": 16},  # the chat template does not score
     # the variants below score content tokens only, as the default did when the published rows were measured
     "bounds-norefine": {"refine": 0, "score_tokens": "content"},  # bounds alone, not re-ranked

@@ -9,6 +9,7 @@ import torch
 from helpers import random_groups, tiny_qwen2
 
 from videoxl.engine.decode import DecodeConfig, Decoder
+from videoxl.errors import InputError
 from videoxl.engine.layout import Group
 from videoxl.engine.prefill import PrefillConfig, prefill
 from videoxl.engine.select import RetrievalHeads, calibrate_heads, confidence, content_mask, retrieval_heads
@@ -163,6 +164,51 @@ def test_selection_runs_the_question_only_up_to_its_last_scoring_layer(prose_nee
     at = torch.arange(position, position + question.shape[0])
     assert run_step(model, embed(model, question), at, stopped) is None
     assert sorted(stopped.queries) == list(layers)  # layers 18-29 were never reached (their cache does not exist)
+
+
+def test_follow_tail_brings_the_next_chunk_only_when_the_needle_runs_past_its_end(smollm2):
+    """A needle cut by a group boundary ("... for KEY is:" | "N."): the key's group holds most of the retrieval heads'
+    attention in its last sixteenth, so it brings the group with the number; a needle inside a group does not."""
+    from relevance import PREFILL, make_case
+
+    from videoxl.engine.select import chunk_ranges, tail_share
+
+    model, tokenizer = smollm2
+    shares = {}
+    for task in ("neighbours", "single"):
+        case = make_case(tokenizer, task, 1200, 0, 3)
+        groups = [Group(torch.tensor(s), torch.tensor(t)) for s, t in case["groups"]]
+        decoder = Decoder(model, prefill(model, torch.tensor(case["prefix"]), groups, PREFILL), tokenizer)
+        question = torch.tensor(case["question"])
+        plain = decoder.answer(question, DecodeConfig(topk=2, chunk=1, max_new_tokens=16))
+        tailed = decoder.answer(question, DecodeConfig(topk=2, chunk=1, max_new_tokens=16, follow_tail=0.25))
+        key = case["needle_groups"][0]
+        ranges = chunk_ranges(len(groups), 1)
+        heads = retrieval_heads(model, tokenizer).heads
+        queries = decoder.question_queries(question, ranges, [0, len(ranges) - 1], tuple(sorted(heads)))
+        shares[task] = tail_share(queries, decoder.video.store, decoder.summaries[False], decoder.scale,
+                                  range(key, key + 1), heads)
+        # the same share from the keys themselves: softmax of each retrieval head's q.k over the group's tokens
+        g = decoder.video.store.groups[key]
+        ref = []
+        for layer, hs in heads.items():
+            k = decoder.summaries[False].raw_dense(layer, g.visual_start, g.end).float()
+            for h in hs:
+                att = torch.softmax(queries[layer][h].float() @ k[h // (model.config.num_attention_heads
+                                                                        // model.config.num_key_value_heads)].T
+                                    * decoder.scale, dim=-1)
+                last = -(-att.shape[-1] // 16)  # the last sixteenth, rounded up
+                ref.append(att[:, -last:].sum(-1))
+        assert shares[task] == pytest.approx(float(torch.cat(ref).mean()), rel=1e-4)
+        if task == "neighbours":
+            assert key in plain.dense_chunks and key + 1 not in plain.dense_chunks  # the number's group missed
+            assert case["answers"][0] not in plain.text
+            assert {key, key + 1} <= set(tailed.dense_chunks) and case["answers"][0] in tailed.text
+        else:
+            assert tailed.dense_chunks == plain.dense_chunks and tailed.text == plain.text
+    assert shares["neighbours"] > 0.25 > 0.05 > shares["single"]
+    with pytest.raises(InputError, match="follow_tail"):
+        DecodeConfig(follow_tail=0.0)
 
 
 def test_calibration_finds_few_heads_on_smollm2(smollm2, tmp_path, monkeypatch):

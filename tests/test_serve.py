@@ -351,6 +351,7 @@ def test_error_statuses(main, media):
     assert _status(lambda: ask(client, "clip0.mp4", temperature=5))[0] == 400
     assert _status(lambda: ask(client, "clip0.mp4", extra_body={"kv_budget": 2}))[0] == 400
     assert _status(lambda: ask(client, "clip0.mp4", extra_body={"follow": -1}))[0] == 400
+    assert _status(lambda: ask(client, "clip0.mp4", extra_body={"follow_tail": 1.5}))[0] == 400
     assert _status(lambda: ask(client, "clip0.mp4", extra_body={"min_confidence": 1.5}))[0] == 400
     assert _status(lambda: ask(client, "clip0.mp4", frames=100_000))[0] == 400  # too many frames
     assert _status(lambda: ask(client, "clip0.mp4", max_tokens=10**6))[0] == 400

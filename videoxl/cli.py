@@ -101,6 +101,9 @@ def _add_ask(sub) -> None:
     decoding.add_argument("--follow", type=whole(0), default=defaults.FOLLOW,
                           help="the N best chunks each bring the chunk after them, within --topk "
                                f"(default {defaults.FOLLOW})")
+    decoding.add_argument("--follow-tail", type=fraction,
+                          help="the best chunk brings the chunk after it when at least this share of its attention "
+                               "falls on its last sixteenth (default: off)")
     decoding.add_argument("--min-confidence", type=unit,
                           help="decode every chunk dense when the relevance confidence is below this (default: off)")
     decoding.add_argument("--dense", action="store_true", help="decode with every chunk dense")
@@ -183,7 +186,8 @@ def _ask(args) -> int:
     else:
         decode_config = DecodeConfig(topk=None if args.kv_budget else args.topk, kv_budget=args.kv_budget,
                                      chunk=args.decode_chunk, max_new_tokens=args.max_new_tokens,
-                                     follow=args.follow, min_confidence=args.min_confidence)
+                                     follow=args.follow, follow_tail=args.follow_tail,
+                                     min_confidence=args.min_confidence)
     started = time.perf_counter()
     folder = checkpoint.resolve(args.model or default_model())
     tokenizer = checkpoint.load_tokenizer(folder)

@@ -28,7 +28,7 @@ from .layout import embed
 from .prefill import PrefilledVideo
 from .rope import Rope
 from .select import (SCORERS, GroupSummaries, choose_dense, chunk_ranges, confidence, content_mask, reduce_to_chunks,
-                     relevance, retrieval_heads, score_groups)
+                     relevance, retrieval_heads, score_groups, tail_share)
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,9 @@ class DecodeConfig:
     tokenizer); with "bounds", the ``refine`` best chunks are re-ranked by the exact position-free attention mass
     of those heads over their visual keys (0: not; a fixed number of chunks, so its cost does not grow with the
     video; with ``heads="retrieval"`` only when the model has retrieval heads). With ``follow``, each of the
-    ``follow`` best chunks brings the chunk after it, within ``topk`` (select.choose_dense). When the chosen chunks
+    ``follow`` best chunks brings the chunk after it, within ``topk`` (select.choose_dense); with ``follow_tail``,
+    the best chunk does so only when at least that share of the scoring heads' attention over it falls on its last
+    sixteenth (select.tail_share: what the question looks for runs past the chunk's end). When the chosen chunks
     stand out less than ``min_confidence`` (select.confidence), every chunk is decoded dense and the answer says so
     (None, the default: never; confidence is on a scale of its own per model, see select.py). Generation: greedy
     when ``temperature`` is 0.
@@ -58,6 +60,7 @@ class DecodeConfig:
     min_confidence: float | None = None
     refine: int = 32
     follow: int = defaults.FOLLOW
+    follow_tail: float | None = defaults.FOLLOW_TAIL
     score_layers: tuple[int, ...] | None = None
     score_positions: bool = False  # keep RoPE in relevance scores (an ablation: recency then dominates)
     positions: Literal["absolute", "contiguous"] = "contiguous"
@@ -85,6 +88,8 @@ class DecodeConfig:
             raise InputError(f"refine must be a number of chunks >= 0, got {self.refine!r}")
         if not isinstance(self.follow, int) or self.follow < 0:
             raise InputError(f"follow must be a number of chunks >= 0, got {self.follow!r}")
+        if self.follow_tail is not None and (isinstance(self.follow_tail, bool) or not 0 < self.follow_tail <= 1):
+            raise InputError(f"follow_tail is a share of attention in (0, 1] or None, got {self.follow_tail!r}")
         if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
             raise InputError(f"min_confidence must be in [0, 1] or None, got {self.min_confidence!r}")
         if self.positions not in ("absolute", "contiguous"):
@@ -209,11 +214,16 @@ class Decoder:
               forced: list[int]) -> torch.Tensor:
         """Relevance (chunks,) of each decoding chunk to the question, computed by the model (see select.py);
         the always-dense ``forced`` chunks are not scored (NaN)."""
+        return self._score(question, config, ranges, forced)[0]
+
+    def _score(self, question: torch.Tensor, config: DecodeConfig, ranges: list[tuple[int, int]],
+               forced: list[int]) -> tuple[torch.Tensor, float | None]:
+        """:meth:`score`, and with ``config.follow_tail`` the best chunk's :func:`select.tail_share` (else None)."""
         store = self.video.store
         scores = torch.full((len(ranges),), float("nan"))
         candidates = [c for c in range(len(ranges)) if c not in forced]
         if not candidates:
-            return scores
+            return scores, None
         heads = None
         if config.heads == "retrieval":
             heads = retrieval_heads(self.model, self.tokenizer).heads or None  # none found: every head
@@ -241,7 +251,12 @@ class Decoder:
                                                 config.score_positions), tokens)
             rel[short] = rel[short].sum() * exact.to(rel)
         scores[candidates] = rel.cpu()
-        return scores
+        tail = None
+        if config.follow_tail is not None:
+            best = candidates[int(rel.argmax())]
+            tail = tail_share(queries, store, self.summaries[config.score_positions], self.scale, range(*ranges[best]),
+                              heads, tokens)
+        return scores, tail
 
     def select(self, question: torch.Tensor, config: DecodeConfig, chunk_scores: Sequence[float] | None = None):
         """(ranges, dense chunk indices, relevance or None) for a question (after any fallback to dense)."""
@@ -259,14 +274,17 @@ class Decoder:
         elif not config.selects:
             return ranges, list(range(n)), None, None, None
         forced = sorted({0, n - 1})
+        follow = config.follow
         if chunk_scores is None:
-            scores = self.score(question, config, ranges, forced)
+            scores, tail = self._score(question, config, ranges, forced)
+            if tail is not None and tail >= config.follow_tail:
+                follow = max(follow, 1)
         dense_tok = [sum(store.groups[g].end - store.groups[g].start for g in range(s, e)) for s, e in ranges]
         sparse_tok = [sum(store.groups[g].sparse_end - store.groups[g].sparse_start for g in range(s, e))
                       for s, e in ranges]
         budget = None if config.kv_budget is None else int(config.kv_budget * store.length) - store.prefix_length
         candidates = [c for c in range(n) if c not in forced]
-        dense = choose_dense(scores, candidates, forced, config.topk, budget, dense_tok, sparse_tok, config.follow)
+        dense = choose_dense(scores, candidates, forced, config.topk, budget, dense_tok, sparse_tok, follow)
         sure, note = None, None
         if candidates and chunk_scores is None:
             chosen = [i for i, c in enumerate(candidates) if c in dense]

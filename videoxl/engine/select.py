@@ -69,6 +69,7 @@ from .store import KVStore
 
 SCORERS = ("bounds", "mean", "sparse", "dense")
 PAGE = 16
+TAIL = 16  # tail_share: the last sixteenth of a chunk's visual tokens
 log = logging.getLogger(__name__)
 
 
@@ -266,6 +267,33 @@ def score_groups(scorer: str, queries: torch.Tensor, layer: int, store: KVStore,
         out = _group_lse(q, lambda a, b: per_head(summaries.raw_dense(layer, a, b)), spans, scale)
         return out.reshape(out_heads, n_q, -1), "lse"
     raise InputError(f"unknown scorer {scorer!r}; choose one of {', '.join(SCORERS)}")
+
+
+def tail_share(queries: dict[int, torch.Tensor], store: KVStore, summaries: GroupSummaries, scale: float,
+               groups: range, heads: dict[int, list[int]] | None = None, tokens: torch.Tensor | None = None,
+               tail: int = TAIL) -> float:
+    """The share of a chunk's attention that falls on the last ``1/tail`` of its visual tokens: per (layer, head,
+    question token) a softmax over the chunk's position-free dense keys, averaged over them all (``heads`` per
+    layer, None: all; ``tokens`` (Q,) bool keeps those question tokens). Uniform attention gives about ``1/tail``;
+    a share well above it says that what the question looks for sits at the chunk's end and may go on in the next
+    chunk. It reads one chunk's keys: no attention over the whole video."""
+    keep = tokens if tokens is not None and bool(tokens.any()) else None
+    spans = [(store.groups[g].visual_start, store.groups[g].end) for g in groups]
+    n = sum(b - a for a, b in spans)
+    last = max(1, -(-n // tail))
+    shares = []
+    for layer, q in queries.items():
+        chosen = list(range(q.shape[0])) if heads is None else heads[layer]
+        if not chosen:
+            continue
+        k = torch.cat([summaries.raw_dense(layer, a, b) for a, b in spans], dim=1)  # (Hkv, n, D)
+        kv = torch.tensor(chosen) // (q.shape[0] // k.shape[0])
+        qh = q[torch.tensor(chosen, device=q.device)].to(k.device, k.dtype)  # (h, Q, D)
+        if keep is not None:
+            qh = qh[:, keep.to(qh.device)]
+        att = torch.softmax((qh @ k[kv.to(k.device)].transpose(1, 2)).float() * scale, dim=-1)  # (h, Q', n)
+        shares.append(att[..., n - last:].sum(-1).flatten())
+    return float(torch.cat(shares).mean()) if shares else 0.0
 
 
 def reduce_to_chunks(per_group: torch.Tensor, how: str, ranges: list[tuple[int, int]],
