@@ -23,9 +23,9 @@ dense, ``--topk`` more chosen by each relevance variant) for each variant side b
 (Quest-style bounds over the model's retrieval heads, the best 32 re-ranked by their exact attention mass), the
 same with ``follow=1`` (``bounds-follow``: the best chunk brings the one after it, within the same top-k) and with
 ``follow_tail=0.25`` (``bounds-tail``: it does so only when a quarter of its attention falls on its last sixteenth,
-four times a uniform share), the
-same over the question's content tokens only (``bounds-content``), and with content tokens too: without the
-re-ranking (``bounds-norefine``), over every head (``bounds-all``), the other scorers (over the retrieval heads).
+four times a uniform share), the same over the question's content tokens only (``bounds-content``), and with
+content tokens too: without the re-ranking (``bounds-norefine``), over every head (``bounds-all``), the other
+scorers (over the retrieval heads).
 Two references: ``exact``, the question's true attention mass per chunk over the dense cache at every layer and
 head (it materializes the attention over the whole video), and ``oracle``, the needle's groups given as external
 scores (what bi-level decoding answers when selection is perfect at this budget). ``recall`` is the fraction of
@@ -333,8 +333,9 @@ def schedule(lengths: list[int], tasks: list[str], cases: int) -> list[tuple[int
 
 def markdown(summary: list[dict]) -> str:
     """The README's table: one line per (length, task), recall / bi-level accuracy in % for the default scorer, the
-    default with ``follow=1`` and with ``follow_tail=0.25``, the mean-key scorer, the exact attention mass and the oracle side by side (a scorer
-    run on fewer of the cell's cases says on how many, with dense's accuracy on those)."""
+    default with ``follow=1`` and with ``follow_tail=0.25``, the mean-key scorer, the exact attention mass and the
+    oracle side by side (a scorer run on fewer of the cell's cases says on how many, with dense's accuracy on
+    those)."""
     lines = ["| tokens | task | cases | dense | chunked | **default scorer** | default, follow 1 "
              "| default, follow_tail 0.25 | mean key | exact attention mass, all heads | oracle | KV bi-level / dense "
              "| select s (question's pre-fill s) |",

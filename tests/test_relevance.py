@@ -9,10 +9,10 @@ import torch
 from helpers import random_groups, tiny_qwen2
 
 from videoxl.engine.decode import DecodeConfig, Decoder
-from videoxl.errors import InputError
 from videoxl.engine.layout import Group
 from videoxl.engine.prefill import PrefillConfig, prefill
 from videoxl.engine.select import RetrievalHeads, calibrate_heads, confidence, content_mask, retrieval_heads
+from videoxl.errors import InputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 

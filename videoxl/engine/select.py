@@ -270,17 +270,16 @@ def score_groups(scorer: str, queries: torch.Tensor, layer: int, store: KVStore,
 
 
 def tail_share(queries: dict[int, torch.Tensor], store: KVStore, summaries: GroupSummaries, scale: float,
-               groups: range, heads: dict[int, list[int]] | None = None, tokens: torch.Tensor | None = None,
-               tail: int = TAIL) -> float:
-    """The share of a chunk's attention that falls on the last ``1/tail`` of its visual tokens: per (layer, head,
+               groups: range, heads: dict[int, list[int]] | None = None, tokens: torch.Tensor | None = None) -> float:
+    """The share of a chunk's attention that falls on the last ``1/TAIL`` of its visual tokens: per (layer, head,
     question token) a softmax over the chunk's position-free dense keys, averaged over them all (``heads`` per
-    layer, None: all; ``tokens`` (Q,) bool keeps those question tokens). Uniform attention gives about ``1/tail``;
+    layer, None: all; ``tokens`` (Q,) bool keeps those question tokens). Uniform attention gives about ``1/TAIL``;
     a share well above it says that what the question looks for sits at the chunk's end and may go on in the next
     chunk. It reads one chunk's keys: no attention over the whole video."""
     keep = tokens if tokens is not None and bool(tokens.any()) else None
     spans = [(store.groups[g].visual_start, store.groups[g].end) for g in groups]
     n = sum(b - a for a, b in spans)
-    last = max(1, -(-n // tail))
+    last = max(1, -(-n // TAIL))
     shares = []
     for layer, q in queries.items():
         chosen = list(range(q.shape[0])) if heads is None else heads[layer]
