@@ -22,6 +22,7 @@ def _interrupted_early(signum, frame):  # Ctrl-C before main() is running: same 
 signal.signal(signal.SIGINT, _interrupted_early)
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
@@ -281,6 +282,8 @@ def _add_eval(sub) -> None:
                                             "again (resume), and --json/--heatmap cover every row in it (merge)")
     n.add_argument("--workers", type=whole(1, 64), default=1, help="cases in parallel processes, the CPU threads "
                                                                     "shared among them (default 1)")
+    n.add_argument("--follow-tail", type=fraction,
+                   help="bi-level decoding's --follow-tail (default: off); recorded in every row")
     n.add_argument("--device", type=device_name)
     n.set_defaults(run=_eval_needle)
     f = tasks.add_parser("families", help="accuracy per question family (needle, grounding, order, count, detail)")
@@ -304,6 +307,10 @@ def _eval_needle(args) -> int:
     cases = args.cases or (10 if args.quick else 50)
     rows_path = Path(args.rows) if args.rows else None
     kept = needle.read_rows(rows_path, repair=True) if rows_path else []
+    other = sorted({str(r.get("follow_tail")) for r in kept if r.get("follow_tail") != args.follow_tail})
+    if other:
+        raise InputError(f"{rows_path} holds rows decoded with follow_tail {', '.join(other)}, not "
+                         f"{args.follow_tail}: keep each decoding's rows in a file of its own")
     planned = {needle.key(case) for case in needle.plan(lengths, cases, haystack=args.haystack)}
     done_before = {needle.key(r) for r in kept} & planned
     if done_before:
@@ -335,7 +342,8 @@ def _eval_needle(args) -> int:
         if sum(r["frames"] == frames for r in rows) == cases:
             report(frames)
     needle.run(args.model or default_model(), lengths, cases, on_case=on_case, skip=done_before, workers=args.workers,
-               device=args.device, haystack=args.haystack)
+               device=args.device, haystack=args.haystack,
+               bilevel=dataclasses.replace(needle.BILEVEL, follow_tail=args.follow_tail))
     print("accuracy in %; found: cases whose needle chunk was dense in bi-level decoding; KV: bi-level cache over "
           "dense; seconds per case after encoding (pre-fill + answer)"
           + (f"; {args.workers} worker processes sharing the CPU" if args.workers > 1 else ""))

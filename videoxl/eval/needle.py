@@ -57,6 +57,7 @@ from ..synth import is_correct, make_qa, write
 from ..synth.haystack import HAYSTACKS, fill_lookalikes
 
 FPS = 4.0
+BILEVEL = DecodeConfig(topk=4, chunk=1, max_new_tokens=4)  # bi-level decoding's settings: 4 groups dense (16 frames)
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def run_case(model: VideoXL2, case: NeedleCase, folder: Path, prefill_config: Pr
     assert stats.frames == case.frames, "the haystack is sampled at its native rate"
     row = {"haystack": case.haystack, "frames": case.frames, "depth": case.depth, "index": case.index,
            "seed": case.seed, "answer": qa.answer,
-           "threads": torch.get_num_threads(), "encode_s": encode_s}
+           "threads": torch.get_num_threads(), "encode_s": encode_s, "follow_tail": bilevel.follow_tail}
 
     t0 = time.perf_counter()
     ids = model.prompt_ids(times, qa.question)
@@ -263,7 +264,7 @@ def run(model: VideoXL2 | str, lengths: list[int], cases: int, depths: int = 10,
 
     ``model`` is a loaded model, or a checkpoint path (needed for ``workers`` > 1: each worker process loads it).
     """
-    bilevel = bilevel or DecodeConfig(topk=4, chunk=1, max_new_tokens=4)
+    bilevel = bilevel or BILEVEL
     folder = folder or cache_dir() / "needle"
     folder.mkdir(parents=True, exist_ok=True)
     todo = [case for case in plan(lengths, cases, depths, seed, haystack) if key(case) not in skip]
