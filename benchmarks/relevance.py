@@ -250,7 +250,7 @@ def run_case(model, tokenizer, case: dict, topk: int, prefill_config: PrefillCon
         hits = [g in answer.dense_chunks for g in case["needle_groups"]]
         row[scorer] = {"recall": sum(hits) / len(hits), "acc": correct(answer.text, case["answers"]),
                        "kv_ratio": answer.kv_ratio, "dense_chunks": answer.dense_chunks, "text": answer.text,
-                       "confidence": answer.confidence,
+                       "confidence": answer.confidence, "tail": answer.tail,
                        "select_s": answer.seconds.get("select", 0.0), "s": time.perf_counter() - t0}
     return row
 

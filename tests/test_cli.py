@@ -100,9 +100,9 @@ def test_eval_needle_resumes_merges_and_runs_workers(tiny_checkpoint, tmp_path, 
     first = videoxl(*common, "--lengths", "32")
     assert first.returncode == 0, first.stderr
     before = [json.loads(line) for line in rows.read_text().splitlines()]
-    assert [(r["frames"], r["index"], r["follow_tail"]) for r in before] == [(32, 0, None), (32, 1, None)]
-    mixed = videoxl(*common, "--lengths", "32", "--follow-tail", "0.25")
-    assert mixed.returncode == 2 and "follow_tail None, not 0.25" in mixed.stderr  # one decoding per rows file
+    assert [(r["frames"], r["index"], r["follow_tail"]) for r in before] == [(32, 0, 0.25), (32, 1, 0.25)]
+    mixed = videoxl(*common, "--lengths", "32", "--follow-tail", "off")
+    assert mixed.returncode == 2 and "follow_tail 0.25, not None" in mixed.stderr  # one decoding per rows file
     with open(rows, "a") as f:
         f.write('{"frames": 48, "dep')  # the last line of a run killed while writing it
 

@@ -200,6 +200,7 @@ def test_follow_tail_brings_the_next_chunk_only_when_the_needle_runs_past_its_en
                 last = -(-att.shape[-1] // 16)  # the last sixteenth, rounded up
                 ref.append(att[:, -last:].sum(-1))
         assert shares[task] == pytest.approx(float(torch.cat(ref).mean()), rel=1e-4)
+        assert plain.tail is None and tailed.tail == pytest.approx(shares[task], rel=1e-4)  # the key's group is best
         if task == "neighbours":
             assert key in plain.dense_chunks and key + 1 not in plain.dense_chunks  # the number's group missed
             assert case["answers"][0] not in plain.text

@@ -256,6 +256,10 @@ def test_decoding_options(main):
     followed = ask(client, "clip0.mp4", extra_body={"topk": 2, "follow": 1}).videoxl
     assert followed["dense_chunks"] == 4 and best in followed["dense_chunk_ids"]
     assert best + 1 < followed["chunks"] - 1 and best + 1 in followed["dense_chunk_ids"]  # brought by the best
+    tailed = ask(client, "clip0.mp4", extra_body={"topk": 2, "follow_tail": 1e-9}).videoxl  # any share brings it
+    assert tailed["dense_chunk_ids"] == followed["dense_chunk_ids"] and 0 < tailed["tail_share"] <= 1
+    assert top1.videoxl["tail_share"] == pytest.approx(tailed["tail_share"])  # on by default: the same best chunk
+    assert ask(client, "clip0.mp4", extra_body={"topk": 1, "follow_tail": None}).videoxl["tail_share"] is None  # off
     unsure = ask(client, "clip0.mp4", extra_body={"topk": 1, "min_confidence": 1.0}).videoxl
     assert unsure["fallback"].startswith("dense: flat relevance") and unsure["dense_chunks"] == unsure["chunks"]
     short = ask(client, "clip0.mp4", QUESTIONS[1], max_tokens=1)

@@ -32,7 +32,7 @@ from pathlib import Path  # noqa: E402
 
 from . import defaults  # noqa: E402
 from .errors import InputError, OptionError  # noqa: E402
-from .options import device_name, fraction, lengths, rate, unit, whole  # noqa: E402
+from .options import device_name, fraction, lengths, rate, share_or_off, unit, whole  # noqa: E402
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -102,9 +102,9 @@ def _add_ask(sub) -> None:
     decoding.add_argument("--follow", type=whole(0), default=defaults.FOLLOW,
                           help="the N best chunks each bring the chunk after them, within --topk "
                                f"(default {defaults.FOLLOW})")
-    decoding.add_argument("--follow-tail", type=fraction,
-                          help="the best chunk brings the chunk after it when at least this share of its attention "
-                               "falls on its last sixteenth (default: off)")
+    decoding.add_argument("--follow-tail", type=share_or_off, default=defaults.FOLLOW_TAIL,
+                          help="the best chunk brings the chunk after it, within --topk, when at least this share of "
+                               f"its attention falls on its last sixteenth (default {defaults.FOLLOW_TAIL}; off: never)")
     decoding.add_argument("--min-confidence", type=unit,
                           help="decode every chunk dense when the relevance confidence is below this (default: off)")
     decoding.add_argument("--dense", action="store_true", help="decode with every chunk dense")
@@ -213,7 +213,7 @@ def _ask(args) -> int:
             "dense_chunks": len(answer.dense_chunks), "dense_chunk_indices": answer.dense_chunks,
             "kv_bytes_dense": answer.kv_bytes_dense, "kv_bytes_used": answer.kv_bytes_used,
             "confidence": None if answer.confidence is None else round(answer.confidence, 4),
-            "fallback": answer.fallback,
+            "fallback": answer.fallback, "tail_share": None if answer.tail is None else round(answer.tail, 4),
             "prefill_attn_flops": flops.attn_flops, "dense_attn_flops": flops.dense_attn_flops,
             "prefill_total_flops": flops.total_flops, "dense_total_flops": flops.dense_total_flops,
             "seconds": {k: round(v, 3) for k, v in seconds.items()}}), flush=True)
@@ -223,6 +223,8 @@ def _ask(args) -> int:
         sure = "" if answer.confidence is None else f" (relevance confidence {answer.confidence:.2f})"
         if answer.fallback:
             sure += f" ({answer.fallback})"
+        if answer.tail is not None and answer.tail >= decode_config.follow_tail:
+            sure += f" (the best chunk's end holds {answer.tail:.0%} of its attention: the next chunk is dense too)"
         print(f"[{stats.frames} frames, {stats.tokens} tokens, {answer.chunks} chunks, "
               f"{len(answer.dense_chunks)} dense{sure}; KV {answer.kv_bytes_dense / mb:.2f} MB dense, "
               f"{answer.kv_bytes_used / mb:.2f} MB used; pre-fill FLOPs vs dense: attention "
@@ -282,8 +284,8 @@ def _add_eval(sub) -> None:
                                             "again (resume), and --json/--heatmap cover every row in it (merge)")
     n.add_argument("--workers", type=whole(1, 64), default=1, help="cases in parallel processes, the CPU threads "
                                                                     "shared among them (default 1)")
-    n.add_argument("--follow-tail", type=fraction,
-                   help="bi-level decoding's --follow-tail (default: off); recorded in every row")
+    n.add_argument("--follow-tail", type=share_or_off, default=defaults.FOLLOW_TAIL,
+                   help=f"bi-level decoding's --follow-tail (default {defaults.FOLLOW_TAIL}), recorded in every row")
     n.add_argument("--device", type=device_name)
     n.set_defaults(run=_eval_needle)
     f = tasks.add_parser("families", help="accuracy per question family (needle, grounding, order, count, detail)")

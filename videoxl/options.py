@@ -81,6 +81,16 @@ def non_negative(text: str) -> float:
     return value
 
 
+def share_or_off(text: str) -> float | None:
+    """A share of attention in (0, 1], or ``off`` (None)."""
+    if text == "off":
+        return None
+    value = _number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a share of attention in (0, 1] or 'off', got {text!r}")
+    return value
+
+
 def unit(text: str) -> float:
     """A number in [0, 1]."""
     value = _number(text)

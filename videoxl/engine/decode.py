@@ -118,6 +118,7 @@ class Answer:
     seconds: dict = field(default_factory=dict)
     confidence: float | None = None  # how much the chosen chunks stood out (select.confidence); None: no scoring
     fallback: str | None = None  # why selection was overridden (e.g. "dense: flat relevance ..."), else None
+    tail: float | None = None  # with follow_tail: the best chunk's select.tail_share (>= follow_tail: the next came)
 
     @property
     def kv_ratio(self) -> float:
@@ -263,7 +264,8 @@ class Decoder:
         return self._select(question, config, chunk_scores)[:3]
 
     def _select(self, question: torch.Tensor, config: DecodeConfig, chunk_scores: Sequence[float] | None = None):
-        """:meth:`select`, then the confidence (None without model scores) and the fallback note (None)."""
+        """:meth:`select`, then the confidence (None without model scores), the fallback note (None) and the best
+        chunk's tail share (None without ``follow_tail``)."""
         store = self.video.store
         ranges = chunk_ranges(len(store.groups), config.chunk or self.video.config.chunk)
         n = len(ranges)
@@ -272,9 +274,9 @@ class Decoder:
                 raise InputError("chunk_scores need topk or kv_budget to say how many chunks to reload dense")
             scores = _external_scores(chunk_scores, n)
         elif not config.selects:
-            return ranges, list(range(n)), None, None, None
+            return ranges, list(range(n)), None, None, None, None
         forced = sorted({0, n - 1})
-        follow = config.follow
+        follow, tail = config.follow, None
         if chunk_scores is None:
             scores, tail = self._score(question, config, ranges, forced)
             if tail is not None and tail >= config.follow_tail:
@@ -292,7 +294,7 @@ class Decoder:
             if config.min_confidence is not None and sure < config.min_confidence:
                 dense = list(range(n))
                 note = f"dense: flat relevance (confidence {sure:.2f} < {config.min_confidence:.2f})"
-        return ranges, dense, scores, sure, note
+        return ranges, dense, scores, sure, note, tail
 
     # -- answering --------------------------------------------------------------------------------------------
     def answer(self, question: torch.Tensor, config: DecodeConfig = DecodeConfig(),
@@ -301,7 +303,7 @@ class Decoder:
         """Answer ``question`` (token ids, or embeddings) about the video; ``on_text`` streams text pieces."""
         store = self.video.store
         t0 = time.perf_counter()
-        ranges, dense, scores, sure, note = self._select(question, config, chunk_scores)
+        ranges, dense, scores, sure, note, tail = self._select(question, config, chunk_scores)
         t1 = time.perf_counter()
         dense_groups = torch.zeros(len(store.groups), dtype=torch.bool)
         for c in dense:
@@ -336,7 +338,7 @@ class Decoder:
         return Answer(text.text, tokens, len(ranges), dense,
                       None if scores is None else [None if x != x else x for x in scores.tolist()],
                       store.dense_bytes, used_bytes,
-                      {"select": t1 - t0, "question": t2 - t1, "generate": t3 - t2}, sure, note)
+                      {"select": t1 - t0, "question": t2 - t1, "generate": t3 - t2}, sure, note, tail)
 
 
 def _external_scores(chunk_scores, n: int) -> torch.Tensor:

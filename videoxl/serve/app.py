@@ -65,7 +65,7 @@ def _report(key: str, video: dict, answer: Answer, info: dict, total: float) -> 
     return usage, {"key": key, "frames": info["frames"], "groups": info["groups"], "chunks": answer.chunks,
                    "dense_chunks": len(answer.dense_chunks), "dense_chunk_ids": answer.dense_chunks,
                    "kv_bytes_used": answer.kv_bytes_used, "kv_bytes_dense": answer.kv_bytes_dense,
-                   "confidence": answer.confidence, "fallback": answer.fallback,
+                   "confidence": answer.confidence, "fallback": answer.fallback, "tail_share": answer.tail,
                    "reused": video["reused"], "shared_ingest": video["shared"], "tier": info["tier"],
                    "seconds": {k: round(v, 6) for k, v in seconds.items()}}
 

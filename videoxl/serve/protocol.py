@@ -4,7 +4,7 @@ Requests follow vLLM's conventions for video: a user message holds ``text`` part
 ``image_url``) part, ``{"type": "video_url", "video_url": {"url": ...}, "uuid": ...}``; frame sampling goes in
 ``media_io_kwargs = {"video": {"num_frames": N, "fps": F}}``; videoxl's own options (``topk``, ``kv_budget``,
 ``decode_chunk``, ``follow``, ``follow_tail``, ``min_confidence``, ``dense``) come as extra top-level fields (the
-``openai`` client's ``extra_body``).
+``openai`` client's ``extra_body``); ``"follow_tail": null`` turns that default off.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 import uuid as uuidlib
 from dataclasses import dataclass
 
+from .. import defaults
 
 
 class ServeError(Exception):
@@ -64,7 +65,7 @@ class ChatRequest:
     kv_budget: float | None = None
     decode_chunk: int | None = None
     follow: int = 0
-    follow_tail: float | None = None
+    follow_tail: float | None = defaults.FOLLOW_TAIL
     min_confidence: float | None = None
     dense: bool = False
 
@@ -193,7 +194,7 @@ def parse_chat(body: object, max_question_chars: int, max_tokens_limit: int) -> 
         kv_budget=_number(body, "kv_budget", float, 1e-9, 1.0),
         decode_chunk=_number(body, "decode_chunk", int, 1, None),
         follow=_number(body, "follow", int, 0, None) or 0,
-        follow_tail=_number(body, "follow_tail", float, 1e-9, 1.0),
+        follow_tail=_number(body, "follow_tail", float, 1e-9, 1.0) if "follow_tail" in body else defaults.FOLLOW_TAIL,
         min_confidence=_number(body, "min_confidence", float, 0.0, 1.0),
         dense=bool(body.get("dense", False)),
     )
