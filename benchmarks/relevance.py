@@ -20,12 +20,12 @@ written as sentences of the same register as the text around them:
 For every case the same haystack is answered by dense decoding (transformers, one forward, SDPA), by decoding over
 the chunked pre-fill with every chunk dense, and by bi-level decoding (decoding chunks of one group, first and last
 dense, ``--topk`` more chosen by each relevance variant) for each variant side by side (``SCORERS``): the default
-(Quest-style bounds over the model's retrieval heads, the best 32 re-ranked by their exact attention mass), the
-same with ``follow=1`` (``bounds-follow``: the best chunk brings the one after it, within the same top-k) and with
-``follow_tail=0.25`` (``bounds-tail``: it does so only when a quarter of its attention falls on its last sixteenth,
-four times a uniform share), the same over the question's content tokens only (``bounds-content``), and with
-content tokens too: without the re-ranking (``bounds-norefine``), over every head (``bounds-all``), the other
-scorers (over the retrieval heads).
+(Quest-style bounds over the model's retrieval heads, the best 32 re-ranked by their exact attention mass; the best
+chunk brings the one after it, within the same top-k, when a quarter of its attention falls on its last sixteenth,
+four times a uniform share: ``follow_tail=0.25``), the same without that (``bounds-notail``), with the best chunk
+always bringing the next (``bounds-follow``, ``follow=1``), over the question's content tokens only
+(``bounds-content``), and with content tokens too: without the re-ranking (``bounds-norefine``), over every head
+(``bounds-all``), the other scorers (over the retrieval heads). Only the default reads the tail.
 Two references: ``exact``, the question's true attention mass per chunk over the dense cache at every layer and
 head (it materializes the attention over the whole video), and ``oracle``, the needle's groups given as external
 scores (what bi-level decoding answers when selection is perfect at this budget). ``recall`` is the fraction of
@@ -65,16 +65,18 @@ TASKS = ("single", "multikey", "multivalue", "neighbours")
 # relevance variants side by side: DecodeConfig options (the default first); "exact" and "oracle" are the references
 # below
 SCORERS = {
-    "bounds": {"heads": "retrieval", "score_tokens": "all", "refine": 32},  # the default
-    "bounds-follow": {"follow": 1},  # the default, and the best chunk brings the one after it (within topk)
-    "bounds-tail": {"follow_tail": 0.25},  # the same, only when a quarter of its attention is on its last 1/16
-    "bounds-content": {"score_tokens": "content", "refine": 16},  # the chat template does not score
+    # the default: the best chunk brings the one after it (within topk) when a quarter of its attention is on its
+    # last sixteenth
+    "bounds": {"heads": "retrieval", "score_tokens": "all", "refine": 32, "follow_tail": 0.25},
+    "bounds-notail": {"follow_tail": None},  # the default without that: the top-k by relevance alone
+    "bounds-follow": {"follow": 1, "follow_tail": None},  # the best chunk always brings the one after it
+    "bounds-content": {"score_tokens": "content", "refine": 16, "follow_tail": None},  # the template does not score
     # the variants below score content tokens only, as the default did when the published rows were measured
-    "bounds-norefine": {"refine": 0, "score_tokens": "content"},  # bounds alone, not re-ranked
-    "bounds-all": {"heads": "all", "score_tokens": "content", "refine": 16},  # every head, as before retrieval heads
-    "mean": {"scorer": "mean", "score_tokens": "content"},
-    "sparse": {"scorer": "sparse", "score_tokens": "content"},
-    "dense": {"scorer": "dense", "score_tokens": "content"},
+    "bounds-norefine": {"refine": 0, "score_tokens": "content", "follow_tail": None},  # bounds alone, not re-ranked
+    "bounds-all": {"heads": "all", "score_tokens": "content", "refine": 16, "follow_tail": None},  # every head
+    "mean": {"scorer": "mean", "score_tokens": "content", "follow_tail": None},
+    "sparse": {"scorer": "sparse", "score_tokens": "content", "follow_tail": None},
+    "dense": {"scorer": "dense", "score_tokens": "content", "follow_tail": None},
     "exact": None,
     "oracle": None,
 }
@@ -333,11 +335,11 @@ def schedule(lengths: list[int], tasks: list[str], cases: int) -> list[tuple[int
 
 def markdown(summary: list[dict]) -> str:
     """The README's table: one line per (length, task), recall / bi-level accuracy in % for the default scorer, the
-    default with ``follow=1`` and with ``follow_tail=0.25``, the mean-key scorer, the exact attention mass and the
-    oracle side by side (a scorer run on fewer of the cell's cases says on how many, with dense's accuracy on
+    default without ``follow_tail`` and with ``follow=1`` instead, the mean-key scorer, the exact attention mass and
+    the oracle side by side (a scorer run on fewer of the cell's cases says on how many, with dense's accuracy on
     those)."""
-    lines = ["| tokens | task | cases | dense | chunked | **default scorer** | default, follow 1 "
-             "| default, follow_tail 0.25 | mean key | exact attention mass, all heads | oracle | KV bi-level / dense "
+    lines = ["| tokens | task | cases | dense | chunked | **default scorer** | default, no follow_tail "
+             "| default, follow 1 | mean key | exact attention mass, all heads | oracle | KV bi-level / dense "
              "| select s (question's pre-fill s) |",
              "|---:|---|---:|---:|---:|---|---|---|---|---|---|---:|---:|"]
     cells: dict[tuple, dict] = {}
@@ -346,7 +348,7 @@ def markdown(summary: list[dict]) -> str:
     for (_, task), by in cells.items():
         base = by.get("bounds") or next(iter(by.values()))
         pair = {}
-        for k in ("bounds", "bounds-follow", "bounds-tail", "mean", "exact", "oracle"):
+        for k in ("bounds", "bounds-notail", "bounds-follow", "mean", "exact", "oracle"):
             pair[k] = f"{by[k]['recall']:.0f} / {by[k]['acc_bilevel']:.0f}" if k in by else "-"
             if k in by and by[k]["cases"] != base["cases"]:
                 pair[k] += f" ({by[k]['cases']} cases, dense {pct(by[k]['acc_dense'])})"
@@ -354,8 +356,8 @@ def markdown(summary: list[dict]) -> str:
         if "bounds" in by and not math.isnan(base["question_s"]):
             sel += f" ({base['question_s']:.2f})"
         lines.append(f"| {base['tokens']:,} | {task} | {base['cases']} | {pct(base['acc_dense'])} | "
-                     f"{pct(base['acc_chunked'])} | **{pair['bounds']}** | {pair['bounds-follow']} | "
-                     f"{pair['bounds-tail']} | {pair['mean']} | {pair['exact']} | {pair['oracle']} | {kv} | {sel} |")
+                     f"{pct(base['acc_chunked'])} | **{pair['bounds']}** | {pair['bounds-notail']} | "
+                     f"{pair['bounds-follow']} | {pair['mean']} | {pair['exact']} | {pair['oracle']} | {kv} | {sel} |")
     return "\n".join(lines)
 
 

@@ -48,6 +48,13 @@ def test_ask_json(tiny_checkpoint, clip):
     assert 0 < out["prefill_attn_flops"] < out["dense_attn_flops"]  # 4 pre-fill chunks, window 1: less than causal
     assert out["dense_total_flops"] - out["prefill_total_flops"] == out["dense_attn_flops"] - out["prefill_attn_flops"]
     assert set(out["seconds"]) >= {"load", "decode", "encode", "prefill", "answer"}
+    assert 0 < out["tail_share"] <= 1  # follow_tail is on by default
+    off = videoxl("ask", clip, "What colour is the shape at 2.0s?", "--model", tiny_checkpoint, "--json",
+                  "--topk", 1, "--max-new-tokens", 2, "--window", 1, "--follow-tail", "off")
+    assert json.loads(off.stdout)["tail_share"] is None
+    brought = videoxl("ask", clip, "What colour is the shape at 2.0s?", "--model", tiny_checkpoint,
+                      "--topk", 2, "--max-new-tokens", 2, "--window", 1, "--follow-tail", 1e-6)
+    assert "of its attention: the next chunk is dense too" in brought.stderr, brought.stderr
 
 
 def test_explain_writes_a_picture(tiny_checkpoint, clip, tmp_path):
@@ -102,7 +109,7 @@ def test_eval_needle_resumes_merges_and_runs_workers(tiny_checkpoint, tmp_path, 
     before = [json.loads(line) for line in rows.read_text().splitlines()]
     assert [(r["frames"], r["index"], r["follow_tail"]) for r in before] == [(32, 0, 0.25), (32, 1, 0.25)]
     mixed = videoxl(*common, "--lengths", "32", "--follow-tail", "off")
-    assert mixed.returncode == 2 and "follow_tail 0.25, not None" in mixed.stderr  # one decoding per rows file
+    assert mixed.returncode == 2 and "--follow-tail 0.25, not off" in mixed.stderr  # one decoding per rows file
     with open(rows, "a") as f:
         f.write('{"frames": 48, "dep')  # the last line of a run killed while writing it
 

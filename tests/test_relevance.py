@@ -278,11 +278,11 @@ def test_benchmark_oracle_and_table(smollm2, tmp_path):
     extra.write_text(json.dumps({"target": 2048, "task": "single", "index": 1, "acc_dense": None,
                                  "bounds-follow": cell(1.0, True), "bounds": cell(0.0, False)}) + "\n"
                      + json.dumps({"target": 2048, "task": "single", "index": 0, "acc_dense": None,
-                                   "bounds-tail": cell(1.0, False)}) + "\n")
+                                   "bounds-notail": cell(1.0, False)}) + "\n")
     rows[0]["index"], rows[1]["index"] = 0, 1
     table = markdown(summarize(merged(rows, [extra]))).splitlines()
-    assert table[2] == ("| 2,052 | single | 2 | 50 | 0 | **50 / 50** | 100 / 100 (1 cases, dense 0) "
-                        "| 100 / 0 (1 cases, dense 100) | - | 50 / 50 | 100 / 50 | 0.60 | 0.10 (0.50) |")
+    assert table[2] == ("| 2,052 | single | 2 | 50 | 0 | **50 / 50** | 100 / 0 (1 cases, dense 100) "
+                        "| 100 / 100 (1 cases, dense 0) | - | 50 / 50 | 100 / 50 | 0.60 | 0.10 (0.50) |")
 
 
 def test_benchmark_answers_fit_their_budget_and_score_as_ruler(smollm2):

@@ -309,10 +309,13 @@ def _eval_needle(args) -> int:
     cases = args.cases or (10 if args.quick else 50)
     rows_path = Path(args.rows) if args.rows else None
     kept = needle.read_rows(rows_path, repair=True) if rows_path else []
-    other = sorted({str(r.get("follow_tail")) for r in kept if r.get("follow_tail") != args.follow_tail})
-    if other:
-        raise InputError(f"{rows_path} holds rows decoded with follow_tail {', '.join(other)}, not "
-                         f"{args.follow_tail}: keep each decoding's rows in a file of its own")
+    def spelled(share):  # as --follow-tail takes it
+        return "off" if share is None else str(share)
+
+    other = sorted({spelled(r.get("follow_tail")) for r in kept if r.get("follow_tail") != args.follow_tail})
+    if other:  # rows written before the option hold no follow_tail: they were decoded without it
+        raise InputError(f"{rows_path} holds rows decoded with --follow-tail {', '.join(other)}, not "
+                         f"{spelled(args.follow_tail)}: keep each decoding's rows in a file of its own")
     planned = {needle.key(case) for case in needle.plan(lengths, cases, haystack=args.haystack)}
     done_before = {needle.key(r) for r in kept} & planned
     if done_before:

@@ -45,7 +45,8 @@ class DecodeConfig:
     video; with ``heads="retrieval"`` only when the model has retrieval heads). With ``follow``, each of the
     ``follow`` best chunks brings the chunk after it, within ``topk`` (select.choose_dense); with ``follow_tail``,
     the best chunk does so only when at least that share of the scoring heads' attention over it falls on its last
-    sixteenth (select.tail_share: what the question looks for runs past the chunk's end). When the chosen chunks
+    sixteenth (select.tail_share: what the question looks for runs past the chunk's end; 0.25 by default, None:
+    never; README: relevance, "follow_tail"). When the chosen chunks
     stand out less than ``min_confidence`` (select.confidence), every chunk is decoded dense and the answer says so
     (None, the default: never; confidence is on a scale of its own per model, see select.py). Generation: greedy
     when ``temperature`` is 0.
