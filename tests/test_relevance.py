@@ -180,7 +180,7 @@ def test_follow_tail_brings_the_next_chunk_only_when_the_needle_runs_past_its_en
         groups = [Group(torch.tensor(s), torch.tensor(t)) for s, t in case["groups"]]
         decoder = Decoder(model, prefill(model, torch.tensor(case["prefix"]), groups, PREFILL), tokenizer)
         question = torch.tensor(case["question"])
-        plain = decoder.answer(question, DecodeConfig(topk=2, chunk=1, max_new_tokens=16))
+        plain = decoder.answer(question, DecodeConfig(topk=2, chunk=1, max_new_tokens=16, follow_tail=None))
         tailed = decoder.answer(question, DecodeConfig(topk=2, chunk=1, max_new_tokens=16, follow_tail=0.25))
         key = case["needle_groups"][0]
         ranges = chunk_ranges(len(groups), 1)
@@ -197,8 +197,10 @@ def test_follow_tail_brings_the_next_chunk_only_when_the_needle_runs_past_its_en
                 att = torch.softmax(queries[layer][h].float() @ k[h // (model.config.num_attention_heads
                                                                         // model.config.num_key_value_heads)].T
                                     * decoder.scale, dim=-1)
-                last = -(-att.shape[-1] // 16)  # the last sixteenth, rounded up
-                ref.append(att[:, -last:].sum(-1))
+                n = att.shape[-1]
+                whole, part = divmod(n, 16)  # the last n/16 tokens: whole ones, then a part of the one before
+                edge = att[:, n - whole - 1] * part / 16 if part else 0
+                ref.append(att[:, n - whole:].sum(-1) + edge)
         assert shares[task] == pytest.approx(float(torch.cat(ref).mean()), rel=1e-4)
         assert plain.tail is None and tailed.tail == pytest.approx(shares[task], rel=1e-4)  # the key's group is best
         if task == "neighbours":

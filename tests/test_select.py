@@ -104,3 +104,36 @@ def test_choose_dense_follow_brings_the_next_chunk_within_topk_and_budget():
     assert choose_dense(rel, cands, forced, None, budget, dense_tok, sparse_tok, follow=1) == [0, 2, 3, 7]
     large = dense_tok[:3] + [40] + dense_tok[4:]
     assert choose_dense(rel, cands, forced, None, budget, large, sparse_tok, follow=1) == [0, 2, 5, 7]
+
+
+def test_tail_share_is_the_attention_on_the_last_sixteenth_even_when_it_cuts_a_token():
+    """Chunks of 5 to 11 tokens and of 18: the last n/16 tokens, the token that boundary cuts counted by its part.
+    Uniform attention (zero queries) gives exactly 1/16 whatever the length; random queries match a hand sum over
+    each token's overlap with the interval [n - n/16, n)."""
+    from helpers import random_groups, tiny_qwen2
+
+    from videoxl.engine.decode import Decoder
+    from videoxl.engine.prefill import PrefillConfig, prefill
+    from videoxl.engine.select import TAIL, tail_share
+
+    model = tiny_qwen2(layers=2)
+    groups = random_groups(6, hidden=64, vis_len=(5, 11)) + random_groups(2, hidden=64, seed=3, vis_len=(18, 18))
+    decoder = Decoder(model, prefill(model, torch.arange(4), groups, PrefillConfig(chunk=2, window=1)))
+    store, summaries = decoder.video.store, decoder.summaries[False]
+    g = torch.Generator().manual_seed(0)
+    random = {layer: torch.randn(4, 3, 16, generator=g) * 3 for layer in range(2)}  # (heads, question tokens, D)
+    zeros = {layer: torch.zeros(4, 3, 16) for layer in range(2)}
+    for chunk in (range(0, 1), range(2, 3), range(3, 5), range(6, 7)):
+        spans = [(store.groups[i].visual_start, store.groups[i].end) for i in chunk]
+        n = sum(b - a for a, b in spans)
+        assert tail_share(zeros, store, summaries, decoder.scale, chunk) == pytest.approx(1 / TAIL)
+        start = n - n / TAIL
+        overlap = torch.tensor([min(max(i + 1 - start, 0.0), 1.0) for i in range(n)])
+        want = []
+        for layer in range(2):
+            k = torch.cat([summaries.raw_dense(layer, a, b) for a, b in spans], dim=1).float()  # (2, n, 16)
+            for h in range(4):
+                att = torch.softmax(random[layer][h] @ k[h // 2].T * decoder.scale, dim=-1)
+                want.append(att @ overlap)
+        assert tail_share(random, store, summaries, decoder.scale, chunk) == pytest.approx(
+            float(torch.cat(want).mean()), rel=1e-5)

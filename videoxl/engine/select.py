@@ -271,15 +271,20 @@ def score_groups(scorer: str, queries: torch.Tensor, layer: int, store: KVStore,
 
 def tail_share(queries: dict[int, torch.Tensor], store: KVStore, summaries: GroupSummaries, scale: float,
                groups: range, heads: dict[int, list[int]] | None = None, tokens: torch.Tensor | None = None) -> float:
-    """The share of a chunk's attention that falls on the last ``1/TAIL`` of its visual tokens: per (layer, head,
-    question token) a softmax over the chunk's position-free dense keys, averaged over them all (``heads`` per
-    layer, None: all; ``tokens`` (Q,) bool keeps those question tokens). Uniform attention gives about ``1/TAIL``;
+    """The share of a chunk's attention that falls on the last ``1/TAIL`` of its visual tokens (``n / TAIL`` tokens;
+    the token that boundary cuts counts by its part): per (layer, head, question token) a softmax over the chunk's
+    position-free dense keys, averaged over them all (``heads`` per layer, None: all; ``tokens`` (Q,) bool keeps
+    those question tokens). Uniform attention gives ``1/TAIL`` whatever the chunk's length;
     a share well above it says that what the question looks for sits at the chunk's end and may go on in the next
     chunk. It reads one chunk's keys: no attention over the whole video."""
     keep = tokens if tokens is not None and bool(tokens.any()) else None
     spans = [(store.groups[g].visual_start, store.groups[g].end) for g in groups]
     n = sum(b - a for a, b in spans)
-    last = max(1, -(-n // TAIL))
+    weight = torch.zeros(n)
+    whole, part = divmod(n, TAIL)
+    weight[n - whole:] = 1.0
+    if part and n > whole:
+        weight[n - whole - 1] = part / TAIL
     shares = []
     for layer, q in queries.items():
         chosen = list(range(q.shape[0])) if heads is None else heads[layer]
@@ -291,7 +296,7 @@ def tail_share(queries: dict[int, torch.Tensor], store: KVStore, summaries: Grou
         if keep is not None:
             qh = qh[:, keep.to(qh.device)]
         att = torch.softmax((qh @ k[kv.to(k.device)].transpose(1, 2)).float() * scale, dim=-1)  # (h, Q', n)
-        shares.append(att[..., n - last:].sum(-1).flatten())
+        shares.append((att @ weight.to(att.device)).flatten())
     return float(torch.cat(shares).mean()) if shares else 0.0
 
 
