@@ -117,9 +117,10 @@ def question_text(task: str, key: str) -> str:
             f"only.<|im_end|>\n<|im_start|>assistant\nThe special magic number for {key} is:")
 
 
-def make_case(tokenizer, task: str, tokens: int, index: int, cases: int) -> dict:
-    """One haystack with its needles; the needle's depth sweeps the haystack across the cases."""
-    seed = zlib.crc32(f"{task}-{tokens}-{index}".encode())
+def make_case(tokenizer, task: str, tokens: int, index: int, cases: int, salt: int = 0) -> dict:
+    """One haystack with its needles; the needle's depth sweeps the haystack across the cases. ``salt`` draws
+    other haystacks (prose order, keys, numbers) at the same depths: a held-out set (``--seed``)."""
+    seed = zlib.crc32(f"{task}-{tokens}-{index}".encode() + (f"-{salt}".encode() if salt else b""))
     rng = random.Random(seed)
     text = prose(tokenizer, seed)
     prefix = tokenizer(PREFIX)["input_ids"]
@@ -303,14 +304,14 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def merged(rows: list[dict], extra: list[Path]) -> list[dict]:
     """``rows`` with the scorers of ``--scorers-only`` rows (other files) added to the cases they match; rows are
-    keyed by (length, task, index), so the same haystack and needles."""
-    by_key = {(r["target"], r["task"], r["index"]): r for r in rows}
+    keyed by (length, task, index, seed), so the same haystack and needles."""
+    by_key = {(r["target"], r["task"], r["index"], r.get("seed", 0)): r for r in rows}
     for path in extra:
         for line in path.read_text().splitlines():
             if not line.strip().endswith("}"):
                 continue
             r = json.loads(line)
-            into = by_key.get((r["target"], r["task"], r["index"]))
+            into = by_key.get((r["target"], r["task"], r["index"], r.get("seed", 0)))
             if into is not None:
                 into.update({k: v for k, v in r.items() if k in SCORERS and k not in into})
     return rows
@@ -381,6 +382,9 @@ def main() -> None:
     parser.add_argument("--merge", type=Path, action="append", default=[],
                         help="a --scorers-only run's rows: their scorers join the --rows cases they match")
     parser.add_argument("--markdown", action="store_true", help="also print the summary as the README's table")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="other haystacks at the same depths (held out from the published rows, seed 0); a rows "
+                             "file holds one seed")
     parser.add_argument("--workers", type=int, default=1, help="run every WORKERS-th case from --worker")
     parser.add_argument("--worker", type=int, default=0)
     args = parser.parse_args()
@@ -392,6 +396,9 @@ def main() -> None:
     rows = []
     if args.rows and args.rows.is_file():
         rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.strip().endswith("}")]
+    seeds = {r.get("seed", 0) for r in rows}
+    if seeds - {args.seed}:
+        parser.error(f"{args.rows} holds haystacks of --seed {', '.join(map(str, sorted(seeds)))}, not {args.seed}")
     rows = merged(rows, args.merge)
     done = {(r["target"], r["task"], r["index"]) for r in rows}
     unknown = set(args.scorers.split(",")) - set(SCORERS)
@@ -404,8 +411,8 @@ def main() -> None:
     for n, (tokens, task, i) in enumerate(schedule(lengths, tasks, cases)):
         if (tokens, task, i) in done or n % args.workers != args.worker:
             continue
-        case = make_case(tokenizer, task, tokens, i, cases)
-        row = {"target": tokens, **run_case(model, tokenizer, case, args.topk, prefill_config, scorers,
+        case = make_case(tokenizer, task, tokens, i, cases, args.seed)
+        row = {"target": tokens, **({"seed": args.seed} if args.seed else {}), **run_case(model, tokenizer, case, args.topk, prefill_config, scorers,
                                             baselines=not args.scorers_only)}
         rows.append(row)
         if args.rows:

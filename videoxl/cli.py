@@ -309,6 +309,7 @@ def _eval_needle(args) -> int:
     cases = args.cases or (10 if args.quick else 50)
     rows_path = Path(args.rows) if args.rows else None
     kept = needle.read_rows(rows_path, repair=True) if rows_path else []
+
     def spelled(share):  # as --follow-tail takes it
         return "off" if share is None else str(share)
 

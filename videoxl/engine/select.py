@@ -283,7 +283,7 @@ def tail_share(queries: dict[int, torch.Tensor], store: KVStore, summaries: Grou
     weight = torch.zeros(n)
     whole, part = divmod(n, TAIL)
     weight[n - whole:] = 1.0
-    if part and n > whole:
+    if part:
         weight[n - whole - 1] = part / TAIL
     shares = []
     for layer, q in queries.items():
