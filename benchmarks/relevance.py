@@ -25,7 +25,9 @@ chunk brings the one after it, within the same top-k, when a quarter of its atte
 four times a uniform share: ``follow_tail=0.25``), the same without that (``bounds-notail``), with the best chunk
 always bringing the next (``bounds-follow``, ``follow=1``), over the question's content tokens only
 (``bounds-content``), and with content tokens too: without the re-ranking (``bounds-norefine``), over every head
-(``bounds-all``), the other scorers (over the retrieval heads). Only the default reads the tail.
+(``bounds-all``), the other scorers (over the retrieval heads). Only the default and ``bounds-rel`` read the tail;
+``bounds-rel`` is the default reloading fewer chunks when the rest fall below 0.6 of the best one's relevance
+(``min_relevance``; distractor needles, which look like the asked one, score about half of it).
 Two references: ``exact``, the question's true attention mass per chunk over the dense cache at every layer and
 head (it materializes the attention over the whole video), and ``oracle``, the needle's groups given as external
 scores (what bi-level decoding answers when selection is perfect at this budget). ``recall`` is the fraction of
@@ -70,6 +72,7 @@ SCORERS = {
     "bounds": {"heads": "retrieval", "score_tokens": "all", "refine": 32, "follow_tail": 0.25},
     "bounds-notail": {"follow_tail": None},  # the default without that: the top-k by relevance alone
     "bounds-follow": {"follow": 1, "follow_tail": None},  # the best chunk always brings the one after it
+    "bounds-rel": {"min_relevance": 0.6},  # the default, reloading only chunks >= 0.6 x the best one's relevance
     "bounds-content": {"score_tokens": "content", "refine": 16, "follow_tail": None},  # the template does not score
     # the variants below score content tokens only, as the default did when the published rows were measured
     "bounds-norefine": {"refine": 0, "score_tokens": "content", "follow_tail": None},  # bounds alone, not re-ranked
@@ -385,6 +388,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="other haystacks at the same depths (held out from the published rows, seed 0); a rows "
                              "file holds one seed")
+    parser.add_argument("--every", default="1,0", help="M,R: only the cases whose index is R modulo M (a subset "
+                                                         "spread over the depths, e.g. 3,1)")
     parser.add_argument("--workers", type=int, default=1, help="run every WORKERS-th case from --worker")
     parser.add_argument("--worker", type=int, default=0)
     args = parser.parse_args()
@@ -396,6 +401,7 @@ def main() -> None:
     rows = []
     if args.rows and args.rows.is_file():
         rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.strip().endswith("}")]
+    every = [int(x) for x in args.every.split(",")]
     seeds = {r.get("seed", 0) for r in rows}
     if seeds - {args.seed}:
         parser.error(f"{args.rows} holds haystacks of --seed {', '.join(map(str, sorted(seeds)))}, not {args.seed}")
@@ -409,7 +415,7 @@ def main() -> None:
           + "   (answer right? needle recall)", flush=True)
     mark = {1.0: "+", 0.0: "-", None: " "}  # right, wrong, not run; "~": partly right (multivalue)
     for n, (tokens, task, i) in enumerate(schedule(lengths, tasks, cases)):
-        if (tokens, task, i) in done or n % args.workers != args.worker:
+        if (tokens, task, i) in done or n % args.workers != args.worker or i % every[0] != every[1]:
             continue
         case = make_case(tokenizer, task, tokens, i, cases, args.seed)
         row = {"target": tokens, **({"seed": args.seed} if args.seed else {}), **run_case(model, tokenizer, case, args.topk, prefill_config, scorers,

@@ -137,3 +137,21 @@ def test_tail_share_is_the_attention_on_the_last_sixteenth_even_when_it_cuts_a_t
                 want.append(att @ overlap)
         assert tail_share(random, store, summaries, decoder.scale, chunk) == pytest.approx(
             float(torch.cat(want).mean()), rel=1e-5)
+
+
+def test_min_relevance_reloads_only_chunks_near_the_best():
+    """Candidates in relevance order stop at the first below min_relevance x the best; a follower still comes."""
+    from videoxl.engine.select import choose_dense
+
+    rel = torch.tensor([float("nan"), 0.40, 0.05, 0.30, 0.10, 0.15, float("nan")])
+    args = ([1, 2, 3, 4, 5], [0, 6], 3, None, [10] * 7, [3] * 7)
+    assert choose_dense(rel, *args) == [0, 1, 3, 5, 6]  # top 3: 0.40, 0.30, 0.15
+    assert choose_dense(rel, *args, min_relevance=0.5) == [0, 1, 3, 6]  # 0.15 < 0.5 x 0.40
+    assert choose_dense(rel, *args, min_relevance=0.9) == [0, 1, 6]
+    assert choose_dense(rel, *args, follow=1, min_relevance=0.9) == [0, 1, 2, 6]  # the best brings chunk 2 anyway
+    from videoxl.engine.decode import DecodeConfig
+    from videoxl.errors import InputError
+
+    for bad in (0, 1.5, True):
+        with pytest.raises(InputError, match="min_relevance"):
+            DecodeConfig(min_relevance=bad)

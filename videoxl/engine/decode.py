@@ -62,6 +62,8 @@ class DecodeConfig:
     refine: int = 32
     follow: int = defaults.FOLLOW
     follow_tail: float | None = defaults.FOLLOW_TAIL
+    min_relevance: float | None = None  # reload only chunks at least this fraction as relevant as the best (model
+    # relevance only; an ablation, README: relevance)
     score_layers: tuple[int, ...] | None = None
     score_positions: bool = False  # keep RoPE in relevance scores (an ablation: recency then dominates)
     positions: Literal["absolute", "contiguous"] = "contiguous"
@@ -91,6 +93,10 @@ class DecodeConfig:
             raise InputError(f"follow must be a number of chunks >= 0, got {self.follow!r}")
         if self.follow_tail is not None and (isinstance(self.follow_tail, bool) or not 0 < self.follow_tail <= 1):
             raise InputError(f"follow_tail is a share of attention in (0, 1] or None, got {self.follow_tail!r}")
+        if self.min_relevance is not None and (isinstance(self.min_relevance, bool)
+                                               or not 0 < self.min_relevance <= 1):
+            raise InputError(f"min_relevance is a fraction of the best chunk's relevance in (0, 1] or None, got "
+                             f"{self.min_relevance!r}")
         if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
             raise InputError(f"min_confidence must be in [0, 1] or None, got {self.min_confidence!r}")
         if self.positions not in ("absolute", "contiguous"):
@@ -287,7 +293,8 @@ class Decoder:
                       for s, e in ranges]
         budget = None if config.kv_budget is None else int(config.kv_budget * store.length) - store.prefix_length
         candidates = [c for c in range(n) if c not in forced]
-        dense = choose_dense(scores, candidates, forced, config.topk, budget, dense_tok, sparse_tok, follow)
+        dense = choose_dense(scores, candidates, forced, config.topk, budget, dense_tok, sparse_tok, follow,
+                             config.min_relevance if chunk_scores is None else None)
         sure, note = None, None
         if candidates and chunk_scores is None:
             chosen = [i for i, c in enumerate(candidates) if c in dense]

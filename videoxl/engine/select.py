@@ -370,20 +370,26 @@ def content_mask(ids: torch.Tensor, tokenizer) -> torch.Tensor:
 
 def choose_dense(relevance: torch.Tensor, candidates: list[int], forced: list[int], topk: int | None,
                  token_budget: int | None, tokens_if_dense: list[int], tokens_if_sparse: list[int],
-                 follow: int = 0) -> list[int]:
+                 follow: int = 0, min_relevance: float | None = None) -> list[int]:
     """The chunks to reload dense: ``forced`` ones, then candidates by relevance while ``topk`` and the budget
     allow. With ``follow``, each of the ``follow`` best picks brings the candidate chunk right after it next (what
     it leads into: the value of a key cut by a chunk boundary, the rest of an event), within the same ``topk`` and
-    budget."""
+    budget. With ``min_relevance``, a candidate below that fraction of the best one's relevance is not reloaded
+    (a chunk brought by ``follow`` is)."""
     dense = set(forced)
     used = sum(tokens_if_dense[c] if c in dense else tokens_if_sparse[c] for c in range(len(tokens_if_dense)))
     allowed = set(candidates)
     picked = 0
     queue = [(c, False) for c in sorted(candidates, key=lambda c: -float(relevance[c]))]  # (chunk, a follower?)
+    floor = -math.inf
+    if min_relevance is not None and queue:
+        floor = min_relevance * float(relevance[queue[0][0]])
     while queue:
         if topk is not None and picked >= topk:
             break
         c, follower = queue.pop(0)
+        if not follower and float(relevance[c]) < floor:
+            break  # the queue is in relevance order: nothing after it clears the floor either
         extra = tokens_if_dense[c] - tokens_if_sparse[c]
         if c in dense or (token_budget is not None and used + extra > token_budget):
             continue
