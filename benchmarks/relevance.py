@@ -427,7 +427,8 @@ def main() -> None:
         marks = " ".join(f"{mark.get(row[s]['acc'], '~')}{row[s]['recall']:>10.2f}" for s in scorers)
         print(f"{row['tokens']:>6} {task:<10} {i:>4}  {mark.get(row['acc_dense'], '~'):>5} "
               f"{mark.get(row['acc_chunked'], '~'):>7} | {marks}", flush=True)
-    summary = summarize([r for r in rows if r["target"] in lengths and r["task"] in tasks])
+    summary = summarize([r for r in rows if r["target"] in lengths and r["task"] in tasks
+                         and r["index"] % every[0] == every[1]])
     print(f"\n{'tokens':>6} {'task':<10} {'scorer':<11} {'cases':>5} {'recall':>6} {'dense':>6} {'chunked':>7} "
           f"{'bilevel':>7} {'KV':>5} {'select s':>8} {'question s':>10} {'dense fallback %':>16}")
     for s in summary:
