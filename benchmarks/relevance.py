@@ -27,7 +27,7 @@ always bringing the next (``bounds-follow``, ``follow=1``), over the question's 
 (``bounds-content``), and with content tokens too: without the re-ranking (``bounds-norefine``), over every head
 (``bounds-all``), the other scorers (over the retrieval heads). Only the default and ``bounds-rel`` read the tail;
 ``bounds-rel`` is the default reloading fewer chunks when the rest fall below 0.6 of the best one's relevance
-(``min_relevance``; distractor needles, which look like the asked one, score about half of it).
+(``min_relevance``, an ablation against distractor needles, which look like the asked one).
 Two references: ``exact``, the question's true attention mass per chunk over the dense cache at every layer and
 head (it materializes the attention over the whole video), and ``oracle``, the needle's groups given as external
 scores (what bi-level decoding answers when selection is perfect at this budget). ``recall`` is the fraction of
@@ -418,8 +418,8 @@ def main() -> None:
         if (tokens, task, i) in done or n % args.workers != args.worker or i % every[0] != every[1]:
             continue
         case = make_case(tokenizer, task, tokens, i, cases, args.seed)
-        row = {"target": tokens, **({"seed": args.seed} if args.seed else {}), **run_case(model, tokenizer, case, args.topk, prefill_config, scorers,
-                                            baselines=not args.scorers_only)}
+        row = {"target": tokens, **({"seed": args.seed} if args.seed else {}),
+               **run_case(model, tokenizer, case, args.topk, prefill_config, scorers, baselines=not args.scorers_only)}
         rows.append(row)
         if args.rows:
             with open(args.rows, "a") as f:

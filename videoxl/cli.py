@@ -103,8 +103,9 @@ def _add_ask(sub) -> None:
                           help="the N best chunks each bring the chunk after them, within --topk "
                                f"(default {defaults.FOLLOW})")
     decoding.add_argument("--follow-tail", type=share_or_off, default=defaults.FOLLOW_TAIL,
-                          help="the best chunk brings the chunk after it, within --topk, when at least this share of "
-                               f"its attention falls on its last sixteenth (default {defaults.FOLLOW_TAIL}; off: never)")
+                          help="the best chunk brings the chunk after it, within --topk, when at least this share "
+                               "of its attention falls on its last sixteenth "
+                               f"(default {defaults.FOLLOW_TAIL}; off: never)")
     decoding.add_argument("--min-confidence", type=unit,
                           help="decode every chunk dense when the relevance confidence is below this (default: off)")
     decoding.add_argument("--dense", action="store_true", help="decode with every chunk dense")

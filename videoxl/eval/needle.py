@@ -118,10 +118,11 @@ def run_case(model: VideoXL2, case: NeedleCase, folder: Path, prefill_config: Pr
                chunked_s=prefill_s + time.perf_counter() - t0)
     t0 = time.perf_counter()
     answer = session.ask(qa.question, bilevel)
+    needle_chunk = (qa.meta["frame"] // 4) // (bilevel.chunk or prefill_config.chunk)
     row.update(bilevel=is_correct(qa, answer.text), bilevel_text=answer.text,
                bilevel_s=prefill_s + time.perf_counter() - t0, kv_ratio=answer.kv_ratio,
                tail=answer.tail,
-               needle_chunk_dense=(qa.meta["frame"] // 4) // (bilevel.chunk or prefill_config.chunk) in answer.dense_chunks)
+               needle_chunk_dense=needle_chunk in answer.dense_chunks)
     # the other position mode of bi-level decoding, for choosing the default by measurement
     other = "contiguous" if bilevel.positions == "absolute" else "absolute"
     alt = session.ask(qa.question, dataclasses.replace(bilevel, positions=other))
