@@ -67,16 +67,19 @@ TASKS = ("single", "multikey", "multivalue", "neighbours")
 # relevance variants side by side: DecodeConfig options (the default first); "exact" and "oracle" are the references
 # below
 SCORERS = {
-    # the default: the best chunk brings the one after it (within topk) when a quarter of its attention is on its
-    # last sixteenth
-    "bounds": {"heads": "retrieval", "score_tokens": "all", "refine": 32, "follow_tail": 0.25},
-    "bounds-notail": {"follow_tail": None},  # the default without that: the top-k by relevance alone
-    "bounds-follow": {"follow": 1, "follow_tail": None},  # the best chunk always brings the one after it
-    "bounds-rel": {"min_relevance": 0.6},  # the default, reloading only chunks >= 0.6 x the best one's relevance
-    "bounds-content": {"score_tokens": "content", "refine": 16, "follow_tail": None},  # the template does not score
+    # the default: the re-ranked chunks' mass calibrated by the chat template's; the best chunk brings the one after
+    # it (within topk) when a quarter of its attention is on its last sixteenth
+    "bounds": {"heads": "retrieval", "score_tokens": "all", "refine": 32, "calibrate": True, "follow_tail": 0.25},
+    "bounds-nocal": {"calibrate": False},  # the default without calibration (the default before it)
+    # the ablations below are of the default before calibration, as their rows were measured
+    "bounds-notail": {"follow_tail": None, "calibrate": False},  # the top-k by relevance alone
+    "bounds-follow": {"follow": 1, "follow_tail": None, "calibrate": False},  # the best chunk always brings the next
+    "bounds-rel": {"min_relevance": 0.6, "calibrate": False},  # only chunks >= 0.6 x the best one's relevance
+    "bounds-content": {"score_tokens": "content", "refine": 16, "follow_tail": None, "calibrate": False},
     # the variants below score content tokens only, as the default did when the published rows were measured
     "bounds-norefine": {"refine": 0, "score_tokens": "content", "follow_tail": None},  # bounds alone, not re-ranked
-    "bounds-all": {"heads": "all", "score_tokens": "content", "refine": 16, "follow_tail": None},  # every head
+    "bounds-all": {"heads": "all", "score_tokens": "content", "refine": 16, "follow_tail": None,
+                   "calibrate": False},  # every head
     "mean": {"scorer": "mean", "score_tokens": "content", "follow_tail": None},
     "sparse": {"scorer": "sparse", "score_tokens": "content", "follow_tail": None},
     "dense": {"scorer": "dense", "score_tokens": "content", "follow_tail": None},
@@ -337,31 +340,34 @@ def schedule(lengths: list[int], tasks: list[str], cases: int) -> list[tuple[int
     return [(tokens, task, i) for tokens in lengths for i in order for task in tasks]
 
 
+COLUMNS = {"bounds": "**default scorer**", "bounds-nocal": "default, no calibration",
+           "bounds-notail": "no calibration, no follow_tail", "bounds-follow": "no calibration, follow 1",
+           "mean": "mean key", "exact": "exact attention mass, all heads", "oracle": "oracle"}
+
+
 def markdown(summary: list[dict]) -> str:
-    """The README's table: one line per (length, task), recall / bi-level accuracy in % for the default scorer, the
-    default without ``follow_tail`` and with ``follow=1`` instead, the mean-key scorer, the exact attention mass and
-    the oracle side by side (a scorer run on fewer of the cell's cases says on how many, with dense's accuracy on
-    those)."""
-    lines = ["| tokens | task | cases | dense | chunked | **default scorer** | default, no follow_tail "
-             "| default, follow 1 | mean key | exact attention mass, all heads | oracle | KV bi-level / dense "
-             "| select s (question's pre-fill s) |",
-             "|---:|---|---:|---:|---:|---|---|---|---|---|---|---:|---:|"]
+    """The README's table: one line per (length, task), recall / bi-level accuracy in % for the default scorer and
+    the other ``COLUMNS`` side by side (a scorer run on fewer of the cell's cases says on how many, with dense's
+    accuracy on those); KV and selection seconds are the default's."""
+    lines = ["| tokens | task | cases | dense | chunked | " + " | ".join(COLUMNS.values())
+             + " | KV bi-level / dense | select s (question's pre-fill s) |",
+             "|---:|---|---:|---:|---:|" + "---|" * len(COLUMNS) + "---:|---:|"]
     cells: dict[tuple, dict] = {}
     for s in summary:
         cells.setdefault((s["target_tokens"], s["task"]), {})[s["scorer"]] = s
     for (_, task), by in cells.items():
         base = by.get("bounds") or next(iter(by.values()))
         pair = {}
-        for k in ("bounds", "bounds-notail", "bounds-follow", "mean", "exact", "oracle"):
+        for k in COLUMNS:
             pair[k] = f"{by[k]['recall']:.0f} / {by[k]['acc_bilevel']:.0f}" if k in by else "-"
             if k in by and by[k]["cases"] != base["cases"]:
                 pair[k] += f" ({by[k]['cases']} cases, dense {pct(by[k]['acc_dense'])})"
+        pair["bounds"] = f"**{pair['bounds']}**"
         kv, sel = (f"{base['kv_ratio']:.2f}", f"{base['select_s']:.2f}") if "bounds" in by else ("-", "-")
         if "bounds" in by and not math.isnan(base["question_s"]):
             sel += f" ({base['question_s']:.2f})"
         lines.append(f"| {base['tokens']:,} | {task} | {base['cases']} | {pct(base['acc_dense'])} | "
-                     f"{pct(base['acc_chunked'])} | **{pair['bounds']}** | {pair['bounds-notail']} | "
-                     f"{pair['bounds-follow']} | {pair['mean']} | {pair['exact']} | {pair['oracle']} | {kv} | {sel} |")
+                     f"{pct(base['acc_chunked'])} | " + " | ".join(pair.values()) + f" | {kv} | {sel} |")
     return "\n".join(lines)
 
 

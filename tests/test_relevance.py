@@ -274,7 +274,8 @@ def test_benchmark_oracle_and_table(smollm2, tmp_path):
             {"target": 2048, "task": "single", "tokens": 2054, "acc_dense": False, "acc_chunked": False,
              "question_s": 0.5, "bounds": cell(0.0, False, 0.7), "oracle": cell(1.0, False), "exact": cell(1.0, True)}]
     table = markdown(summarize(rows)).splitlines()
-    assert table[2] == "| 2,052 | single | 2 | 50 | 0 | **50 / 50** | - | - | - | 50 / 50 | 100 / 50 | 0.60 | 0.10 (0.50) |"
+    assert table[2] == ("| 2,052 | single | 2 | 50 | 0 | **50 / 50** | - | - | - | - | 50 / 50 | 100 / 50 | 0.60 "
+                        "| 0.10 (0.50) |")
     # a --scorers-only run's rows join the cases they match; its column counts only those, with dense on them
     extra = tmp_path / "follow.jsonl"
     extra.write_text(json.dumps({"target": 2048, "task": "single", "index": 1, "acc_dense": None,
@@ -283,7 +284,7 @@ def test_benchmark_oracle_and_table(smollm2, tmp_path):
                                    "bounds-notail": cell(1.0, False)}) + "\n")
     rows[0]["index"], rows[1]["index"] = 0, 1
     table = markdown(summarize(merged(rows, [extra]))).splitlines()
-    assert table[2] == ("| 2,052 | single | 2 | 50 | 0 | **50 / 50** | 100 / 0 (1 cases, dense 100) "
+    assert table[2] == ("| 2,052 | single | 2 | 50 | 0 | **50 / 50** | - | 100 / 0 (1 cases, dense 100) "
                         "| 100 / 100 (1 cases, dense 0) | - | 50 / 50 | 100 / 50 | 0.60 | 0.10 (0.50) |")
 
 

@@ -42,7 +42,10 @@ class DecodeConfig:
     none was found; "all") and the question's ``score_tokens`` ("content": without the chat template; needs the
     tokenizer); with "bounds", the ``refine`` best chunks are re-ranked by the exact position-free attention mass
     of those heads over their visual keys (0: not; a fixed number of chunks, so its cost does not grow with the
-    video; with ``heads="retrieval"`` only when the model has retrieval heads). With ``follow``, each of the
+    video; with ``heads="retrieval"`` only when the model has retrieval heads). With ``calibrate`` (the default),
+    that mass is divided by the chat template's own over the same chunks (the question's tokens left out: what the
+    question adds over any question, the pointwise mutual information of chunk and question; Zhao et al.,
+    "Calibrate Before Use", 2021, arXiv 2102.09690); needs the tokenizer and token ids. With ``follow``, each of the
     ``follow`` best chunks brings the chunk after it, within ``topk`` (select.choose_dense); with ``follow_tail``,
     the best chunk does so only when at least that share of the scoring heads' attention over it falls on its last
     sixteenth (select.tail_share: what the question looks for runs past the chunk's end; 0.25 by default, None:
@@ -60,6 +63,7 @@ class DecodeConfig:
     score_tokens: Literal["content", "all"] = "all"
     min_confidence: float | None = None
     refine: int = 32
+    calibrate: bool = defaults.CALIBRATE
     follow: int = defaults.FOLLOW
     follow_tail: float | None = defaults.FOLLOW_TAIL
     min_relevance: float | None = None  # reload only chunks at least this fraction as relevant as the best (model
@@ -89,6 +93,8 @@ class DecodeConfig:
             raise InputError(f"score_tokens must be 'content' or 'all', got {self.score_tokens!r}")
         if not isinstance(self.refine, int) or self.refine < 0:
             raise InputError(f"refine must be a number of chunks >= 0, got {self.refine!r}")
+        if not isinstance(self.calibrate, bool):
+            raise InputError(f"calibrate is True or False, got {self.calibrate!r}")
         if not isinstance(self.follow, int) or self.follow < 0:
             raise InputError(f"follow must be a number of chunks >= 0, got {self.follow!r}")
         if self.follow_tail is not None and (isinstance(self.follow_tail, bool) or not 0 < self.follow_tail <= 1):
@@ -145,6 +151,7 @@ class Decoder:
         self.device, self.dtype = first.device, first.dtype  # compute; the store may live elsewhere (see KVStore)
         cfg = model.config
         self.scale = (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads) ** -0.5
+        self._template_queries: dict[tuple, dict[int, torch.Tensor]] = {}  # per chat template, ranges and forced
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
         if tokenizer is not None and tokenizer.eos_token_id is not None:
@@ -255,8 +262,13 @@ class Decoder:
             # the best bounds re-ranked by their exact attention mass (position-free): a fixed number of chunks,
             # whatever the video's length; their share of the relevance is kept, its split among them refined
             short = rel.topk(min(refine, len(candidates))).indices.tolist()
-            exact = relevance(self.chunk_scores(queries, "dense", ranges, [candidates[i] for i in short], heads,
-                                                config.score_positions), tokens)
+            chunks = [candidates[i] for i in short]
+            exact = relevance(self.chunk_scores(queries, "dense", ranges, chunks, heads, config.score_positions), tokens)
+            prior = self._template_mass(question, ranges, forced, layers, heads, chunks, config.score_positions) \
+                if config.calibrate else None
+            if prior is not None:
+                exact = exact / prior.to(exact).clamp_min(torch.finfo(exact.dtype).tiny)
+                exact = exact / exact.sum()
             rel[short] = rel[short].sum() * exact.to(rel)
         scores[candidates] = rel.cpu()
         tail = None
@@ -265,6 +277,26 @@ class Decoder:
             tail = tail_share(queries, store, self.summaries[config.score_positions], self.scale, range(*ranges[best]),
                               heads, tokens)
         return scores, tail
+
+    def _template_mass(self, question: torch.Tensor, ranges: list[tuple[int, int]], forced: list[int],
+                       layers: tuple[int, ...], heads: dict[int, list[int]] | None, chunks: list[int],
+                       positions: bool) -> torch.Tensor | None:
+        """The exact attention mass of the question's chat template alone (its tokens that are not content:
+        select.content_mask) over ``chunks``, as :func:`select.relevance` gives it; None when there is nothing to
+        calibrate with (embeddings, no tokenizer, a question without a template or all template). Its queries do
+        not depend on the question's content, so they are computed once per template, layout and forced chunks."""
+        if self.tokenizer is None or question.is_floating_point():
+            return None
+        template = question[~content_mask(question, self.tokenizer)]
+        if template.numel() in (0, question.numel()):
+            return None
+        key = (tuple(template.tolist()), tuple(ranges), tuple(forced), layers, positions)
+        queries = self._template_queries.get(key)
+        if queries is None:
+            if len(self._template_queries) >= 8:  # a few templates and layouts per video: keep the memory bounded
+                self._template_queries.pop(next(iter(self._template_queries)))
+            queries = self._template_queries[key] = self.question_queries(template, ranges, forced, layers, positions)
+        return relevance(self.chunk_scores(queries, "dense", ranges, chunks, heads, positions))
 
     def select(self, question: torch.Tensor, config: DecodeConfig, chunk_scores: Sequence[float] | None = None):
         """(ranges, dense chunk indices, relevance or None) for a question (after any fallback to dense)."""
