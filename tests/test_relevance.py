@@ -130,7 +130,7 @@ def test_retrieval_heads_find_the_needle_in_prose(prose_needle):
     assert case["needle_groups"][0] in answer.dense_chunks
     ranked = sorted((x, c) for c, x in enumerate(answer.relevance) if x is not None)
     assert ranked[-1][1] == case["needle_groups"][0]
-    assert answer.confidence > 0.2 and answer.fallback is None
+    assert answer.confidence > 0.1 and answer.fallback is None
     assert case["answers"][0] in answer.text
 
 
@@ -180,8 +180,11 @@ def test_follow_tail_brings_the_next_chunk_only_when_the_needle_runs_past_its_en
         groups = [Group(torch.tensor(s), torch.tensor(t)) for s, t in case["groups"]]
         decoder = Decoder(model, prefill(model, torch.tensor(case["prefix"]), groups, PREFILL), tokenizer)
         question = torch.tensor(case["question"])
-        plain = decoder.answer(question, DecodeConfig(topk=2, chunk=1, max_new_tokens=16, follow_tail=None))
-        tailed = decoder.answer(question, DecodeConfig(topk=2, chunk=1, max_new_tokens=16, follow_tail=0.25))
+        # without calibration (which here ranks the number's group second by itself): the tail's own effect
+        plain = decoder.answer(question, DecodeConfig(topk=2, chunk=1, max_new_tokens=16, follow_tail=None,
+                                                      calibrate=False))
+        tailed = decoder.answer(question, DecodeConfig(topk=2, chunk=1, max_new_tokens=16, follow_tail=0.25,
+                                                       calibrate=False))
         key = case["needle_groups"][0]
         ranges = chunk_ranges(len(groups), 1)
         heads = retrieval_heads(model, tokenizer).heads
@@ -303,3 +306,74 @@ def test_benchmark_answers_fit_their_budget_and_score_as_ruler(smollm2):
     a, b, c, d = case["answers"]
     assert correct(f"{a}, {c} and {a[:-1]}", case["answers"]) == 0.5
     assert correct("Time 12.0s:", case["answers"]) == 0.0
+
+
+def _mass(decoder, queries, heads, groups, group_size) -> torch.Tensor:
+    """By hand: each retrieval head's softmax of q.k over the visual keys of ``groups`` (position-free), summed per
+    group, averaged over heads and query tokens -> (len(groups),)."""
+    per = []
+    for layer, hs in heads.items():
+        keys = [decoder.summaries[False].raw_dense(layer, decoder.video.store.groups[g].visual_start,
+                                                   decoder.video.store.groups[g].end).float() for g in groups]
+        sizes = [k.shape[1] for k in keys]
+        k = torch.cat(keys, dim=1)
+        for h in hs:
+            att = torch.softmax(queries[layer][h].float() @ k[h // group_size].T * decoder.scale, dim=-1)
+            per.append(torch.stack([part.sum(-1) for part in att.split(sizes, dim=-1)], dim=-1))  # (Q, groups)
+    return torch.cat(per).mean(0)
+
+
+def test_calibration_divides_the_question_mass_by_the_templates(prose_needle):
+    """Calibrated relevance over the re-ranked chunks is the question's exact attention mass on each, divided by the
+    mass its chat template alone puts there, renormalized; the template's queries are computed once."""
+    from videoxl.engine.select import chunk_ranges
+
+    model, tokenizer, case, video = prose_needle
+    decoder = Decoder(model, video, tokenizer)
+    question = torch.tensor(case["question"])
+    ranges = chunk_ranges(len(video.store.groups), 1)
+    forced, candidates = [0, len(ranges) - 1], list(range(1, len(ranges) - 1))  # fewer than refine: all re-ranked
+    calibrated = decoder.score(question, DecodeConfig(topk=1, chunk=1), ranges, forced)
+    plain = decoder.score(question, DecodeConfig(topk=1, chunk=1, calibrate=False), ranges, forced)
+    heads = retrieval_heads(model, tokenizer).heads
+    layers = tuple(sorted(heads))
+    group_size = model.config.num_attention_heads // model.config.num_key_value_heads
+    template = question[~content_mask(question, tokenizer)]
+    assert tokenizer.decode(template).strip().endswith("<|im_start|>assistant") and 0 < template.numel() < 10
+    m_question = _mass(decoder, decoder.question_queries(question, ranges, forced, layers), heads, candidates,
+                       group_size)
+    m_template = _mass(decoder, decoder.question_queries(template, ranges, forced, layers), heads, candidates,
+                       group_size)
+    torch.testing.assert_close(plain[candidates], m_question.to(plain), rtol=1e-4, atol=1e-6)
+    ratio = m_question / m_template
+    torch.testing.assert_close(calibrated[candidates], (ratio / ratio.sum()).to(calibrated), rtol=1e-4, atol=1e-6)
+    assert len(decoder._template_queries) == 1
+    other = torch.tensor(tokenizer("\nWhat is the first word of the text?<|im_end|>\n"
+                                   "<|im_start|>assistant\n")["input_ids"])
+    decoder.score(other, DecodeConfig(topk=1, chunk=1), ranges, forced)
+    assert len(decoder._template_queries) == 1  # the same template: its queries were reused
+    # nothing to calibrate with: without a tokenizer, or a question given as embeddings
+    bare = Decoder(model, video)
+    torch.testing.assert_close(bare.score(question, DecodeConfig(topk=1, chunk=1), ranges, forced), plain,
+                               equal_nan=True)
+    with pytest.raises(InputError, match="calibrate"):
+        DecodeConfig(calibrate="yes")
+
+
+def test_calibration_finds_more_of_several_equal_needles(smollm2):
+    """Four needles for one key (a held-out 2k multivalue case of the benchmark): without calibration two prose
+    groups, which draw any question's attention, outrank three of the four value groups; calibrated, two value
+    groups are reloaded and the answer holds two of the four numbers instead of none."""
+    from relevance import PREFILL, correct, make_case
+
+    model, tokenizer = smollm2
+    case = make_case(tokenizer, "multivalue", 2048, 0, 30, 1)
+    groups = [Group(torch.tensor(s), torch.tensor(t)) for s, t in case["groups"]]
+    decoder = Decoder(model, prefill(model, torch.tensor(case["prefix"]), groups, PREFILL), tokenizer)
+    question = torch.tensor(case["question"])
+    found = {}
+    for calibrate in (False, True):
+        answer = decoder.answer(question, DecodeConfig(topk=3, chunk=1, max_new_tokens=64, calibrate=calibrate))
+        found[calibrate] = (len(set(answer.dense_chunks) & set(case["needle_groups"])),
+                            correct(answer.text, case["answers"]))
+    assert found[False] == (1, 0.0) and found[True] == (2, 0.5)

@@ -260,6 +260,8 @@ def test_decoding_options(main):
     assert tailed["dense_chunk_ids"] == followed["dense_chunk_ids"] and 0 < tailed["tail_share"] <= 1
     assert top1.videoxl["tail_share"] == pytest.approx(tailed["tail_share"])  # on by default: the same best chunk
     assert ask(client, "clip0.mp4", extra_body={"topk": 1, "follow_tail": None}).videoxl["tail_share"] is None  # off
+    uncalibrated = ask(client, "clip0.mp4", extra_body={"topk": 1, "calibrate": False}).videoxl
+    assert uncalibrated["dense_chunk_ids"] == top1.videoxl["dense_chunk_ids"]  # no retrieval heads: nothing to calibrate
     unsure = ask(client, "clip0.mp4", extra_body={"topk": 1, "min_confidence": 1.0}).videoxl
     assert unsure["fallback"].startswith("dense: flat relevance") and unsure["dense_chunks"] == unsure["chunks"]
     short = ask(client, "clip0.mp4", QUESTIONS[1], max_tokens=1)
@@ -356,6 +358,7 @@ def test_error_statuses(main, media):
     assert _status(lambda: ask(client, "clip0.mp4", extra_body={"kv_budget": 2}))[0] == 400
     assert _status(lambda: ask(client, "clip0.mp4", extra_body={"follow": -1}))[0] == 400
     assert _status(lambda: ask(client, "clip0.mp4", extra_body={"follow_tail": 1.5}))[0] == 400
+    assert _status(lambda: ask(client, "clip0.mp4", extra_body={"calibrate": "yes"}))[0] == 400
     assert _status(lambda: ask(client, "clip0.mp4", extra_body={"min_confidence": 1.5}))[0] == 400
     assert _status(lambda: ask(client, "clip0.mp4", frames=100_000))[0] == 400  # too many frames
     assert _status(lambda: ask(client, "clip0.mp4", max_tokens=10**6))[0] == 400

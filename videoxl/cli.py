@@ -106,6 +106,9 @@ def _add_ask(sub) -> None:
                           help="the best chunk brings the chunk after it, within --topk, when at least this share "
                                "of its attention falls on its last sixteenth "
                                f"(default {defaults.FOLLOW_TAIL}; off: never)")
+    decoding.add_argument("--calibrate", choices=["on", "off"], default="on" if defaults.CALIBRATE else "off",
+                          help="score chunks by what the question adds over its chat template alone (default "
+                               f"{'on' if defaults.CALIBRATE else 'off'}; needs retrieval heads)")
     decoding.add_argument("--min-confidence", type=unit,
                           help="decode every chunk dense when the relevance confidence is below this (default: off)")
     decoding.add_argument("--dense", action="store_true", help="decode with every chunk dense")
@@ -189,7 +192,7 @@ def _ask(args) -> int:
         decode_config = DecodeConfig(topk=None if args.kv_budget else args.topk, kv_budget=args.kv_budget,
                                      chunk=args.decode_chunk, max_new_tokens=args.max_new_tokens,
                                      follow=args.follow, follow_tail=args.follow_tail,
-                                     min_confidence=args.min_confidence)
+                                     calibrate=args.calibrate == "on", min_confidence=args.min_confidence)
     started = time.perf_counter()
     folder = checkpoint.resolve(args.model or default_model())
     tokenizer = checkpoint.load_tokenizer(folder)
