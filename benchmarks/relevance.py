@@ -20,14 +20,16 @@ written as sentences of the same register as the text around them:
 For every case the same haystack is answered by dense decoding (transformers, one forward, SDPA), by decoding over
 the chunked pre-fill with every chunk dense, and by bi-level decoding (decoding chunks of one group, first and last
 dense, ``--topk`` more chosen by each relevance variant) for each variant side by side (``SCORERS``): the default
-(Quest-style bounds over the model's retrieval heads, the best 32 re-ranked by their exact attention mass; the best
-chunk brings the one after it, within the same top-k, when a quarter of its attention falls on its last sixteenth,
-four times a uniform share: ``follow_tail=0.25``), the same without that (``bounds-notail``), with the best chunk
+(Quest-style bounds over the model's retrieval heads, the best 32 re-ranked by their exact attention mass divided by
+the chat template's own mass over them, ``calibrate``; the best chunk brings the one after it, within the same
+top-k, when a quarter of its attention falls on its last sixteenth, four times a uniform share:
+``follow_tail=0.25``), the same without calibration (``bounds-nocal``, the default before it), and ablations of
+that uncalibrated default, as their rows were measured: without the tail (``bounds-notail``), with the best chunk
 always bringing the next (``bounds-follow``, ``follow=1``), over the question's content tokens only
 (``bounds-content``), and with content tokens too: without the re-ranking (``bounds-norefine``), over every head
-(``bounds-all``), the other scorers (over the retrieval heads). Only the default and ``bounds-rel`` read the tail;
-``bounds-rel`` is the default reloading fewer chunks when the rest fall below 0.6 of the best one's relevance
-(``min_relevance``, an ablation against distractor needles, which look like the asked one).
+(``bounds-all``), the other scorers (over the retrieval heads). ``bounds-rel`` reloads fewer chunks when the rest
+fall below 0.6 of the best one's relevance (``min_relevance``, an ablation against distractor needles, which look
+like the asked one).
 Two references: ``exact``, the question's true attention mass per chunk over the dense cache at every layer and
 head (it materializes the attention over the whole video), and ``oracle``, the needle's groups given as external
 scores (what bi-level decoding answers when selection is perfect at this budget). ``recall`` is the fraction of

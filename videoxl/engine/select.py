@@ -45,9 +45,19 @@ mass is not, and reading the dense keys of a fixed number of chunks costs the sa
 prose haystacks at 8k tokens the needle's group of ``multikey`` was outside the best 16 bounds in both cases and
 inside the best 32.
 
+**Calibrated by the chat template** (``DecodeConfig.calibrate``, on by default; decode.py): some chunks draw any
+question's attention (prose about values and numbers, groups near an instruction to memorize them), and with
+several needles that look alike they outrank all but the first needle. The re-ranked chunks' mass is therefore
+divided by the mass the question's chat template alone (its non-content tokens: ``<|im_end|>``, the ``assistant``
+header) puts on the same chunks, and renormalized: ``p(chunk | question) / p(chunk | template)``, the pointwise
+mutual information of chunk and question, as contextual calibration does for few-shot labels (Zhao et al.,
+"Calibrate Before Use", 2021). Dividing bounds instead fails (a box's bound is no probability): only the exact
+masses of the short list are calibrated. The template's queries are computed once per video.
+
 :func:`confidence` says how much the chosen chunks stand out; decoding falls back to dense when it is low
-(``DecodeConfig.min_confidence``), and says so. Its scale depends on how peaked the scoring heads are: 0.22-0.47
-on SmolLM2's retrieval heads with the needle found, 0.01-0.07 on the bundled video model, where every head scores.
+(``DecodeConfig.min_confidence``), and says so. Its scale depends on how peaked the scoring heads are and on
+calibration: 0.22-0.47 on SmolLM2's retrieval heads with the needle found before calibration (0.12 on the test's
+1.2k-token case after it, 0.34 before), 0.01-0.07 on the bundled video model, where every head scores.
 """
 
 from __future__ import annotations
