@@ -356,6 +356,12 @@ def test_calibration_divides_the_question_mass_by_the_templates(prose_needle):
     bare = Decoder(model, video)
     torch.testing.assert_close(bare.score(question, DecodeConfig(topk=1, chunk=1), ranges, forced), plain,
                                equal_nan=True)
+    from videoxl.engine.layout import embed
+
+    embedded = embed(model, question)
+    torch.testing.assert_close(decoder.score(embedded, DecodeConfig(topk=1, chunk=1), ranges, forced),
+                               decoder.score(embedded, DecodeConfig(topk=1, chunk=1, calibrate=False), ranges, forced),
+                               equal_nan=True)
     with pytest.raises(InputError, match="calibrate"):
         DecodeConfig(calibrate="yes")
 

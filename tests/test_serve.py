@@ -261,7 +261,7 @@ def test_decoding_options(main):
     assert top1.videoxl["tail_share"] == pytest.approx(tailed["tail_share"])  # on by default: the same best chunk
     assert ask(client, "clip0.mp4", extra_body={"topk": 1, "follow_tail": None}).videoxl["tail_share"] is None  # off
     uncalibrated = ask(client, "clip0.mp4", extra_body={"topk": 1, "calibrate": False}).videoxl
-    assert uncalibrated["dense_chunk_ids"] == top1.videoxl["dense_chunk_ids"]  # no retrieval heads: nothing to calibrate
+    assert uncalibrated["dense_chunk_ids"] == top1.videoxl["dense_chunk_ids"]  # no retrieval heads: no calibration
     unsure = ask(client, "clip0.mp4", extra_body={"topk": 1, "min_confidence": 1.0}).videoxl
     assert unsure["fallback"].startswith("dense: flat relevance") and unsure["dense_chunks"] == unsure["chunks"]
     short = ask(client, "clip0.mp4", QUESTIONS[1], max_tokens=1)

@@ -263,7 +263,8 @@ class Decoder:
             # whatever the video's length; their share of the relevance is kept, its split among them refined
             short = rel.topk(min(refine, len(candidates))).indices.tolist()
             chunks = [candidates[i] for i in short]
-            exact = relevance(self.chunk_scores(queries, "dense", ranges, chunks, heads, config.score_positions), tokens)
+            exact = relevance(self.chunk_scores(queries, "dense", ranges, chunks, heads, config.score_positions),
+                              tokens)
             prior = self._template_mass(question, ranges, forced, layers, heads, chunks, config.score_positions) \
                 if config.calibrate else None
             if prior is not None:

@@ -56,8 +56,9 @@ masses of the short list are calibrated. The template's queries are computed onc
 
 :func:`confidence` says how much the chosen chunks stand out; decoding falls back to dense when it is low
 (``DecodeConfig.min_confidence``), and says so. Its scale depends on how peaked the scoring heads are and on
-calibration: 0.22-0.47 on SmolLM2's retrieval heads with the needle found before calibration (0.12 on the test's
-1.2k-token case after it, 0.34 before), 0.01-0.07 on the bundled video model, where every head scores.
+calibration: 0.22-0.47 on SmolLM2's retrieval heads with the needle found before calibration, lower with it
+(calibrated relevance is flatter; README: relevance, the fallback), 0.01-0.07 on the bundled video model, where
+every head scores.
 """
 
 from __future__ import annotations
