@@ -252,9 +252,12 @@ class Decoder:
                 heads = None
             else:
                 layers = tuple(layer for layer in layers if heads[layer])
-        tokens = None
-        if config.score_tokens == "content" and self.tokenizer is not None and not question.is_floating_point():
-            tokens = content_mask(question, self.tokenizer)
+        calibrate = config.calibrate and config.scorer == "bounds" and refine > 0
+        content = None  # the question's content tokens, when there are ids to read them from
+        if (config.score_tokens == "content" or calibrate) and self.tokenizer is not None \
+                and not question.is_floating_point():
+            content = content_mask(question, self.tokenizer)
+        tokens = content if config.score_tokens == "content" else None
         queries = self.question_queries(question, ranges, forced, layers, config.score_positions)
         rel = relevance(self.chunk_scores(queries, config.scorer, ranges, candidates, heads, config.score_positions),
                         tokens)
@@ -263,11 +266,18 @@ class Decoder:
             # whatever the video's length; their share of the relevance is kept, its split among them refined
             short = rel.topk(min(refine, len(candidates))).indices.tolist()
             chunks = [candidates[i] for i in short]
-            exact = relevance(self.chunk_scores(queries, "dense", ranges, chunks, heads, config.score_positions),
-                              tokens)
-            prior = self._template_mass(question, ranges, forced, layers, heads, chunks, config.score_positions) \
-                if config.calibrate else None
-            if prior is not None:
+            template = None
+            if calibrate and content is not None and 0 < int(content.sum()) < question.numel():
+                template = self._template_queries_of(question[~content], ranges, forced, layers,
+                                                     config.score_positions)
+            # the template's queries ride along with the question's: the chunks' keys are read once
+            n = question.shape[0]
+            both = queries if template is None else {layer: torch.cat([q, template[layer]], dim=1)
+                                                     for layer, q in queries.items()}
+            exact_both = self.chunk_scores(both, "dense", ranges, chunks, heads, config.score_positions)
+            exact = relevance({layer: s[:, :n] for layer, s in exact_both.items()}, tokens)
+            if template is not None:  # calibrated: over the template's own mass on the same chunks
+                prior = relevance({layer: s[:, n:] for layer, s in exact_both.items()})
                 exact = exact / prior.to(exact).clamp_min(torch.finfo(exact.dtype).tiny)
                 exact = exact / exact.sum()
             rel[short] = rel[short].sum() * exact.to(rel)
@@ -279,25 +289,18 @@ class Decoder:
                               heads, tokens)
         return scores, tail
 
-    def _template_mass(self, question: torch.Tensor, ranges: list[tuple[int, int]], forced: list[int],
-                       layers: tuple[int, ...], heads: dict[int, list[int]] | None, chunks: list[int],
-                       positions: bool) -> torch.Tensor | None:
-        """The exact attention mass of the question's chat template alone (its tokens that are not content:
-        select.content_mask) over ``chunks``, as :func:`select.relevance` gives it; None when there is nothing to
-        calibrate with (embeddings, no tokenizer, a question without a template or all template). Its queries do
-        not depend on the question's content, so they are computed once per template, layout and forced chunks."""
-        if self.tokenizer is None or question.is_floating_point():
-            return None
-        template = question[~content_mask(question, self.tokenizer)]
-        if template.numel() in (0, question.numel()):
-            return None
+    def _template_queries_of(self, template: torch.Tensor, ranges: list[tuple[int, int]], forced: list[int],
+                             layers: tuple[int, ...], positions: bool) -> dict[int, torch.Tensor]:
+        """:meth:`question_queries` of a question's chat template alone (its tokens that are not content:
+        select.content_mask). They do not depend on the question's content, so they are computed once per
+        template, layout and forced chunks (a few per video: at most 8 kept)."""
         key = (tuple(template.tolist()), tuple(ranges), tuple(forced), layers, positions)
         queries = self._template_queries.get(key)
         if queries is None:
-            if len(self._template_queries) >= 8:  # a few templates and layouts per video: keep the memory bounded
+            if len(self._template_queries) >= 8:
                 self._template_queries.pop(next(iter(self._template_queries)))
             queries = self._template_queries[key] = self.question_queries(template, ranges, forced, layers, positions)
-        return relevance(self.chunk_scores(queries, "dense", ranges, chunks, heads, positions))
+        return queries
 
     def select(self, question: torch.Tensor, config: DecodeConfig, chunk_scores: Sequence[float] | None = None):
         """(ranges, dense chunk indices, relevance or None) for a question (after any fallback to dense)."""

@@ -52,7 +52,8 @@ divided by the mass the question's chat template alone (its non-content tokens: 
 header) puts on the same chunks, and renormalized: ``p(chunk | question) / p(chunk | template)``, the pointwise
 mutual information of chunk and question, as contextual calibration does for few-shot labels (Zhao et al.,
 "Calibrate Before Use", 2021). Dividing bounds instead fails (a box's bound is no probability): only the exact
-masses of the short list are calibrated. The template's queries are computed once per video.
+masses of the short list are calibrated. The template's queries are computed once per video, and read the
+short list's keys in the same pass as the question's.
 
 :func:`confidence` says how much the chosen chunks stand out; decoding falls back to dense when it is low
 (``DecodeConfig.min_confidence``), and says so. Its scale depends on how peaked the scoring heads are and on
