@@ -290,6 +290,9 @@ def _add_eval(sub) -> None:
                                                                     "shared among them (default 1)")
     n.add_argument("--follow-tail", type=share_or_off, default=defaults.FOLLOW_TAIL,
                    help=f"bi-level decoding's --follow-tail (default {defaults.FOLLOW_TAIL}), recorded in every row")
+    n.add_argument("--calibrate", choices=["on", "off"], default="on" if defaults.CALIBRATE else "off",
+                   help="bi-level decoding's --calibrate (default "
+                        f"{'on' if defaults.CALIBRATE else 'off'}), recorded in every row")
     n.add_argument("--device", type=device_name)
     n.set_defaults(run=_eval_needle)
     f = tasks.add_parser("families", help="accuracy per question family (needle, grounding, order, count, detail)")
@@ -321,6 +324,10 @@ def _eval_needle(args) -> int:
     if other:  # rows written before the option hold no follow_tail: they were decoded without it
         raise InputError(f"{rows_path} holds rows decoded with --follow-tail {', '.join(other)}, not "
                          f"{spelled(args.follow_tail)}: keep each decoding's rows in a file of its own")
+    calibrate = args.calibrate == "on"
+    if any(r.get("calibrate", False) != calibrate for r in kept):  # rows without it predate calibration: off
+        raise InputError(f"{rows_path} holds rows decoded with --calibrate {'off' if calibrate else 'on'}, not "
+                         f"{args.calibrate}: keep each decoding's rows in a file of its own")
     planned = {needle.key(case) for case in needle.plan(lengths, cases, haystack=args.haystack)}
     done_before = {needle.key(r) for r in kept} & planned
     if done_before:
@@ -353,7 +360,7 @@ def _eval_needle(args) -> int:
             report(frames)
     needle.run(args.model or default_model(), lengths, cases, on_case=on_case, skip=done_before, workers=args.workers,
                device=args.device, haystack=args.haystack,
-               bilevel=dataclasses.replace(needle.BILEVEL, follow_tail=args.follow_tail))
+               bilevel=dataclasses.replace(needle.BILEVEL, follow_tail=args.follow_tail, calibrate=calibrate))
     print("accuracy in %; found: cases whose needle chunk was dense in bi-level decoding; KV: bi-level cache over "
           "dense; seconds per case after encoding (pre-fill + answer)"
           + (f"; {args.workers} worker processes sharing the CPU" if args.workers > 1 else ""))

@@ -94,7 +94,8 @@ def run_case(model: VideoXL2, case: NeedleCase, folder: Path, prefill_config: Pr
     assert stats.frames == case.frames, "the haystack is sampled at its native rate"
     row = {"haystack": case.haystack, "frames": case.frames, "depth": case.depth, "index": case.index,
            "seed": case.seed, "answer": qa.answer,
-           "threads": torch.get_num_threads(), "encode_s": encode_s, "follow_tail": bilevel.follow_tail}
+           "threads": torch.get_num_threads(), "encode_s": encode_s, "follow_tail": bilevel.follow_tail,
+           "calibrate": bilevel.calibrate}
 
     t0 = time.perf_counter()
     ids = model.prompt_ids(times, qa.question)
