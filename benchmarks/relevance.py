@@ -70,23 +70,34 @@ TASKS = ("single", "multikey", "multivalue", "neighbours")
 # below
 SCORERS = {
     # the default: the re-ranked chunks' mass calibrated by the chat template's; the best chunk brings the one after
-    # it (within topk) when a quarter of its attention is on its last sixteenth
-    "bounds": {"heads": "retrieval", "score_tokens": "all", "refine": 32, "calibrate": True, "follow_tail": 0.25},
-    "bounds-nocal": {"calibrate": False},  # the default without calibration (the default before it)
+    # it (within topk) when a quarter of its attention is on its last sixteenth; sparse chunks are decoded without
+    # it; sparse chunks are decoded without their timestamp tokens
+    "bounds": {"heads": "retrieval", "score_tokens": "all", "refine": 32, "calibrate": True, "follow_tail": 0.25,
+               "sparse_stamps": False},
+    "bounds-stamps": {"sparse_stamps": True},  # sparse chunks with their timestamps (the default before)
+    "bounds-nocal": {"calibrate": False, "sparse_stamps": True},  # and without calibration (the default before it)
     # the ablations below are of the default before calibration, as their rows were measured
-    "bounds-notail": {"follow_tail": None, "calibrate": False},  # the top-k by relevance alone
-    "bounds-follow": {"follow": 1, "follow_tail": None, "calibrate": False},  # the best chunk always brings the next
-    "bounds-rel": {"min_relevance": 0.6, "calibrate": False},  # only chunks >= 0.6 x the best one's relevance
-    "bounds-content": {"score_tokens": "content", "refine": 16, "follow_tail": None, "calibrate": False},
+    "bounds-notail": {"follow_tail": None, "calibrate": False, "sparse_stamps": True},  # the top-k by relevance alone
+    "bounds-follow": {"follow": 1, "follow_tail": None, "calibrate": False,
+                      "sparse_stamps": True},  # the best chunk always brings the next
+    "bounds-rel": {"min_relevance": 0.6, "calibrate": False,
+                   "sparse_stamps": True},  # only chunks >= 0.6 x the best one's relevance
+    "bounds-content": {"score_tokens": "content", "refine": 16, "follow_tail": None, "calibrate": False,
+                       "sparse_stamps": True},
     # the variants below score content tokens only, as the default did when the published rows were measured
-    "bounds-norefine": {"refine": 0, "score_tokens": "content", "follow_tail": None},  # bounds alone, not re-ranked
+    "bounds-norefine": {"refine": 0, "score_tokens": "content", "follow_tail": None,
+                        "sparse_stamps": True},  # bounds alone, not re-ranked
     "bounds-all": {"heads": "all", "score_tokens": "content", "refine": 16, "follow_tail": None,
-                   "calibrate": False},  # every head
-    "mean": {"scorer": "mean", "score_tokens": "content", "follow_tail": None},
-    "sparse": {"scorer": "sparse", "score_tokens": "content", "follow_tail": None},
-    "dense": {"scorer": "dense", "score_tokens": "content", "follow_tail": None},
+                   "calibrate": False, "sparse_stamps": True},  # every head
+    "mean": {"scorer": "mean", "score_tokens": "content", "follow_tail": None, "sparse_stamps": True},
+    "sparse": {"scorer": "sparse", "score_tokens": "content", "follow_tail": None, "sparse_stamps": True},
+    "dense": {"scorer": "dense", "score_tokens": "content", "follow_tail": None, "sparse_stamps": True},
+    # the references (below) decode with the default's cache; their rows measured before it, with sparse chunks'
+    # timestamps, are under "exact-stamps" and "oracle-stamps"
     "exact": None,
     "oracle": None,
+    "exact-stamps": None,
+    "oracle-stamps": None,
 }
 FALLBACK = 0.1  # the min_confidence of the derived "fallback" row (see summarize)
 PREFIX = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nSome special magic numbers "
@@ -250,12 +261,13 @@ def run_case(model, tokenizer, case: dict, topk: int, prefill_config: PrefillCon
     config = DecodeConfig(topk=topk, chunk=1, max_new_tokens=budget)
     for scorer in scorers:
         t0 = time.perf_counter()
-        if scorer == "exact":
+        reference = dataclasses.replace(config, sparse_stamps=scorer.endswith("-stamps"))
+        if scorer.startswith("exact"):
             ranges = [(g, g + 1) for g in range(len(groups))]
-            answer = decoder.answer(question, config, chunk_scores=exact_scores(decoder, question, ranges))
-        elif scorer == "oracle":  # the needle's groups, as an external scorer that knows them would give
+            answer = decoder.answer(question, reference, chunk_scores=exact_scores(decoder, question, ranges))
+        elif scorer.startswith("oracle"):  # the needle's groups, as an external scorer that knows them would give
             truth = [float(g in case["needle_groups"]) for g in range(len(groups))]
-            answer = decoder.answer(question, config, chunk_scores=truth)
+            answer = decoder.answer(question, reference, chunk_scores=truth)
         else:
             answer = decoder.answer(question, dataclasses.replace(config, **SCORERS[scorer]))
         hits = [g in answer.dense_chunks for g in case["needle_groups"]]

@@ -109,6 +109,10 @@ def _add_ask(sub) -> None:
     decoding.add_argument("--calibrate", choices=["on", "off"], default="on" if defaults.CALIBRATE else "off",
                           help="score chunks by what the question adds over its chat template alone (default "
                                f"{'on' if defaults.CALIBRATE else 'off'}; needs retrieval heads)")
+    decoding.add_argument("--sparse-stamps", choices=["on", "off"],
+                          default="on" if defaults.SPARSE_STAMPS else "off",
+                          help="sparse chunks keep their timestamp tokens in the answer's cache (default "
+                               f"{'on' if defaults.SPARSE_STAMPS else 'off'}: only dense chunks carry theirs)")
     decoding.add_argument("--min-confidence", type=unit,
                           help="decode every chunk dense when the relevance confidence is below this (default: off)")
     decoding.add_argument("--dense", action="store_true", help="decode with every chunk dense")
@@ -192,7 +196,8 @@ def _ask(args) -> int:
         decode_config = DecodeConfig(topk=None if args.kv_budget else args.topk, kv_budget=args.kv_budget,
                                      chunk=args.decode_chunk, max_new_tokens=args.max_new_tokens,
                                      follow=args.follow, follow_tail=args.follow_tail,
-                                     calibrate=args.calibrate == "on", min_confidence=args.min_confidence)
+                                     calibrate=args.calibrate == "on", sparse_stamps=args.sparse_stamps == "on",
+                                     min_confidence=args.min_confidence)
     started = time.perf_counter()
     folder = checkpoint.resolve(args.model or default_model())
     tokenizer = checkpoint.load_tokenizer(folder)
@@ -293,6 +298,9 @@ def _add_eval(sub) -> None:
     n.add_argument("--calibrate", choices=["on", "off"], default="on" if defaults.CALIBRATE else "off",
                    help="bi-level decoding's --calibrate (default "
                         f"{'on' if defaults.CALIBRATE else 'off'}), recorded in every row")
+    n.add_argument("--sparse-stamps", choices=["on", "off"], default="on" if defaults.SPARSE_STAMPS else "off",
+                   help="bi-level decoding's --sparse-stamps (default "
+                        f"{'on' if defaults.SPARSE_STAMPS else 'off'}), recorded in every row")
     n.add_argument("--device", type=device_name)
     n.set_defaults(run=_eval_needle)
     f = tasks.add_parser("families", help="accuracy per question family (needle, grounding, order, count, detail)")
@@ -317,17 +325,19 @@ def _eval_needle(args) -> int:
     rows_path = Path(args.rows) if args.rows else None
     kept = needle.read_rows(rows_path, repair=True) if rows_path else []
 
-    def spelled(share):  # as --follow-tail takes it
-        return "off" if share is None else str(share)
+    def spelled(value):  # as the option takes it
+        return "off" if value in (None, False) else "on" if value is True else str(value)
 
-    other = sorted({spelled(r.get("follow_tail")) for r in kept if r.get("follow_tail") != args.follow_tail})
-    if other:  # rows written before the option hold no follow_tail: they were decoded without it
-        raise InputError(f"{rows_path} holds rows decoded with --follow-tail {', '.join(other)}, not "
-                         f"{spelled(args.follow_tail)}: keep each decoding's rows in a file of its own")
-    calibrate = args.calibrate == "on"
-    if any(r.get("calibrate", False) != calibrate for r in kept):  # rows without it predate calibration: off
-        raise InputError(f"{rows_path} holds rows decoded with --calibrate {'off' if calibrate else 'on'}, not "
-                         f"{args.calibrate}: keep each decoding's rows in a file of its own")
+    # each row records its decoding; rows written before an option hold none: they were decoded without it
+    # (follow_tail off, calibrate off) or, for sparse_stamps, with it (sparse chunks kept their timestamps)
+    decoding = {"follow_tail": (args.follow_tail, None), "calibrate": (args.calibrate == "on", False),
+                "sparse_stamps": (args.sparse_stamps == "on", True)}
+    for name, (value, before) in decoding.items():
+        other = sorted({spelled(r.get(name, before)) for r in kept if r.get(name, before) != value})
+        if other:
+            flag = "--" + name.replace("_", "-")
+            raise InputError(f"{rows_path} holds rows decoded with {flag} {', '.join(other)}, not {spelled(value)}: "
+                             "keep each decoding's rows in a file of its own")
     planned = {needle.key(case) for case in needle.plan(lengths, cases, haystack=args.haystack)}
     done_before = {needle.key(r) for r in kept} & planned
     if done_before:
@@ -360,7 +370,7 @@ def _eval_needle(args) -> int:
             report(frames)
     needle.run(args.model or default_model(), lengths, cases, on_case=on_case, skip=done_before, workers=args.workers,
                device=args.device, haystack=args.haystack,
-               bilevel=dataclasses.replace(needle.BILEVEL, follow_tail=args.follow_tail, calibrate=calibrate))
+               bilevel=dataclasses.replace(needle.BILEVEL, **{name: value for name, (value, _) in decoding.items()}))
     print("accuracy in %; found: cases whose needle chunk was dense in bi-level decoding; KV: bi-level cache over "
           "dense; seconds per case after encoding (pre-fill + answer)"
           + (f"; {args.workers} worker processes sharing the CPU" if args.workers > 1 else ""))

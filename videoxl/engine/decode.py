@@ -64,6 +64,7 @@ class DecodeConfig:
     min_confidence: float | None = None
     refine: int = 32
     calibrate: bool = defaults.CALIBRATE
+    sparse_stamps: bool = defaults.SPARSE_STAMPS
     follow: int = defaults.FOLLOW
     follow_tail: float | None = defaults.FOLLOW_TAIL
     min_relevance: float | None = None  # reload only chunks at least this fraction as relevant as the best (model
@@ -95,6 +96,8 @@ class DecodeConfig:
             raise InputError(f"refine must be a number of chunks >= 0, got {self.refine!r}")
         if not isinstance(self.calibrate, bool):
             raise InputError(f"calibrate is True or False, got {self.calibrate!r}")
+        if not isinstance(self.sparse_stamps, bool):
+            raise InputError(f"sparse_stamps is True or False, got {self.sparse_stamps!r}")
         if not isinstance(self.follow, int) or self.follow < 0:
             raise InputError(f"follow must be a number of chunks >= 0, got {self.follow!r}")
         if self.follow_tail is not None and (isinstance(self.follow_tail, bool) or not 0 < self.follow_tail <= 1):
@@ -158,12 +161,12 @@ class Decoder:
             self.eos.add(tokenizer.eos_token_id)
 
     # -- the mixed cache ------------------------------------------------------------------------------------------
-    def _cache(self, dense_groups: torch.Tensor, positions: str, room: int,
-               layers: int | None = None) -> tuple[DecodeCache, int]:
-        """Gather the mixed cache (of the first ``layers`` layers; None: all); returns it and the position the next
-        token takes."""
+    def _cache(self, dense_groups: torch.Tensor, positions: str, room: int, layers: int | None = None,
+               sparse_stamps: bool = True) -> tuple[DecodeCache, int]:
+        """Gather the mixed cache (of the first ``layers`` layers; None: all; sparse groups with their timestamps
+        only with ``sparse_stamps``); returns it and the position the next token takes."""
         store = self.video.store
-        from_dense, index, pos = store.layout(dense_groups)
+        from_dense, index, pos = store.layout(dense_groups, sparse_stamps)
         keys, values = [], []
         move = None
         if positions == "contiguous":  # one rotation table for every layer
@@ -186,15 +189,18 @@ class Decoder:
 
     # -- selection --------------------------------------------------------------------------------------------
     def question_queries(self, question: torch.Tensor, ranges: list[tuple[int, int]], forced: list[int],
-                         layers: tuple[int, ...], positions: bool = False) -> dict[int, torch.Tensor]:
+                         layers: tuple[int, ...], positions: bool = False,
+                         sparse_stamps: bool = True) -> dict[int, torch.Tensor]:
         """Per layer, the question's queries (H, Q, D), position-free unless ``positions``: the question is run
-        once over a cache where only the ``forced`` chunks are dense (the cheap cache scoring starts from), up to
-        the last scoring layer only (the retrieval heads of SmolLM2-135M end at layer 20 of 30)."""
+        once over a cache where only the ``forced`` chunks are dense (the cheap cache scoring starts from; the
+        others sparse, with their timestamps if ``sparse_stamps``), up to the last scoring layer only (the
+        retrieval heads of SmolLM2-135M end at layer 20 of 30)."""
         store = self.video.store
         dense_groups = torch.zeros(len(store.groups), dtype=torch.bool)
         for c in forced:
             dense_groups[ranges[c][0]:ranges[c][1]] = True
-        cache, position = self._cache(dense_groups, "absolute", question.shape[0], layers=max(layers) + 1)
+        cache, position = self._cache(dense_groups, "absolute", question.shape[0], layers=max(layers) + 1,
+                                      sparse_stamps=sparse_stamps)
         _, step = self._step(cache, embed(self.model, question), position, capture=layers, queries_only=True)
         q_pos = torch.arange(position, position + question.shape[0], dtype=torch.float64)
         rope = self.summaries[positions].rope
@@ -258,7 +264,8 @@ class Decoder:
                 and not question.is_floating_point():
             content = content_mask(question, self.tokenizer)
         tokens = content if config.score_tokens == "content" else None
-        queries = self.question_queries(question, ranges, forced, layers, config.score_positions)
+        queries = self.question_queries(question, ranges, forced, layers, config.score_positions,
+                                        config.sparse_stamps)
         rel = relevance(self.chunk_scores(queries, config.scorer, ranges, candidates, heads, config.score_positions),
                         tokens)
         if config.scorer == "bounds" and refine and len(candidates) > 1:
@@ -269,7 +276,7 @@ class Decoder:
             template = None
             if calibrate and content is not None and 0 < int(content.sum()) < question.numel():
                 template = self._template_queries_of(question[~content], ranges, forced, layers,
-                                                     config.score_positions)
+                                                     config.score_positions, config.sparse_stamps)
             # the template's queries ride along with the question's: the chunks' keys are read once
             n = question.shape[0]
             both = queries if template is None else {layer: torch.cat([q, template[layer]], dim=1)
@@ -290,16 +297,18 @@ class Decoder:
         return scores, tail
 
     def _template_queries_of(self, template: torch.Tensor, ranges: list[tuple[int, int]], forced: list[int],
-                             layers: tuple[int, ...], positions: bool) -> dict[int, torch.Tensor]:
+                             layers: tuple[int, ...], positions: bool,
+                             sparse_stamps: bool) -> dict[int, torch.Tensor]:
         """:meth:`question_queries` of a question's chat template alone (its tokens that are not content:
         select.content_mask). They do not depend on the question's content, so they are computed once per
         template, layout and forced chunks (a few per video: at most 8 kept)."""
-        key = (tuple(template.tolist()), tuple(ranges), tuple(forced), layers, positions)
+        key = (tuple(template.tolist()), tuple(ranges), tuple(forced), layers, positions, sparse_stamps)
         queries = self._template_queries.get(key)
         if queries is None:
             if len(self._template_queries) >= 8:
                 self._template_queries.pop(next(iter(self._template_queries)))
-            queries = self._template_queries[key] = self.question_queries(template, ranges, forced, layers, positions)
+            queries = self._template_queries[key] = self.question_queries(template, ranges, forced, layers, positions,
+                                                                          sparse_stamps)
         return queries
 
     def select(self, question: torch.Tensor, config: DecodeConfig, chunk_scores: Sequence[float] | None = None):
@@ -325,8 +334,8 @@ class Decoder:
             if tail is not None and tail >= config.follow_tail:
                 follow = max(follow, 1)
         dense_tok = [sum(store.groups[g].end - store.groups[g].start for g in range(s, e)) for s, e in ranges]
-        sparse_tok = [sum(store.groups[g].sparse_end - store.groups[g].sparse_start for g in range(s, e))
-                      for s, e in ranges]
+        sparse_tok = [sum(store.groups[g].sparse_end - store.sparse_first(store.groups[g], config.sparse_stamps)
+                          for g in range(s, e)) for s, e in ranges]
         budget = None if config.kv_budget is None else int(config.kv_budget * store.length) - store.prefix_length
         candidates = [c for c in range(n) if c not in forced]
         dense = choose_dense(scores, candidates, forced, config.topk, budget, dense_tok, sparse_tok, follow,
@@ -352,7 +361,8 @@ class Decoder:
         dense_groups = torch.zeros(len(store.groups), dtype=torch.bool)
         for c in dense:
             dense_groups[ranges[c][0]:ranges[c][1]] = True
-        cache, position = self._cache(dense_groups, config.positions, question.shape[0] + config.max_new_tokens)
+        cache, position = self._cache(dense_groups, config.positions, question.shape[0] + config.max_new_tokens,
+                                      sparse_stamps=config.sparse_stamps)
         used_bytes = cache.nbytes
         hidden, _ = self._step(cache, embed(self.model, question), position)
         position += question.shape[0]

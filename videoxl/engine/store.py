@@ -165,13 +165,20 @@ class KVStore:
         return self
 
     # -- reading (decoding) -------------------------------------------------------------------------------------
-    def layout(self, dense_groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Indices and positions of a mixed cache: the prefix, then each group dense or sparse, in order.
+    def sparse_first(self, span: GroupSpan, sparse_stamps: bool) -> int:
+        """First row of a sparse group in the sparse buffer: its timestamp's, or without ``sparse_stamps`` its
+        first pooled token's."""
+        return span.sparse_start + (0 if sparse_stamps else span.visual_start - span.start)
+
+    def layout(self, dense_groups: torch.Tensor,
+               sparse_stamps: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Indices and positions of a mixed cache: the prefix, then each group dense or sparse, in order; a sparse
+        group without its timestamp tokens unless ``sparse_stamps``.
 
         Returns (from_dense (N,) bool, index (N,) into the dense or sparse buffer, positions (N,) float64).
         """
-        spans = torch.tensor([[g.start, g.end, g.sparse_start, g.sparse_end] for g in self.groups],
-                             dtype=torch.long).reshape(-1, 4)
+        spans = torch.tensor([[g.start, g.end, self.sparse_first(g, sparse_stamps), g.sparse_end]
+                              for g in self.groups], dtype=torch.long).reshape(-1, 4)
         dense = torch.as_tensor(dense_groups, dtype=torch.bool).cpu()
         first = torch.where(dense, spans[:, 0], spans[:, 2])
         lengths = torch.where(dense, spans[:, 1], spans[:, 3]) - first
@@ -214,11 +221,12 @@ class KVStore:
     def sparse_bytes(self) -> int:
         return self.sparse_length * self.bytes_per_token
 
-    def mixed_tokens(self, dense_groups: torch.Tensor) -> int:
-        """Length of the mixed cache that keeps the given groups dense and the others sparse."""
+    def mixed_tokens(self, dense_groups: torch.Tensor, sparse_stamps: bool = True) -> int:
+        """Length of the mixed cache that keeps the given groups dense and the others sparse (see :meth:`layout`)."""
         n = self.prefix_length
         for g, span in enumerate(self.groups):
-            n += (span.end - span.start) if dense_groups[g] else (span.sparse_end - span.sparse_start)
+            n += (span.end - span.start) if dense_groups[g] else \
+                (span.sparse_end - self.sparse_first(span, sparse_stamps))
         return n
 
     # -- moving and saving (serving keeps stores in tiers: GPU, CPU memory, disk) -------------------------------

@@ -95,7 +95,7 @@ def run_case(model: VideoXL2, case: NeedleCase, folder: Path, prefill_config: Pr
     row = {"haystack": case.haystack, "frames": case.frames, "depth": case.depth, "index": case.index,
            "seed": case.seed, "answer": qa.answer,
            "threads": torch.get_num_threads(), "encode_s": encode_s, "follow_tail": bilevel.follow_tail,
-           "calibrate": bilevel.calibrate}
+           "calibrate": bilevel.calibrate, "sparse_stamps": bilevel.sparse_stamps}
 
     t0 = time.perf_counter()
     ids = model.prompt_ids(times, qa.question)

@@ -136,6 +136,7 @@ def create_app(qa: VideoQA, api_key: str | None = None) -> FastAPI:
             return DecodeConfig(topk=topk, kv_budget=None if req.dense else req.kv_budget,
                                 chunk=req.decode_chunk or config.decode_chunk,
                                 follow=req.follow, follow_tail=req.follow_tail, calibrate=req.calibrate,
+                                sparse_stamps=req.sparse_stamps,
                                 min_confidence=None if req.dense else req.min_confidence,
                                 max_new_tokens=req.max_tokens or config.max_tokens, temperature=req.temperature,
                                 top_p=req.top_p, seed=req.seed, stop=req.stop)

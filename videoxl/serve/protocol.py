@@ -3,9 +3,9 @@
 Requests follow vLLM's conventions for video: a user message holds ``text`` parts and one ``video_url`` (or
 ``image_url``) part, ``{"type": "video_url", "video_url": {"url": ...}, "uuid": ...}``; frame sampling goes in
 ``media_io_kwargs = {"video": {"num_frames": N, "fps": F}}``; videoxl's own options (``topk``, ``kv_budget``,
-``decode_chunk``, ``follow``, ``follow_tail``, ``calibrate``, ``min_confidence``, ``dense``) come as extra top-level
-fields (the ``openai`` client's ``extra_body``); ``"follow_tail": null`` and ``"calibrate": false`` turn those defaults
-off.
+``decode_chunk``, ``follow``, ``follow_tail``, ``calibrate``, ``sparse_stamps``, ``min_confidence``, ``dense``) come
+as extra top-level fields (the ``openai`` client's ``extra_body``); ``"follow_tail": null`` and ``"calibrate": false``
+turn those defaults off, ``"sparse_stamps": true`` keeps the timestamps of sparse chunks.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class ChatRequest:
     follow: int = 0
     follow_tail: float | None = defaults.FOLLOW_TAIL
     calibrate: bool = defaults.CALIBRATE
+    sparse_stamps: bool = defaults.SPARSE_STAMPS
     min_confidence: float | None = None
     dense: bool = False
 
@@ -161,7 +162,7 @@ def parse_chat(body: object, max_question_chars: int, max_tokens_limit: int) -> 
     if stop is not None and (not isinstance(stop, list) or len(stop) > 4
                              or not all(isinstance(s, str) and s for s in stop)):
         raise ServeError(400, "'stop' must be a string or a list of up to 4 non-empty strings", param="stop")
-    for flag in ("stream", "dense", "calibrate"):
+    for flag in ("stream", "dense", "calibrate", "sparse_stamps"):
         if body.get(flag) is not None and not isinstance(body[flag], bool):
             raise ServeError(400, f"'{flag}' must be true or false", param=flag)
     stream_options = body.get("stream_options") or {}
@@ -198,6 +199,7 @@ def parse_chat(body: object, max_question_chars: int, max_tokens_limit: int) -> 
         follow=_number(body, "follow", int, 0, None) or 0,
         follow_tail=_number(body, "follow_tail", float, 1e-9, 1.0) if "follow_tail" in body else defaults.FOLLOW_TAIL,
         calibrate=defaults.CALIBRATE if body.get("calibrate") is None else body["calibrate"],
+        sparse_stamps=defaults.SPARSE_STAMPS if body.get("sparse_stamps") is None else body["sparse_stamps"],
         min_confidence=_number(body, "min_confidence", float, 0.0, 1.0),
         dense=bool(body.get("dense", False)),
     )
