@@ -104,6 +104,7 @@ def _cases(d: Path, ckpt: Path) -> dict[str, Case]:
         "follow_negative": Case([hour, QUESTION, "--follow", -1], "--follow"),
         "follow_tail_0": Case([hour, QUESTION, "--follow-tail", 0], "--follow-tail"),
         "calibrate_maybe": Case([hour, QUESTION, "--calibrate", "maybe"], "--calibrate"),
+        "sparse_stamps_maybe": Case([hour, QUESTION, "--sparse-stamps", "maybe"], "--sparse-stamps"),
         "url": Case(["http://example.com/videos/v.mp4", QUESTION], "http://example.com/videos/v.mp4: URLs are not"),
         "dev_zero": Case(["/dev/zero", QUESTION], "/dev/zero: not a regular file"),
         "fifo": Case([d / "pipe.mp4", QUESTION], "pipe.mp4: not a regular file"),

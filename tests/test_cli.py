@@ -107,12 +107,13 @@ def test_eval_needle_resumes_merges_and_runs_workers(tiny_checkpoint, tmp_path, 
     first = videoxl(*common, "--lengths", "32")
     assert first.returncode == 0, first.stderr
     before = [json.loads(line) for line in rows.read_text().splitlines()]
-    assert [(r["frames"], r["index"], r["follow_tail"], r["calibrate"]) for r in before] == [(32, 0, 0.25, True),
-                                                                                           (32, 1, 0.25, True)]
-    mixed = videoxl(*common, "--lengths", "32", "--follow-tail", "off")
-    assert mixed.returncode == 2 and "--follow-tail 0.25, not off" in mixed.stderr  # one decoding per rows file
-    mixed = videoxl(*common, "--lengths", "32", "--calibrate", "off")
-    assert mixed.returncode == 2 and "--calibrate on, not off" in mixed.stderr
+    assert [(r["frames"], r["index"], r["follow_tail"], r["calibrate"], r["sparse_stamps"]) for r in before] == \
+        [(32, 0, 0.25, True, False), (32, 1, 0.25, True, False)]
+    for flag, value, message in [("--follow-tail", "off", "--follow-tail 0.25, not off"),
+                                 ("--calibrate", "off", "--calibrate on, not off"),
+                                 ("--sparse-stamps", "on", "--sparse-stamps off, not on")]:
+        mixed = videoxl(*common, "--lengths", "32", flag, value)
+        assert mixed.returncode == 2 and message in mixed.stderr  # one decoding per rows file
     with open(rows, "a") as f:
         f.write('{"frames": 48, "dep')  # the last line of a run killed while writing it
 

@@ -89,7 +89,12 @@ def test_external_scores_pick_dense_chunks(passkey_video):
     dense_groups = torch.zeros(16, dtype=torch.bool)
     for c in answer.dense_chunks:
         dense_groups[2 * c: 2 * c + 2] = True
-    assert answer.kv_bytes_used == store.mixed_tokens(dense_groups) * store.bytes_per_token
+    # sparse chunks without their timestamps (the default), or with them
+    assert answer.kv_bytes_used == store.mixed_tokens(dense_groups, sparse_stamps=False) * store.bytes_per_token
+    stamped = decoder.answer(ids(tokenizer, QUESTION), DecodeConfig(topk=2, max_new_tokens=2, sparse_stamps=True),
+                             chunk_scores=scores)
+    assert stamped.dense_chunks == answer.dense_chunks
+    assert stamped.kv_bytes_used == store.mixed_tokens(dense_groups) * store.bytes_per_token > answer.kv_bytes_used
     with pytest.raises(ValueError, match="8 decoding chunks"):
         decoder.answer(ids(tokenizer, QUESTION), DecodeConfig(topk=2), chunk_scores=scores[:5])
     with pytest.raises(ValueError, match="topk or kv_budget"):
@@ -146,7 +151,7 @@ def test_sampling_is_seeded_and_top_k_one_is_greedy():
 @pytest.mark.parametrize("kwargs,message", [
     ({"topk": -1}, "topk"), ({"kv_budget": 1.5}, "kv_budget"), ({"kv_budget": 0}, "kv_budget"),
     ({"chunk": 0}, "chunk"), ({"scorer": "oracle"}, "scorer"), ({"positions": "rope"}, "positions"),
-    ({"max_new_tokens": 0}, "max_new_tokens"), ({"top_p": 0}, "top_p"),
+    ({"max_new_tokens": 0}, "max_new_tokens"), ({"top_p": 0}, "top_p"), ({"sparse_stamps": "no"}, "sparse_stamps"),
 ])
 def test_invalid_decode_config(kwargs, message):
     with pytest.raises(ValueError, match=message):

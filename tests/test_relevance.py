@@ -340,10 +340,11 @@ def test_calibration_divides_the_question_mass_by_the_templates(prose_needle):
     group_size = model.config.num_attention_heads // model.config.num_key_value_heads
     template = question[~content_mask(question, tokenizer)]
     assert tokenizer.decode(template).strip().endswith("<|im_start|>assistant") and 0 < template.numel() < 10
-    m_question = _mass(decoder, decoder.question_queries(question, ranges, forced, layers), heads, candidates,
-                       group_size)
-    m_template = _mass(decoder, decoder.question_queries(template, ranges, forced, layers), heads, candidates,
-                       group_size)
+    # the queries over the cheap cache: forced chunks dense, the others pooled without their timestamps (default)
+    m_question = _mass(decoder, decoder.question_queries(question, ranges, forced, layers, sparse_stamps=False),
+                       heads, candidates, group_size)
+    m_template = _mass(decoder, decoder.question_queries(template, ranges, forced, layers, sparse_stamps=False),
+                       heads, candidates, group_size)
     torch.testing.assert_close(plain[candidates], m_question.to(plain), rtol=1e-4, atol=1e-6)
     ratio = m_question / m_template
     torch.testing.assert_close(calibrated[candidates], (ratio / ratio.sum()).to(calibrated), rtol=1e-4, atol=1e-6)
@@ -369,7 +370,8 @@ def test_calibration_divides_the_question_mass_by_the_templates(prose_needle):
 def test_calibration_finds_more_of_several_equal_needles(smollm2):
     """Four needles for one key (a held-out 2k multivalue case of the benchmark): without calibration two prose
     groups, which draw any question's attention, outrank three of the four value groups; calibrated, two value
-    groups are reloaded and the answer holds two of the four numbers instead of none."""
+    groups are reloaded and the answer holds two of the four numbers instead of none (sparse chunks with their
+    timestamps, as measured then)."""
     from relevance import PREFILL, correct, make_case
 
     model, tokenizer = smollm2
@@ -379,7 +381,30 @@ def test_calibration_finds_more_of_several_equal_needles(smollm2):
     question = torch.tensor(case["question"])
     found = {}
     for calibrate in (False, True):
-        answer = decoder.answer(question, DecodeConfig(topk=3, chunk=1, max_new_tokens=64, calibrate=calibrate))
+        answer = decoder.answer(question, DecodeConfig(topk=3, chunk=1, max_new_tokens=64, calibrate=calibrate,
+                                                       sparse_stamps=True))
         found[calibrate] = (len(set(answer.dense_chunks) & set(case["needle_groups"])),
                             correct(answer.text, case["answers"]))
     assert found[False] == (1, 0.0) and found[True] == (2, 0.5)
+
+
+def test_sparse_chunks_without_timestamps_leave_the_model_reading_text(smollm2):
+    """A held-out 2k multivalue case of the benchmark: with three of the four value groups dense and the others
+    pooled, sparse chunks that keep their ``Time {t}s:`` stamps turn the cache into a list of stamps, and the model
+    recites stamps instead of numbers; the same selection without the sparse chunks' stamps (the default) answers
+    three of the four numbers, from a smaller cache."""
+    from relevance import PREFILL, correct, make_case
+
+    model, tokenizer = smollm2
+    case = make_case(tokenizer, "multivalue", 2048, 8, 30, 1)
+    groups = [Group(torch.tensor(s), torch.tensor(t)) for s, t in case["groups"]]
+    decoder = Decoder(model, prefill(model, torch.tensor(case["prefix"]), groups, PREFILL), tokenizer)
+    question = torch.tensor(case["question"])
+    answers = {stamps: decoder.answer(question, DecodeConfig(topk=3, chunk=1, max_new_tokens=64,
+                                                             sparse_stamps=stamps))
+               for stamps in (True, False)}
+    assert answers[True].dense_chunks == answers[False].dense_chunks
+    assert len(set(answers[False].dense_chunks) & set(case["needle_groups"])) == 3
+    assert answers[True].text.strip().startswith("Time") and correct(answers[True].text, case["answers"]) == 0
+    assert correct(answers[False].text, case["answers"]) == 0.75
+    assert answers[False].kv_bytes_used < answers[True].kv_bytes_used

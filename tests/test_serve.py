@@ -262,6 +262,9 @@ def test_decoding_options(main):
     assert ask(client, "clip0.mp4", extra_body={"topk": 1, "follow_tail": None}).videoxl["tail_share"] is None  # off
     uncalibrated = ask(client, "clip0.mp4", extra_body={"topk": 1, "calibrate": False}).videoxl
     assert uncalibrated["dense_chunk_ids"] == top1.videoxl["dense_chunk_ids"]  # no retrieval heads: no calibration
+    stamped = ask(client, "clip0.mp4", extra_body={"topk": 1, "sparse_stamps": True}).videoxl
+    assert stamped["dense_chunk_ids"] == top1.videoxl["dense_chunk_ids"]  # sparse chunks keep their timestamps:
+    assert stamped["kv_bytes_used"] > top1.videoxl["kv_bytes_used"]  # a larger cache than the default's
     unsure = ask(client, "clip0.mp4", extra_body={"topk": 1, "min_confidence": 1.0}).videoxl
     assert unsure["fallback"].startswith("dense: flat relevance") and unsure["dense_chunks"] == unsure["chunks"]
     short = ask(client, "clip0.mp4", QUESTIONS[1], max_tokens=1)
@@ -359,6 +362,7 @@ def test_error_statuses(main, media):
     assert _status(lambda: ask(client, "clip0.mp4", extra_body={"follow": -1}))[0] == 400
     assert _status(lambda: ask(client, "clip0.mp4", extra_body={"follow_tail": 1.5}))[0] == 400
     assert _status(lambda: ask(client, "clip0.mp4", extra_body={"calibrate": "yes"}))[0] == 400
+    assert _status(lambda: ask(client, "clip0.mp4", extra_body={"sparse_stamps": 1}))[0] == 400
     assert _status(lambda: ask(client, "clip0.mp4", extra_body={"min_confidence": 1.5}))[0] == 400
     assert _status(lambda: ask(client, "clip0.mp4", frames=100_000))[0] == 400  # too many frames
     assert _status(lambda: ask(client, "clip0.mp4", max_tokens=10**6))[0] == 400

@@ -94,3 +94,14 @@ def test_mixed_cache_layout_follows_the_groups_in_order():
     from_dense, index, pos = store.layout(dense_groups)
     assert from_dense.tolist() == want_dense and index.tolist() == want_index and pos.tolist() == want_pos
     assert index.numel() == store.mixed_tokens(dense_groups)
+    # without the timestamps of sparse groups: their pooled rows alone, at the same positions
+    want_dense, want_index, want_pos = [True] * 4, list(range(4)), [float(p) for p in range(4)]
+    for g, span in enumerate(store.groups):
+        stamp = span.visual_start - span.start
+        rows = range(span.start, span.end) if dense_groups[g] else range(span.sparse_start + stamp, span.sparse_end)
+        want_dense += [bool(dense_groups[g])] * len(rows)
+        want_index += list(rows)
+        want_pos += [float(r) if dense_groups[g] else float(store.sparse_pos[r]) for r in rows]
+    from_dense, index, pos = store.layout(dense_groups, sparse_stamps=False)
+    assert from_dense.tolist() == want_dense and index.tolist() == want_index and pos.tolist() == want_pos
+    assert index.numel() == store.mixed_tokens(dense_groups, sparse_stamps=False) < store.mixed_tokens(dense_groups)
