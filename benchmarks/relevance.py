@@ -23,21 +23,25 @@ dense, ``--topk`` more chosen by each relevance variant) for each variant side b
 (Quest-style bounds over the model's retrieval heads, the best 32 re-ranked by their exact attention mass divided by
 the chat template's own mass over them, ``calibrate``; the best chunk brings the one after it, within the same
 top-k, when a quarter of its attention falls on its last sixteenth, four times a uniform share:
-``follow_tail=0.25``), the same without calibration (``bounds-nocal``, the default before it), and ablations of
-that uncalibrated default, as their rows were measured: without the tail (``bounds-notail``), with the best chunk
+``follow_tail=0.25``; sparse chunks decoded without their timestamp tokens, ``sparse_stamps=False``), the same
+with the sparse chunks' timestamps (``bounds-stamps``, the default before), without calibration too
+(``bounds-nocal``, the default before that), and ablations of that uncalibrated default, as their rows were measured
+(with the sparse chunks' timestamps): without the tail (``bounds-notail``), with the best chunk
 always bringing the next (``bounds-follow``, ``follow=1``), over the question's content tokens only
 (``bounds-content``), and with content tokens too: without the re-ranking (``bounds-norefine``), over every head
 (``bounds-all``), the other scorers (over the retrieval heads). ``bounds-rel`` reloads fewer chunks when the rest
 fall below 0.6 of the best one's relevance (``min_relevance``, an ablation against distractor needles, which look
 like the asked one).
-Two references: ``exact``, the question's true attention mass per chunk over the dense cache at every layer and
-head (it materializes the attention over the whole video), and ``oracle``, the needle's groups given as external
-scores (what bi-level decoding answers when selection is perfect at this budget). ``recall`` is the fraction of
-needle groups among the dense chunks (for ``neighbours``: both groups of the split needle); ``kv_ratio`` the
-bi-level cache's bytes over dense. The ``fallback`` rows are the default with ``min_confidence=FALLBACK``, derived
-exactly from the rows: a case whose confidence is below it is decoded with every chunk dense, which is the chunked
-decoding the row already holds. A ``--scorers-only`` run (an ablation) answers with its scorers alone, and
-``--merge`` adds its rows' scorers to a full run's cases of the same (length, task, index): the same haystack.
+Two references: ``exact``, the question's true attention mass per chunk over the dense cache at every layer and head
+(it materializes the attention over the whole video), and ``oracle``, the needle's groups given as external scores
+(what bi-level decoding answers when selection is perfect at this budget); both decode with the default's cache, and
+``exact-stamps`` / ``oracle-stamps`` with the sparse chunks' timestamps (as their earlier rows were). ``recall`` is
+the fraction of needle groups among the dense chunks (for ``neighbours``: both groups of the split needle);
+``kv_ratio`` the bi-level cache's bytes over dense. The ``fallback`` rows are the default with
+``min_confidence=FALLBACK``, derived exactly from the rows: a case whose confidence is below it is decoded with
+every chunk dense, which is the chunked decoding the row already holds. A ``--scorers-only`` run (an ablation)
+answers with its scorers alone, and ``--merge`` adds its rows' scorers to a full run's cases of the same (length,
+task, index): the same haystack.
 """
 
 from __future__ import annotations
@@ -354,9 +358,11 @@ def schedule(lengths: list[int], tasks: list[str], cases: int) -> list[tuple[int
     return [(tokens, task, i) for tokens in lengths for i in order for task in tasks]
 
 
-COLUMNS = {"bounds": "**default scorer**", "bounds-nocal": "default, no calibration",
-           "bounds-notail": "no calibration, no follow_tail", "bounds-follow": "no calibration, follow 1",
-           "mean": "mean key", "exact": "exact attention mass, all heads", "oracle": "oracle"}
+COLUMNS = {"bounds": "**default scorer**", "bounds-stamps": "default, sparse chunks with stamps",
+           "bounds-nocal": "with stamps, no calibration", "bounds-notail": "with stamps, no calibration, no follow_tail",
+           "mean": "mean key (with stamps)",
+           "exact-stamps": "exact attention mass, all heads (with stamps)", "oracle": "oracle",
+           "oracle-stamps": "oracle (with stamps)"}
 
 
 def markdown(summary: list[dict]) -> str:

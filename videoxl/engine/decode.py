@@ -51,8 +51,11 @@ class DecodeConfig:
     sixteenth (select.tail_share: what the question looks for runs past the chunk's end; 0.25 by default, None:
     never; README: relevance, "follow_tail"). When the chosen chunks
     stand out less than ``min_confidence`` (select.confidence), every chunk is decoded dense and the answer says so
-    (None, the default: never; confidence is on a scale of its own per model, see select.py). Generation: greedy
-    when ``temperature`` is 0.
+    (None, the default: never; confidence is on a scale of its own per model, see select.py). Sparse chunks enter
+    the caches (selection's and the answer's) as their pooled tokens alone unless ``sparse_stamps``, which keeps
+    their timestamp tokens as the published bi-level decoding does (a cache of pooled chunks behind verbatim stamps
+    leaves a small model reciting the stamps; README: relevance, "Sparse chunks without their timestamps").
+    Generation: greedy when ``temperature`` is 0.
     """
 
     topk: int | None = None
