@@ -359,8 +359,8 @@ def schedule(lengths: list[int], tasks: list[str], cases: int) -> list[tuple[int
 
 
 COLUMNS = {"bounds": "**default scorer**", "bounds-stamps": "default, sparse chunks with stamps",
-           "bounds-nocal": "with stamps, no calibration", "bounds-notail": "with stamps, no calibration, no follow_tail",
-           "mean": "mean key (with stamps)",
+           "bounds-nocal": "with stamps, no calibration",
+           "bounds-notail": "with stamps, no calibration, no follow_tail", "mean": "mean key (with stamps)",
            "exact-stamps": "exact attention mass, all heads (with stamps)", "oracle": "oracle",
            "oracle-stamps": "oracle (with stamps)"}
 
@@ -455,14 +455,14 @@ def main() -> None:
               f"{mark.get(row['acc_chunked'], '~'):>7} | {marks}", flush=True)
     summary = summarize([r for r in rows if r["target"] in lengths and r["task"] in tasks
                          and r["index"] % every[0] == every[1]])
-    print(f"\n{'tokens':>6} {'task':<10} {'scorer':<11} {'cases':>5} {'recall':>6} {'dense':>6} {'chunked':>7} "
+    print(f"\n{'tokens':>6} {'task':<10} {'scorer':<14} {'cases':>5} {'recall':>6} {'dense':>6} {'chunked':>7} "
           f"{'bilevel':>7} {'KV':>5} {'select s':>8} {'question s':>10} {'dense fallback %':>16}")
     for s in summary:
         if s["scorer"] is None:
-            print(f"{s['tokens']:>6} {s['task']:<10} {'-':<11} {s['cases']:>5} {'':>6} {pct(s['acc_dense'], 6)} "
+            print(f"{s['tokens']:>6} {s['task']:<10} {'-':<14} {s['cases']:>5} {'':>6} {pct(s['acc_dense'], 6)} "
                   f"{pct(s['acc_chunked'], 7)}   (window {s['window']})")
             continue
-        print(f"{s['tokens']:>6} {s['task']:<10} {s['scorer']:<11} {s['cases']:>5} {s['recall']:>6.0f} "
+        print(f"{s['tokens']:>6} {s['task']:<10} {s['scorer']:<14} {s['cases']:>5} {s['recall']:>6.0f} "
               f"{pct(s['acc_dense'], 6)} {pct(s['acc_chunked'], 7)} {s['acc_bilevel']:>7.0f} {s['kv_ratio']:>5.2f} "
               f"{s['select_s']:>8.3f} {s['question_s']:>10.3f} {s['fell_back']:>16.0f}")
     if args.markdown:

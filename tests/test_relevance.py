@@ -188,7 +188,8 @@ def test_follow_tail_brings_the_next_chunk_only_when_the_needle_runs_past_its_en
         key = case["needle_groups"][0]
         ranges = chunk_ranges(len(groups), 1)
         heads = retrieval_heads(model, tokenizer).heads
-        queries = decoder.question_queries(question, ranges, [0, len(ranges) - 1], tuple(sorted(heads)))
+        queries = decoder.question_queries(question, ranges, [0, len(ranges) - 1], tuple(sorted(heads)),
+                                           sparse_stamps=False)  # the cheap cache as the default builds it
         shares[task] = tail_share(queries, decoder.video.store, decoder.summaries[False], decoder.scale,
                                   range(key, key + 1), heads)
         # the same share from the keys themselves: softmax of each retrieval head's q.k over the group's tokens
@@ -273,22 +274,24 @@ def test_benchmark_oracle_and_table(smollm2, tmp_path):
         return {"recall": recall, "acc": acc, "kv_ratio": kv, "select_s": 0.1, "confidence": 0.3}
 
     rows = [{"target": 2048, "task": "single", "tokens": 2050, "acc_dense": True, "acc_chunked": False,
-             "question_s": 0.4, "bounds": cell(1.0, True), "oracle": cell(1.0, True), "exact": cell(0.0, False)},
+             "question_s": 0.4, "bounds": cell(1.0, True), "oracle": cell(1.0, True),
+             "exact-stamps": cell(0.0, False)},
             {"target": 2048, "task": "single", "tokens": 2054, "acc_dense": False, "acc_chunked": False,
-             "question_s": 0.5, "bounds": cell(0.0, False, 0.7), "oracle": cell(1.0, False), "exact": cell(1.0, True)}]
+             "question_s": 0.5, "bounds": cell(0.0, False, 0.7), "oracle": cell(1.0, False),
+             "exact-stamps": cell(1.0, True)}]
     table = markdown(summarize(rows)).splitlines()
-    assert table[2] == ("| 2,052 | single | 2 | 50 | 0 | **50 / 50** | - | - | - | - | 50 / 50 | 100 / 50 | 0.60 "
+    assert table[2] == ("| 2,052 | single | 2 | 50 | 0 | **50 / 50** | - | - | - | - | 50 / 50 | 100 / 50 | - | 0.60 "
                         "| 0.10 (0.50) |")
     # a --scorers-only run's rows join the cases they match; its column counts only those, with dense on them
-    extra = tmp_path / "follow.jsonl"
+    extra = tmp_path / "scorers_only.jsonl"
     extra.write_text(json.dumps({"target": 2048, "task": "single", "index": 1, "acc_dense": None,
-                                 "bounds-follow": cell(1.0, True), "bounds": cell(0.0, False)}) + "\n"
+                                 "bounds-stamps": cell(1.0, True), "bounds": cell(0.0, False)}) + "\n"
                      + json.dumps({"target": 2048, "task": "single", "index": 0, "acc_dense": None,
                                    "bounds-notail": cell(1.0, False)}) + "\n")
     rows[0]["index"], rows[1]["index"] = 0, 1
     table = markdown(summarize(merged(rows, [extra]))).splitlines()
-    assert table[2] == ("| 2,052 | single | 2 | 50 | 0 | **50 / 50** | - | 100 / 0 (1 cases, dense 100) "
-                        "| 100 / 100 (1 cases, dense 0) | - | 50 / 50 | 100 / 50 | 0.60 | 0.10 (0.50) |")
+    assert table[2] == ("| 2,052 | single | 2 | 50 | 0 | **50 / 50** | 100 / 100 (1 cases, dense 0) | - "
+                        "| 100 / 0 (1 cases, dense 100) | - | 50 / 50 | 100 / 50 | - | 0.60 | 0.10 (0.50) |")
 
 
 def test_benchmark_answers_fit_their_budget_and_score_as_ruler(smollm2):
