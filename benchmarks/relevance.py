@@ -75,7 +75,7 @@ TASKS = ("single", "multikey", "multivalue", "neighbours")
 SCORERS = {
     # the default: the re-ranked chunks' mass calibrated by the chat template's; the best chunk brings the one after
     # it (within topk) when a quarter of its attention is on its last sixteenth; sparse chunks are decoded without
-    # it; sparse chunks are decoded without their timestamp tokens
+    # their timestamp tokens
     "bounds": {"heads": "retrieval", "score_tokens": "all", "refine": 32, "calibrate": True, "follow_tail": 0.25,
                "sparse_stamps": False},
     "bounds-stamps": {"sparse_stamps": True},  # sparse chunks with their timestamps (the default before)

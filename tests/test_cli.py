@@ -165,6 +165,31 @@ def test_ctrl_c_at_any_moment_exits_130_with_one_line(tmp_path, after):
     assert not demo.exists() or demo.stat().st_size > 10_000  # a demo video is whole or absent
 
 
+def test_ctrl_c_that_an_extension_turns_into_its_own_error_still_exits_130(tmp_path):
+    """Ctrl-C landing inside an extension's import comes back as that extension's error (numpy raises ImportError
+    from the KeyboardInterrupt, seen under load at 0.15 s): still an interrupt, one line and 130, not an internal
+    error. The command here interrupts itself the way numpy's import reports it."""
+    script = tmp_path / "interrupted.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "import videoxl.cli as cli\n"
+        "def importing(args):\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        signal.pause()\n"
+        "    except KeyboardInterrupt as e:\n"
+        "        raise ImportError('Importing the numpy C-extensions failed.') from e\n"
+        "original = cli._add_demo\n"
+        "def add_demo(sub):\n"
+        "    original(sub)\n"
+        "    sub.choices['demo'].set_defaults(run=importing)\n"
+        "cli._add_demo = add_demo\n"
+        "sys.exit(cli.main(['demo']))\n")
+    run = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 130, run.stderr
+    assert run.stderr.strip().splitlines() == ["videoxl: interrupted"]
+
+
 def test_the_answer_is_printed_before_the_picture_and_kept_if_it_fails(tiny_checkpoint, clip, tmp_path, monkeypatch,
                                                                       capsys):
     """A failure after the answer (here: the picture cannot be drawn) reports it and exits non-zero, with the

@@ -428,13 +428,23 @@ def _run(argv: list[str] | None) -> int:
         print(f"videoxl: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as e:  # an internal fault, not the user's input
+        if _interrupts:  # Ctrl-C inside an extension's import, which re-raised it as its own error (numpy: ImportError)
+            raise KeyboardInterrupt from e
         print(f"videoxl: internal error: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_INTERNAL
 
 
+_interrupts: list[int] = []  # SIGINTs received since main() began
+
+
+def _interrupt(signum, frame):
+    _interrupts.append(signum)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``videoxl`` command; returns the exit code. Ctrl-C at any moment ends it with one line and 130."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on Ctrl-C unwinds, so files are cleaned up
+    signal.signal(signal.SIGINT, _interrupt)  # from here on Ctrl-C unwinds, so files are cleaned up
     try:
         return _run(argv)
     except KeyboardInterrupt:

@@ -19,4 +19,4 @@ DECODE_CHUNK = 1  # decoding chunk, in groups
 FOLLOW = 0  # best decoding chunks that bring the chunk after them, within TOPK (README: relevance, "follow")
 CALIBRATE = True  # re-ranked chunks scored over the chat template's own attention to them (README: relevance)
 FOLLOW_TAIL = 0.25  # the best chunk brings the next when this share of its attention is on its last 1/16 (None: never)
-SPARSE_STAMPS = False  # sparse chunks keep their timestamp tokens in the answer's cache (README: relevance, stamps)
+SPARSE_STAMPS = False  # sparse chunks keep their timestamp tokens in decoding caches (README: relevance, stamps)
