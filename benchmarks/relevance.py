@@ -2,7 +2,8 @@
 
     python benchmarks/relevance.py [--lengths 2048,4096,8192] [--cases 30] [--tasks single,multikey,multivalue,neighbours]
                                    [--scorers bounds,exact,...] [--rows ROWS.jsonl] [--json PATH] [--markdown]
-                                   [--scorers-only] [--merge OTHER_ROWS.jsonl] [--quick] [--workers N --worker I]
+                                   [--scorers-only] [--merge OTHER_ROWS.jsonl] [--default-cases] [--quick]
+                                   [--workers N --worker I]
 
 Text stands in for video, on real SmolLM2-135M-Instruct weights. The haystack is natural English prose: the
 paragraphs of the Python language reference that ship with every Python (``pydoc_data.topics``), shuffled per case,
@@ -411,6 +412,8 @@ def main() -> None:
     parser.add_argument("--merge", type=Path, action="append", default=[],
                         help="a --scorers-only run's rows: their scorers join the --rows cases they match")
     parser.add_argument("--markdown", action="store_true", help="also print the summary as the README's table")
+    parser.add_argument("--default-cases", action="store_true",
+                        help="summarize only the cases the default scorer ran: every column on the same cases")
     parser.add_argument("--seed", type=int, default=0,
                         help="other haystacks at the same depths (held out from the published rows, seed 0); a rows "
                              "file holds one seed")
@@ -454,7 +457,7 @@ def main() -> None:
         print(f"{row['tokens']:>6} {task:<10} {i:>4}  {mark.get(row['acc_dense'], '~'):>5} "
               f"{mark.get(row['acc_chunked'], '~'):>7} | {marks}", flush=True)
     summary = summarize([r for r in rows if r["target"] in lengths and r["task"] in tasks
-                         and r["index"] % every[0] == every[1]])
+                         and r["index"] % every[0] == every[1] and ("bounds" in r or not args.default_cases)])
     print(f"\n{'tokens':>6} {'task':<10} {'scorer':<14} {'cases':>5} {'recall':>6} {'dense':>6} {'chunked':>7} "
           f"{'bilevel':>7} {'KV':>5} {'select s':>8} {'question s':>10} {'dense fallback %':>16}")
     for s in summary:

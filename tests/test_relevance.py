@@ -1,6 +1,7 @@
 """In-model relevance: retrieval heads, content tokens, confidence and the dense fallback."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -292,6 +293,17 @@ def test_benchmark_oracle_and_table(smollm2, tmp_path):
     table = markdown(summarize(merged(rows, [extra]))).splitlines()
     assert table[2] == ("| 2,052 | single | 2 | 50 | 0 | **50 / 50** | 100 / 100 (1 cases, dense 0) | - "
                         "| 100 / 0 (1 cases, dense 100) | - | 50 / 50 | 100 / 50 | - | 0.60 | 0.10 (0.50) |")
+    # --default-cases: the summary of the command keeps only the cases the default ran, so every column is on them
+    del rows[1]["bounds"]
+    path, summary = tmp_path / "rows.jsonl", tmp_path / "summary.json"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "relevance.py"
+    for flags, cases in (([], 2), (["--default-cases"], 1)):
+        run = subprocess.run([sys.executable, script, "--lengths", "2048", "--cases", "0", "--rows", path,
+                              "--json", summary, *flags], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        by = {s["scorer"]: s for s in json.loads(summary.read_text())}
+        assert by["oracle"]["cases"] == cases and by["bounds"]["cases"] == 1
 
 
 def test_benchmark_answers_fit_their_budget_and_score_as_ruler(smollm2):
