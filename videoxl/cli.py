@@ -32,7 +32,7 @@ from pathlib import Path  # noqa: E402
 
 from . import defaults  # noqa: E402
 from .errors import InputError, OptionError  # noqa: E402
-from .options import device_name, fraction, lengths, rate, share_or_off, unit, whole  # noqa: E402
+from .options import device_name, fraction, lengths, on_off, rate, share_or_off, unit, whole  # noqa: E402
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -106,11 +106,10 @@ def _add_ask(sub) -> None:
                           help="the best chunk brings the chunk after it, within --topk, when at least this share "
                                "of its attention falls on its last sixteenth "
                                f"(default {defaults.FOLLOW_TAIL}; off: never)")
-    decoding.add_argument("--calibrate", choices=["on", "off"], default="on" if defaults.CALIBRATE else "off",
+    decoding.add_argument("--calibrate", type=on_off, default=defaults.CALIBRATE,
                           help="score chunks by what the question adds over its chat template alone (default "
                                f"{'on' if defaults.CALIBRATE else 'off'}; needs retrieval heads)")
-    decoding.add_argument("--sparse-stamps", choices=["on", "off"],
-                          default="on" if defaults.SPARSE_STAMPS else "off",
+    decoding.add_argument("--sparse-stamps", type=on_off, default=defaults.SPARSE_STAMPS,
                           help="sparse chunks keep their timestamp tokens in the answer's cache (default "
                                f"{'on' if defaults.SPARSE_STAMPS else 'off'}: only dense chunks carry theirs)")
     decoding.add_argument("--min-confidence", type=unit,
@@ -196,7 +195,7 @@ def _ask(args) -> int:
         decode_config = DecodeConfig(topk=None if args.kv_budget else args.topk, kv_budget=args.kv_budget,
                                      chunk=args.decode_chunk, max_new_tokens=args.max_new_tokens,
                                      follow=args.follow, follow_tail=args.follow_tail,
-                                     calibrate=args.calibrate == "on", sparse_stamps=args.sparse_stamps == "on",
+                                     calibrate=args.calibrate, sparse_stamps=args.sparse_stamps,
                                      min_confidence=args.min_confidence)
     started = time.perf_counter()
     folder = checkpoint.resolve(args.model or default_model())
@@ -295,10 +294,10 @@ def _add_eval(sub) -> None:
                                                                     "shared among them (default 1)")
     n.add_argument("--follow-tail", type=share_or_off, default=defaults.FOLLOW_TAIL,
                    help=f"bi-level decoding's --follow-tail (default {defaults.FOLLOW_TAIL}), recorded in every row")
-    n.add_argument("--calibrate", choices=["on", "off"], default="on" if defaults.CALIBRATE else "off",
+    n.add_argument("--calibrate", type=on_off, default=defaults.CALIBRATE,
                    help="bi-level decoding's --calibrate (default "
                         f"{'on' if defaults.CALIBRATE else 'off'}), recorded in every row")
-    n.add_argument("--sparse-stamps", choices=["on", "off"], default="on" if defaults.SPARSE_STAMPS else "off",
+    n.add_argument("--sparse-stamps", type=on_off, default=defaults.SPARSE_STAMPS,
                    help="bi-level decoding's --sparse-stamps (default "
                         f"{'on' if defaults.SPARSE_STAMPS else 'off'}), recorded in every row")
     n.add_argument("--device", type=device_name)
@@ -330,8 +329,8 @@ def _eval_needle(args) -> int:
 
     # each row records its decoding; rows written before an option hold none: they were decoded without it
     # (follow_tail off, calibrate off) or, for sparse_stamps, with it (sparse chunks kept their timestamps)
-    decoding = {"follow_tail": (args.follow_tail, None), "calibrate": (args.calibrate == "on", False),
-                "sparse_stamps": (args.sparse_stamps == "on", True)}
+    decoding = {"follow_tail": (args.follow_tail, None), "calibrate": (args.calibrate, False),
+                "sparse_stamps": (args.sparse_stamps, True)}
     for name, (value, before) in decoding.items():
         other = sorted({spelled(r.get(name, before)) for r in kept if r.get(name, before) != value})
         if other:

@@ -91,6 +91,13 @@ def share_or_off(text: str) -> float | None:
     return value
 
 
+def on_off(text: str) -> bool:
+    """A switch: ``on`` (True) or ``off`` (False)."""
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"must be 'on' or 'off', got {text!r}")
+    return text == "on"
+
+
 def unit(text: str) -> float:
     """A number in [0, 1]."""
     value = _number(text)
