@@ -80,6 +80,7 @@ SCORERS = {
     "bounds": {"heads": "retrieval", "score_tokens": "all", "refine": 32, "calibrate": True, "follow_tail": 0.25,
                "sparse_stamps": False},
     "bounds-stamps": {"sparse_stamps": True},  # sparse chunks with their timestamps (the default before)
+    "bounds-nocal-nostamps": {"calibrate": False, "sparse_stamps": False},  # the default without calibration
     "bounds-nocal": {"calibrate": False, "sparse_stamps": True},  # and without calibration (the default before it)
     # the ablations below are of the default before calibration, as their rows were measured
     "bounds-notail": {"follow_tail": None, "calibrate": False, "sparse_stamps": True},  # the top-k by relevance alone

@@ -38,13 +38,19 @@ GROUP = "<group>"  # one 4-frame group's visual tokens, in a prompt written out 
 _KILL_ONCE = "VIDEOXL_EVAL_KILL_ONCE"  # test hook: a worker that finds this file removes it and dies
 
 
+REMAINDER = "drop"  # the published harness's load_video drops the frames past the last multiple of 4
+
+
 def sampling(task: Task, video: str, max_frames: int):
-    """The published sampling plan of a video (probe only, no decoding): VideoInfo and SampledFrames."""
+    """The published sampling plan of a video (probe only, no decoding): VideoInfo and SampledFrames. As the
+    published ``load_video`` (the same in its pure, w_chunk and w_chunk_bilevel harnesses): steps counted at the
+    container's average frame rate, and the frames past the last multiple of 4 dropped."""
     from ..video import plan_frames, probe
 
     s = task.settings
     info = probe(video)
-    return info, plan_frames(info.frame_times, fps=s.fps, max_fps=s.max_fps, max_frames=max_frames)
+    return info, plan_frames(info.frame_times, fps=s.fps, max_fps=s.max_fps, max_frames=max_frames,
+                             native_fps=info.native_fps, remainder=REMAINDER)
 
 
 def plan_of(task: Task, sample: Sample, run: Run, groups: int) -> Plan:
@@ -53,6 +59,20 @@ def plan_of(task: Task, sample: Sample, run: Run, groups: int) -> Plan:
     s = task.settings
     return run.plan(sample.selection_key, groups, s.chunked, s.bilevel, default_topk=defaults.TOPK,
                     default_chunk=s.bilevel[0], category=task.selection_category(sample.categories))
+
+
+def decode_config(task: Task, run: Run, plan: Plan):
+    """The DecodeConfig of a sample: the plan's selection, the task's answer length, greedy, no stop string (the
+    published stop: ``<|im_end|>``, which ends the chat template's turns and is the tokenizer's EOS, or the
+    limit). A run with a selection file decodes as the published bi-level code does, whatever the package's
+    defaults: sparse chunks keep their timestamp tokens (``w_chunk_bilevel/.../llava_qwen.py`` keeps every
+    non-visual token of the video span verbatim)."""
+    from ..engine.decode import DecodeConfig
+
+    decode = {k: v for k, v in plan.decode.items() if v is not None}
+    if run.selection is not None:
+        decode["sparse_stamps"] = True
+    return DecodeConfig(**decode, max_new_tokens=task.settings.max_new_tokens, stop=STOP)
 
 
 class Evaluator:
@@ -78,8 +98,8 @@ class Evaluator:
             return {**base, "skipped": f"failed: {type(e).__name__}: {e}"}
 
     def _row(self, sample: Sample, base: dict) -> dict:
-        from ..engine.decode import DecodeConfig
         from ..engine.prefill import PrefillConfig
+        from ..pipeline import ingest
 
         started = time.perf_counter()
         if self._probed is None or self._probed[0] != sample.video:
@@ -93,14 +113,13 @@ class Evaluator:
             s = self.task.settings
             config = PrefillConfig(**plan.prefill)
             if texts is None:
-                session = self.model.ingest(info, max_frames=self.max_frames, fps=s.fps, max_fps=s.max_fps,
-                                            prefill_config=config)
+                session = ingest(self.model, info, max_frames=self.max_frames, fps=s.fps, max_fps=s.max_fps,
+                                 prefill_config=config, remainder=REMAINDER)
             else:
                 session = ingest_with_text(self.model, info, texts, s, self.max_frames, config)
             self._cached = (key, session)
         session = self._cached[1]
-        decode = {k: v for k, v in plan.decode.items() if v is not None}
-        config = DecodeConfig(**decode, max_new_tokens=self.task.settings.max_new_tokens, stop=STOP)
+        config = decode_config(self.task, self.run, plan)
         answer = session.ask(question, config, chunk_scores=plan.chunk_scores, max_question_tokens=QUESTION_TOKENS)
         pred = answer.text.strip()
         row = {**base, "video": Path(sample.video).name, "gold": sample.gold, "categories": sample.categories,
@@ -124,10 +143,10 @@ def ingest_with_text(model: VideoXL2, info: VideoInfo, texts: list[str], setting
 
     from ..engine.layout import Group
     from ..engine.prefill import prefill
-    from ..pipeline import Session
+    from ..pipeline import Session, encode_video
 
-    visual, group_times, stats = model.encode_video(info, max_frames=max_frames, fps=settings.fps,
-                                                    max_fps=settings.max_fps)  # (G, T, hidden)
+    visual, group_times, stats = encode_video(model, info, max_frames=max_frames, fps=settings.fps,
+                                              max_fps=settings.max_fps, remainder=REMAINDER)  # (G, T, hidden)
     assert len(texts) == len(group_times), (len(texts), len(group_times))
 
     def stamp(text: str, t: float) -> torch.Tensor:
@@ -383,6 +402,8 @@ def prompt_record(task: Task, sample: Sample, run: Run, max_frames: int | None =
                           "group_times": frames.group_times}
     record["decoding"] = {"run": run.label, **plan.to_json(), "max_new_tokens": s.max_new_tokens,
                           "greedy": True, "stop": list(STOP)}
+    if run.selection is not None:
+        record["decoding"]["sparse_stamps"] = True  # as decode_config: the published bi-level caches
     return record
 
 
