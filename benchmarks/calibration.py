@@ -1,7 +1,8 @@
 """Template calibration on the passkey benchmark: bi-level decoding with and without ``calibrate``, same cases.
 
-    python benchmarks/calibration.py [--lengths 2048,4096,8192] [--cases 20] [--dense] [--rows ROWS.jsonl]
-                                     [--json PATH] [--relevance ROWS.jsonl ...] [--needle NAME=SUMMARY.json ...]
+    python benchmarks/calibration.py [--lengths 2048,4096,8192,16384] [--cases 20] [--every M] [--dense]
+                                     [--rows ROWS.jsonl] [--json PATH] [--relevance ROWS.jsonl ...]
+                                     [--needle NAME=SUMMARY.json ...]
 
 The cases are ``benchmarks/engine.py``'s (SmolLM2-135M-Instruct, filler text in groups of 144 tokens after
 ``Time {t}s:`` stamps, one group hiding a pass key, the question ending with the answer prefix "The pass key is"),
@@ -133,6 +134,8 @@ def main() -> None:
     parser.add_argument("--relevance", type=Path, action="append", default=[],
                         help="relevance.py rows files to fold in (their cases merged by length, task and index)")
     parser.add_argument("--needle", action="append", default=[], help="NAME=PATH of a `videoxl eval needle --json`")
+    parser.add_argument("--every", type=int, default=1,
+                        help="run only the cases whose index is a multiple of this (the same cases, a subset)")
     parser.add_argument("--summarize-only", action="store_true", help="run no case: summarize --rows")
     args = parser.parse_args()
 
@@ -143,7 +146,7 @@ def main() -> None:
         for tokens in (int(x) for x in args.lengths.split(",")):
             cases = args.cases or COMMITTED_CASES.get(tokens, 20)
             for i in range(cases):
-                if (tokens, i) in done:
+                if (tokens, i) in done or i % args.every:
                     continue
                 row = run_case(model, tokenizer, tokens, i, cases, args.dense)
                 rows.append(row)
