@@ -20,12 +20,12 @@ written as sentences of the same register as the text around them:
 
 For every case the same haystack is answered by dense decoding (transformers, one forward, SDPA), by decoding over
 the chunked pre-fill with every chunk dense, and by bi-level decoding (decoding chunks of one group, first and last
-dense, ``--topk`` more chosen by each relevance variant) for each variant side by side (``SCORERS``): the default
+dense, ``--topk`` more chosen by each relevance variant) for each variant side by side (``SCORERS``): ``bounds``
 (Quest-style bounds over the model's retrieval heads, the best 32 re-ranked by their exact attention mass divided by
 the chat template's own mass over them, ``calibrate``; the best chunk brings the one after it, within the same
 top-k, when a quarter of its attention falls on its last sixteenth, four times a uniform share:
 ``follow_tail=0.25``; sparse chunks decoded without their timestamp tokens, ``sparse_stamps=False``), the same
-with the sparse chunks' timestamps (``bounds-stamps``, the default before), without calibration too
+without calibration (``bounds-nocal-nostamps``, the default: docs/calibration.md), with the sparse chunks' timestamps (``bounds-stamps``, the default before), without calibration too
 (``bounds-nocal``, the default before that), and ablations of that uncalibrated default, as their rows were measured
 (with the sparse chunks' timestamps): without the tail (``bounds-notail``), with the best chunk
 always bringing the next (``bounds-follow``, ``follow=1``), over the question's content tokens only
@@ -74,13 +74,14 @@ TASKS = ("single", "multikey", "multivalue", "neighbours")
 # relevance variants side by side: DecodeConfig options (the default first); "exact" and "oracle" are the references
 # below
 SCORERS = {
-    # the default: the re-ranked chunks' mass calibrated by the chat template's; the best chunk brings the one after
+    # the default before calibration was turned off (docs/calibration.md; "bounds-nocal-nostamps" is the default
+    # now): the re-ranked chunks' mass calibrated by the chat template's; the best chunk brings the one after
     # it (within topk) when a quarter of its attention is on its last sixteenth; sparse chunks are decoded without
     # their timestamp tokens
     "bounds": {"heads": "retrieval", "score_tokens": "all", "refine": 32, "calibrate": True, "follow_tail": 0.25,
                "sparse_stamps": False},
     "bounds-stamps": {"sparse_stamps": True},  # sparse chunks with their timestamps (the default before)
-    "bounds-nocal-nostamps": {"calibrate": False, "sparse_stamps": False},  # the default without calibration
+    "bounds-nocal-nostamps": {"calibrate": False, "sparse_stamps": False},  # the default: "bounds" uncalibrated
     "bounds-nocal": {"calibrate": False, "sparse_stamps": True},  # and without calibration (the default before it)
     # the ablations below are of the default before calibration, as their rows were measured
     "bounds-notail": {"follow_tail": None, "calibrate": False, "sparse_stamps": True},  # the top-k by relevance alone

@@ -108,9 +108,9 @@ def test_eval_needle_resumes_merges_and_runs_workers(tiny_checkpoint, tmp_path, 
     assert first.returncode == 0, first.stderr
     before = [json.loads(line) for line in rows.read_text().splitlines()]
     assert [(r["frames"], r["index"], r["follow_tail"], r["calibrate"], r["sparse_stamps"]) for r in before] == \
-        [(32, 0, 0.25, True, False), (32, 1, 0.25, True, False)]
+        [(32, 0, 0.25, False, False), (32, 1, 0.25, False, False)]
     for flag, value, message in [("--follow-tail", "off", "--follow-tail 0.25, not off"),
-                                 ("--calibrate", "off", "--calibrate on, not off"),
+                                 ("--calibrate", "on", "--calibrate off, not on"),
                                  ("--sparse-stamps", "on", "--sparse-stamps off, not on")]:
         mixed = videoxl(*common, "--lengths", "32", flag, value)
         assert mixed.returncode == 2 and message in mixed.stderr  # one decoding per rows file

@@ -45,7 +45,7 @@ mass is not, and reading the dense keys of a fixed number of chunks costs the sa
 prose haystacks at 8k tokens the needle's group of ``multikey`` was outside the best 16 bounds in both cases and
 inside the best 32.
 
-**Calibrated by the chat template** (``DecodeConfig.calibrate``, on by default; decode.py): some chunks draw any
+**Calibrated by the chat template** (``DecodeConfig.calibrate``, off by default; decode.py): some chunks draw any
 question's attention (prose about values and numbers, groups near an instruction to memorize them), and with
 several needles that look alike they outrank all but the first needle. The re-ranked chunks' mass is therefore
 divided by the mass the question's chat template alone (its non-content tokens: ``<|im_end|>``, the ``assistant``
@@ -53,7 +53,10 @@ header) puts on the same chunks, and renormalized: ``p(chunk | question) / p(chu
 mutual information of chunk and question, as contextual calibration does for few-shot labels (Zhao et al.,
 "Calibrate Before Use", 2021). Dividing bounds instead fails (a box's bound is no probability): only the exact
 masses of the short list are calibrated. The template's queries are computed once per video, and read the
-short list's keys in the same pass as the question's.
+short list's keys in the same pass as the question's. It is off by default because the template's attention is
+not question-free when the text before the video says what to look for ("There is a pass key hidden in the
+following text"): the template alone then puts 55-82% of its mass on the needle, as much as the question does, the
+ratio is flat, and the needle's chunk is not reloaded (``benchmarks/calibration.py``; docs/calibration.md).
 
 :func:`confidence` says how much the chosen chunks stand out; decoding falls back to dense when it is low
 (``DecodeConfig.min_confidence``), and says so. Its scale depends on how peaked the scoring heads are and on
