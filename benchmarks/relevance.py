@@ -25,8 +25,8 @@ dense, ``--topk`` more chosen by each relevance variant) for each variant side b
 the chat template's own mass over them, ``calibrate``; the best chunk brings the one after it, within the same
 top-k, when a quarter of its attention falls on its last sixteenth, four times a uniform share:
 ``follow_tail=0.25``; sparse chunks decoded without their timestamp tokens, ``sparse_stamps=False``), the same
-without calibration (``bounds-nocal-nostamps``, the default: docs/calibration.md), with the sparse chunks' timestamps (``bounds-stamps``, the default before), without calibration too
-(``bounds-nocal``, the default before that), and ablations of that uncalibrated default, as their rows were measured
+without calibration (``bounds-nocal-nostamps``, the default: docs/calibration.md), with the sparse chunks'
+timestamps (``bounds-stamps``), without calibration too (``bounds-nocal``), and ablations of that uncalibrated default, as their rows were measured
 (with the sparse chunks' timestamps): without the tail (``bounds-notail``), with the best chunk
 always bringing the next (``bounds-follow``, ``follow=1``), over the question's content tokens only
 (``bounds-content``), and with content tokens too: without the re-ranking (``bounds-norefine``), over every head

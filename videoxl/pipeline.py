@@ -101,7 +101,8 @@ def ingest_tokens(model: VideoXL2, visual: torch.Tensor, group_times: Sequence[f
 def encode_video(model: VideoXL2, video: str | os.PathLike | Sequence, *, max_frames: int = defaults.MAX_FRAMES,
                  fps: float = defaults.FPS, max_fps: float | None = defaults.MAX_FPS,
                  frame_times: Sequence[float] | None = None,
-                 batch_groups: int = 16, remainder: str = "pad") -> tuple[torch.Tensor, list[float | None], IngestStats]:
+                 batch_groups: int = 16,
+                 remainder: str = "pad") -> tuple[torch.Tensor, list[float | None], IngestStats]:
     """All visual tokens of a video at once: (G, tokens_per_group, hidden), group timestamps, timings."""
     frames, group_times, n_frames = _frame_source(video, max_frames, fps, max_fps, frame_times, remainder)
     stats = IngestStats(frames=n_frames, groups=len(group_times))

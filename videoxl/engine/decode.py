@@ -42,8 +42,8 @@ class DecodeConfig:
     none was found; "all") and the question's ``score_tokens`` ("content": without the chat template; needs the
     tokenizer); with "bounds", the ``refine`` best chunks are re-ranked by the exact position-free attention mass
     of those heads over their visual keys (0: not; a fixed number of chunks, so its cost does not grow with the
-    video; with ``heads="retrieval"`` only when the model has retrieval heads). With ``calibrate`` (off by default: docs/calibration.md),
-    that mass is divided by the chat template's own over the same chunks (the question's tokens left out: what the
+    video; with ``heads="retrieval"`` only when the model has retrieval heads). With ``calibrate`` (off by default,
+    docs/calibration.md), that mass is divided by the chat template's own over the same chunks (the question's tokens left out: what the
     question adds over any question, the pointwise mutual information of chunk and question; Zhao et al.,
     "Calibrate Before Use", 2021, arXiv 2102.09690); needs the tokenizer and token ids. With ``follow``, each of the
     ``follow`` best chunks brings the chunk after it, within ``topk`` (select.choose_dense); with ``follow_tail``,
