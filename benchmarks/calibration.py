@@ -1,4 +1,4 @@
-"""Template calibration on the passkey benchmark: bi-level decoding with and without ``calibrate``, same cases.
+"""Template calibration on the passkey benchmark: bi-level decoding with and without the template prior, same cases.
 
     python benchmarks/calibration.py [--lengths 2048,4096,8192,16384] [--cases 20] [--every M] [--dense]
                                      [--rows ROWS.jsonl] [--json PATH] [--relevance ROWS.jsonl ...]
@@ -8,7 +8,7 @@ The cases are ``benchmarks/engine.py``'s (SmolLM2-135M-Instruct, filler text in 
 ``Time {t}s:`` stamps, one group hiding a pass key, the question ending with the answer prefix "The pass key is"),
 with its bi-level settings (decoding chunks of one group, first and last dense, 3 more by relevance). Each case is
 pre-filled once (chunked, as engine.py) and answered by bi-level decoding with the default decoding except
-``calibrate``, on and off, side by side; ``--dense`` also answers it by transformers' dense one-shot pre-fill and
+the template prior (``Ablation.template_prior``, the calibration), on and off, side by side; ``--dense`` also answers it by transformers' dense one-shot pre-fill and
 greedy decoding (the reference; engine.py's dense worker). For each variant: pass-key accuracy, whether the
 needle's group was reloaded dense, and the needle's rank in the relevance.
 
@@ -31,11 +31,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import engine  # noqa: E402
-from videoxl.engine.decode import DecodeConfig, Decoder  # noqa: E402
+from videoxl.engine.decode import Decoder, configure  # noqa: E402
+from videoxl.engine.heads import retrieval_heads  # noqa: E402
 from videoxl.engine.prefill import prefill  # noqa: E402
 from videoxl.llm import load_smollm2  # noqa: E402
 
-VARIANTS = {"calibrated": {"calibrate": True}, "uncalibrated": {"calibrate": False}}
+VARIANTS = {"calibrated": {"template_prior": True}, "uncalibrated": {"template_prior": False}}
 COMMITTED_CASES = {2048: 20, 4096: 20, 8192: 20, 16384: 6}  # benchmarks/results/engine.json
 # relevance.py columns: the default, the default without calibration, and the dense reference
 RELEVANCE_COLUMNS = {"bounds": "calibrated", "bounds-nocal-nostamps": "uncalibrated"}
@@ -61,9 +62,9 @@ def run_case(model, tokenizer, tokens: int, index: int, cases: int, dense: bool)
         del cache
     video = prefill(model, torch.tensor(case["prefix"]), engine.to_groups(case), engine.PREFILL,
                     expected_tokens=ids.numel())
-    decoder = Decoder(model, video, tokenizer)
+    decoder = Decoder(model, video, tokenizer, heads=lambda: retrieval_heads(model, tokenizer).heads)
     for name, options in VARIANTS.items():
-        answer = decoder.answer(question, DecodeConfig(**options, **engine.BILEVEL))
+        answer = decoder.answer(question, **configure(**options, **engine.BILEVEL))
         scored = [c for c, r in enumerate(answer.relevance) if r is not None]
         order = sorted(scored, key=lambda c: -answer.relevance[c])
         g = case["needle_group"]

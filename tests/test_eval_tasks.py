@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from videoxl.pipeline import ingest
 from videoxl import DEFAULT_MODEL
 from videoxl.eval import benchmarks
 from videoxl.eval.commands import format_table, main
@@ -392,13 +393,14 @@ def test_eval_stops_only_at_the_published_stop(clips):
     """No stop string ("\\n\\n", lmms-eval's default ``until``, is removed by the published harness): an answer ends
     at <|im_end|> (the tokenizer's EOS), EOS or the token limit."""
     from videoxl.engine.decode import _TextStream
-    from videoxl.eval.benchmarks import decode_config, load_model
+    from videoxl.eval.benchmarks import decode_options, load_model
+    from videoxl.pipeline import ingest
 
     task = TASKS["mlvu"]
-    config = decode_config(task, Run("dense"), Run("dense").plan(None, 4, (4, 3), (4, 3)))
-    assert config.stop == () and config.max_new_tokens == task.settings.max_new_tokens
+    selection, config = decode_options(task, Run("dense"), Run("dense").plan(None, 4, (4, 3), (4, 3)))
+    assert config.stop == () and config.max_new_tokens == task.settings.max_new_tokens and selection.dense
     model = load_model(str(DEFAULT_MODEL), "cpu")
-    session = model.ingest(str(clips[0] / "a.mp4"))
+    session = ingest(model, str(clips[0] / "a.mp4"))
     assert model.tokenizer.convert_tokens_to_ids("<|im_end|>") in session.decoder.eos
     ids = model.tokenizer("A\n\nB", add_special_tokens=False)["input_ids"]
     stream = _TextStream(model.tokenizer, config.stop, None)
@@ -571,7 +573,7 @@ def test_a_single_image_is_time_zero(tmp_path):
 
     Image.new("RGB", (64, 64), "red").save(tmp_path / "red.png")
     model = VideoXL2.from_pretrained(DEFAULT_MODEL, device="cpu")
-    session = model.ingest(str(tmp_path / "red.png"))
+    session = ingest(model, str(tmp_path / "red.png"))
     assert session.group_times == [0.0]
     assert model.tokenizer.decode(model.timestamp_ids(session.group_times[0])) == "Time 0.0s:"
 

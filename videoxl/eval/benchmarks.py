@@ -61,18 +61,20 @@ def plan_of(task: Task, sample: Sample, run: Run, groups: int) -> Plan:
                     default_chunk=s.bilevel[0], category=task.selection_category(sample.categories))
 
 
-def decode_config(task: Task, run: Run, plan: Plan):
-    """The DecodeConfig of a sample: the plan's selection, the task's answer length, greedy, no stop string (the
-    published stop: ``<|im_end|>``, which ends the chat template's turns and is the tokenizer's EOS, or the
-    limit). A run with a selection file decodes as the published bi-level code does, whatever the package's
-    defaults: sparse chunks keep their timestamp tokens (``w_chunk_bilevel/.../llava_qwen.py`` keeps every
-    non-visual token of the video span verbatim)."""
-    from ..engine.decode import DecodeConfig
+def decode_options(task: Task, run: Run, plan: Plan):
+    """(Selection, Generation) of a sample: the plan's selection (every chunk dense when it chooses none), the
+    task's answer length, greedy, no stop string (the published stop: ``<|im_end|>``, which ends the chat
+    template's turns and is the tokenizer's EOS, or the limit). A run with a selection file decodes as the
+    published bi-level code does, whatever the model's profile: sparse chunks keep their timestamp tokens
+    (``w_chunk_bilevel/.../llava_qwen.py`` keeps every non-visual token of the video span verbatim)."""
+    from ..decoding import Generation, Selection
 
     decode = {k: v for k, v in plan.decode.items() if v is not None}
     if run.selection is not None:
         decode["sparse_stamps"] = True
-    return DecodeConfig(**decode, max_new_tokens=task.settings.max_new_tokens, stop=STOP)
+    selects = "topk" in decode or "kv_budget" in decode
+    selection = Selection(**decode) if selects else Selection(dense=True)
+    return selection, Generation(max_new_tokens=task.settings.max_new_tokens, stop=STOP)
 
 
 class Evaluator:
@@ -119,8 +121,9 @@ class Evaluator:
                 session = ingest_with_text(self.model, info, texts, s, self.max_frames, config)
             self._cached = (key, session)
         session = self._cached[1]
-        config = decode_config(self.task, self.run, plan)
-        answer = session.ask(question, config, chunk_scores=plan.chunk_scores, max_question_tokens=QUESTION_TOKENS)
+        selection, generation = decode_options(self.task, self.run, plan)
+        answer = session.ask(question, selection, generation, chunk_scores=plan.chunk_scores,
+                             max_question_tokens=QUESTION_TOKENS)
         pred = answer.text.strip()
         row = {**base, "video": Path(sample.video).name, "gold": sample.gold, "categories": sample.categories,
                "doc": sample.doc, "pred": pred}
@@ -219,6 +222,7 @@ def _worker(wid: int, model: str, task_name: str, run_: Run, device, dtype, max_
         outbox.put((wid, index, evaluator.row(sample)))
 
 
+# long: one supervision loop: hand out samples, collect rows, restart dead workers, shut down
 def _run_workers(model, task, samples, run_, n, on_row, device, dtype, max_frames) -> list[dict]:
     import multiprocessing
 
@@ -403,7 +407,7 @@ def prompt_record(task: Task, sample: Sample, run: Run, max_frames: int | None =
     record["decoding"] = {"run": run.label, **plan.to_json(), "max_new_tokens": s.max_new_tokens,
                           "greedy": True, "stop": list(STOP)}
     if run.selection is not None:
-        record["decoding"]["sparse_stamps"] = True  # as decode_config: the published bi-level caches
+        record["decoding"]["sparse_stamps"] = True  # as decode_options: the published bi-level caches
     return record
 
 
