@@ -99,7 +99,8 @@ def relevance_summary(paths: list[Path]) -> list[dict]:
             row = json.loads(line)
             key = (row["target"], row["task"], row["index"])
             merged = cases.setdefault(key, {})
-            merged.update({k: v for k, v in row.items() if k not in merged or k in RELEVANCE_COLUMNS})
+            merged.update({k: v for k, v in row.items()
+                           if v is not None and (merged.get(k) is None or k in RELEVANCE_COLUMNS)})
     out = []
     for target, task in sorted({k[:2] for k in cases}):
         mine = [r for k, r in cases.items() if k[:2] == (target, task) and all(c in r for c in RELEVANCE_COLUMNS)]
