@@ -54,10 +54,10 @@ def sampling(task: Task, video: str, max_frames: int):
 
 
 def plan_of(task: Task, sample: Sample, run: Run, groups: int) -> Plan:
-    from .. import defaults
+    from ..decoding import Selection
 
     s = task.settings
-    return run.plan(sample.selection_key, groups, s.chunked, s.bilevel, default_topk=defaults.TOPK,
+    return run.plan(sample.selection_key, groups, s.chunked, s.bilevel, default_topk=Selection().topk,
                     default_chunk=s.bilevel[0], category=task.selection_category(sample.categories))
 
 
