@@ -73,7 +73,7 @@ def decode_options(task: Task, run: Run, plan: Plan):
     if run.selection is not None:
         decode["sparse_stamps"] = True
     selects = "topk" in decode or "kv_budget" in decode
-    selection = Selection(**decode) if selects else Selection(dense=True)
+    selection = Selection(**decode) if selects else Selection(dense=True, chunk=None)  # rows name pre-fill chunks
     return selection, Generation(max_new_tokens=task.settings.max_new_tokens, stop=STOP)
 
 
