@@ -138,6 +138,9 @@ def main() -> None:
     parser.add_argument("--needle", action="append", default=[], help="NAME=PATH of a `videoxl eval needle --json`")
     parser.add_argument("--every", type=int, default=1,
                         help="run only the cases whose index is a multiple of this (the same cases, a subset)")
+    parser.add_argument("--engine-dense", type=Path,
+                        help="an engine.py --json: its dense accuracy per length fills the engine rows run without "
+                             "--dense (dense decoding does not depend on the template prior)")
     parser.add_argument("--summarize-only", action="store_true", help="run no case: summarize --rows")
     args = parser.parse_args()
 
@@ -160,6 +163,13 @@ def main() -> None:
                                                                        if name != "dense" else "")
                     for name in ("dense", *VARIANTS) if name in row), flush=True)
     summary = summarize(rows) + relevance_summary(args.relevance) + needle_summary(args.needle)
+    if args.engine_dense:
+        dense = {round(r["tokens"] / 1024): r for r in json.loads(args.engine_dense.read_text())}
+        for s in summary:
+            committed = dense.get(round(s.get("target_tokens", 0) / 1024))
+            if s["benchmark"] == "engine" and "acc_dense" not in s and committed:
+                s.update(acc_dense=committed["needle_acc_dense"], dense_cases=committed["cases"],
+                         dense_from=str(args.engine_dense))
     print(f"{'benchmark':<10} {'cell':<22} {'cases':>5} {'dense':>6} {'calibrated':>10} {'uncalibrated':>12}")
     for s in summary:
         cell = (f"{s['target_tokens']} tokens" + (f" {s['task']}" if "task" in s else "")) if "target_tokens" in s \
