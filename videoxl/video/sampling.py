@@ -73,7 +73,7 @@ def plan_frames(frame_times: list[float], fps: float = defaults.FPS,
     ``native_fps`` is the video's frame rate (:attr:`VideoInfo.native_fps`); None estimates it from the frame
     times. ``remainder`` completes the last group: "pad" repeats the last frame (the model's rule), "drop" leaves
     out the frames past the last multiple of 4 (the published evaluation harness's ``load_video``; a video with
-    fewer than 4 sampled frames is still padded to one group, where the published code would fail)."""
+    fewer than 4 sampled frames is still padded to one group, where the published code would keep none)."""
     if remainder not in ("pad", "drop"):
         raise ValueError(f"remainder is 'pad' or 'drop', got {remainder!r}")
     n = len(frame_times)
