@@ -14,6 +14,7 @@ import os
 import queue
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from .engine.prefill import PrefillConfig, PrefilledVideo, prefill
 from .errors import OptionError, VideoError
 from .model.videoxl2 import QUESTION_TOKENS, VideoXL2
 from .video import VideoInfo, check_file, check_sampling, decode_frames, plan_frames, probe
+from .video.reader import check_pixels
 from .video.preprocess import preprocess
 from .video.sampling import FRAMES_PER_GROUP
 
@@ -223,8 +225,14 @@ def _frame_source(video, max_frames, fps, max_fps, frame_times):
         path = Path(check_file(video))
         if path.suffix.lower() in IMAGE_SUFFIXES:
             try:
-                with Image.open(path) as opened:
+                with warnings.catch_warnings():  # the size is checked here, against videoxl's own limit
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    opened = Image.open(path)
+                with opened:
+                    check_pixels(str(path), *opened.size)  # from the header, before any pixel is decoded
                     image = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
+            except VideoError:
+                raise
             except (OSError, ValueError, Image.DecompressionBombError) as e:
                 raise VideoError(f"{path}: not a readable image ({e})") from None
             return iter([image] * FRAMES_PER_GROUP), [0.0], 1  # "Time 0.0s:", as the published eval

@@ -55,6 +55,18 @@ URL_SCHEMES = ("http://", "https://", "ftp://", "rtsp://", "rtmp://", "s3://", "
 
 NOT_VIDEO_FORMATS = {"tty"}
 
+# The largest frame accepted, in pixels (4096 x 4096; 4K UHD is 3840 x 2160). Frames are shrunk to 384 x 384
+# for the vision tower anyway, and one RGB frame of 16000 x 16000 alone takes 768 MB: a few hundred kilobytes of
+# video or PNG could otherwise take gigabytes of memory.
+MAX_PIXELS = 4096 * 4096
+
+
+def check_pixels(name: str, width: int, height: int) -> None:
+    """VideoError if a ``width`` x ``height`` frame exceeds :data:`MAX_PIXELS`."""
+    if width * height > MAX_PIXELS:
+        raise VideoError(f"{name}: frames of {width} x {height} pixels are larger than the limit of "
+                         f"{MAX_PIXELS:,} pixels per frame (4096 x 4096); scale the video down first")
+
 
 def check_file(path: str | os.PathLike) -> str:
     """Return ``path`` as a string if it names a readable, non-empty regular file; VideoError naming it if not.
@@ -113,6 +125,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     container = _open(path)
     try:
         stream = container.streams.video[0]
+        check_pixels(path, stream.codec_context.width, stream.codec_context.height)  # from the header, at once
         entries = []
         for packet in container.demux(stream):
             if packet.pts is None or packet.size == 0:
@@ -192,6 +205,7 @@ def decode_frames(info: VideoInfo, indices: list[int], *, skip_unused: bool = Tr
             if frames is None or key > position + 1 or target <= position:
                 frames, position = decoded_from(key), -1
             frame, index = first_from(frames, target)
+            check_pixels(info.path, frame.width, frame.height)  # a stream whose header understated its size
             if skip and (index != target or frame.pts is None):
                 # the wanted frame did not come out as itself while skipping (a stream that breaks its own
                 # reference marks, or frames without timestamps): from here on decode everything, as without skipping
