@@ -26,7 +26,7 @@ class ServeError(Exception):
     """An error answered with an OpenAI error object and an HTTP status (4xx: the client's fault)."""
 
     TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-             404: "not_found_error", 409: "conflict_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
+             404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
              504: "timeout_error"}
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
