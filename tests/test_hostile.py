@@ -74,6 +74,9 @@ def files(tmp_path_factory) -> Path:
     for i, obj in enumerate(("heart", "arrow", "ring")):
         _clip(root / f"clip{i}.mp4", i, obj)
     _bomb(root / "bomb.mp4", 6144, 4096)  # 25 million pixels a frame, 3 KB
+    from PIL import Image
+
+    Image.new("1", (12000, 12000)).save(root / "big.png")  # 144 million pixels, 17 KB
     return root
 
 
@@ -94,7 +97,7 @@ def test_a_forged_metrics_label_writes_nothing(server):
 
     forged = "/v1/x%22%7D%201e9%0Avideoxl_queue_depth%2099999%0A%23"
     assert httpx.get(server.url + forged).status_code == 401
-    for i in range(50):  # junk paths, with and without the key
+    for i in range(20):  # junk paths, with and without the key
         httpx.get(f"{server.url}/v1/junk{i}")
         httpx.get(f"{server.url}/junk{i}", headers={"Authorization": f"Bearer {KEY}"})
     families = {f.name: f for f in text_string_to_metric_families(httpx.get(server.url + "/metrics").text)}
@@ -105,6 +108,7 @@ def test_a_forged_metrics_label_writes_nothing(server):
 
 
 def test_a_pixel_bomb_as_data_url_is_refused_from_its_header(server, files):
+    _post(server, json.dumps(_body("clip0.mp4")))  # warm: the first request's own allocations
     before = _reset_peak(server.proc.pid)
     data = "data:video/mp4;base64," + base64.b64encode((files / "bomb.mp4").read_bytes()).decode()
     started = time.perf_counter()
@@ -117,15 +121,11 @@ def test_a_pixel_bomb_as_data_url_is_refused_from_its_header(server, files):
     assert _memory(server.proc.pid, "VmHWM") - before < 60 * MB  # one decoded frame alone would take 75 MB RGB
 
 
-def test_a_pixel_bomb_file_and_image_exit_2(files, tmp_path, tiny_checkpoint):
-    from PIL import Image
-
+def test_a_pixel_bomb_file_and_image_exit_2(files):
     run = subprocess.run([sys.executable, "-m", "videoxl.cli", "ask", files / "bomb.mp4", QUESTION],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "larger than the limit" in run.stderr, run.stderr
-    png = tmp_path / "big.png"
-    Image.new("1", (12000, 12000)).save(png)
-    run = subprocess.run([sys.executable, "-m", "videoxl.cli", "ask", png, QUESTION, "--model", tiny_checkpoint],
+    run = subprocess.run([sys.executable, "-m", "videoxl.cli", "ask", files / "big.png", QUESTION],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stderr
     assert "12000 x 12000" in run.stderr and "Warning" not in run.stderr and "site-packages" not in run.stderr
@@ -188,20 +188,28 @@ def test_a_reused_uuid_with_other_media_answers_about_the_new_media(server):
 
 @pytest.fixture(scope="module")
 def tier(files, tmp_path_factory):
-    """A disk tier pointed at a copy of a model folder: its files must survive untouched."""
-    folder = tmp_path_factory.mktemp("tier")
+    """A disk tier pointed at a copy of a model folder (its files must survive untouched), with its own temporary
+    folder holding the scratch folder of a server that was killed (pid 999999999: none)."""
+    folder, scratch = tmp_path_factory.mktemp("tier"), tmp_path_factory.mktemp("tmp")
     user = {"config.json": b'{"model_type": "llama"}', "model.safetensors": b"weights",
             "tokenizer.json": b"{}", "tokenizer_config.json": b"{}", ".tmp-notes": b"mine"}
     for name, data in user.items():
         (folder / name).write_bytes(data)
-    s = Server(folder / "server.log", "--allowed-local-media-path", str(files), "--cpu-kv-gb", "0",
-               "--disk-kv-dir", str(folder))
-    yield s, folder, user
+    (scratch / "videoxl-media-999999999-abc").mkdir()
+    (scratch / "videoxl-media-999999999-abc" / "media-x.mp4").write_bytes(b"x")
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(scratch)
+    try:
+        s = Server(folder / "server.log", "--allowed-local-media-path", str(files), "--cpu-kv-gb", "0",
+                   "--disk-kv-dir", str(folder))
+    finally:
+        os.environ.pop("TMPDIR") if old is None else os.environ.__setitem__("TMPDIR", old)
+    yield s, folder, user, scratch
     s.stop()
 
 
 def test_the_disk_tier_touches_only_its_own_subfolder(tier, tmp_path):
-    server, folder, user = tier
+    server, folder, user, _ = tier
     ask(server.client(), "clip2.mp4", frames=32)  # written to disk at once (no RAM budget)
     assert list((folder / "videoxl-kv").glob("*.json"))
     assert {n: (folder / n).read_bytes() for n in user} == user
@@ -218,7 +226,7 @@ def test_the_disk_tier_touches_only_its_own_subfolder(tier, tmp_path):
 def test_an_edited_manifest_is_discarded_and_the_video_pre_filled_again(tier, edit):
     from videoxl.serve.tiers import _manifest_digest
 
-    server, folder, _ = tier
+    server, folder, _, _ = tier
     first = ask(server.client(), "clip1.mp4", frames=32)
     path = folder / "videoxl-kv" / f"{first.videoxl['key']}.json"
     manifest = json.loads(path.read_text())
@@ -282,40 +290,16 @@ def test_sigterm_exits_143_with_one_line_and_no_leftovers(tmp_path, after):
     assert not _leftovers(tmp_path)
 
 
-def test_a_signal_right_after_the_answer_still_ends_with_one_line(tmp_path):
-    """SIGINT as soon as the answer is printed: exit 0 (finished) or 130 with one line, never death by signal."""
-    env = {**os.environ, "VIDEOXL_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.Popen([sys.executable, "-m", "videoxl.cli", "ask", "demo", QUESTION], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    answer = proc.stdout.readline()
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    assert answer.strip() == "moon"
-    assert proc.returncode in (0, 130), (proc.returncode, stderr)
-    assert "Traceback" not in stderr and (proc.returncode == 0 or stderr.strip().endswith("videoxl: interrupted"))
-
-
-def test_server_stops_on_sigterm_and_sweeps_dead_scratch_folders(files, tmp_path):
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    dead = scratch / "videoxl-media-999999999-abc"  # a server killed before it could clean up
-    dead.mkdir()
-    (dead / "media-x.mp4").write_bytes(b"x")
-    old = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = str(scratch)
-    try:
-        server = Server(tmp_path / "server.log", "--allowed-local-media-path", str(files))
-    finally:
-        os.environ.pop("TMPDIR") if old is None else os.environ.__setitem__("TMPDIR", old)
-    try:
-        assert not dead.exists()
-        data = "data:video/mp4;base64," + base64.b64encode((files / "clip0.mp4").read_bytes()).decode()
-        assert ask(server.client(), data, frames=32).choices[0].message.content
-        assert [p.name for p in scratch.iterdir()][0].startswith(f"videoxl-media-{server.proc.pid}-")
-    finally:
-        server.stop()
+def test_server_stops_on_sigterm_and_sweeps_dead_scratch_folders(tier, files):
+    server, _, _, scratch = tier
+    assert not (scratch / "videoxl-media-999999999-abc").exists()  # swept at start
+    data = "data:video/mp4;base64," + base64.b64encode((files / "clip0.mp4").read_bytes()).decode()
+    assert ask(server.client(), data, frames=32).choices[0].message.content
+    ours = [p.name for p in scratch.glob("videoxl-media-*")]
+    assert len(ours) == 1 and ours[0].startswith(f"videoxl-media-{server.proc.pid}-")
+    server.stop()
     assert server.proc.returncode == 143
-    assert list(scratch.iterdir()) == []
+    assert list(scratch.glob("videoxl-media-*")) == []  # its own scratch folder is gone too
 
 
 def test_cache_variable_empty_means_the_default_and_unwritable_exits_2(tmp_path):

@@ -175,11 +175,15 @@ def _ask(args) -> int:
     from .engine.prefill import PrefillConfig
     from .model import VideoXL2, checkpoint
     from .model.videoxl2 import question_ids, resolve_device
-    from .pipeline import IMAGE_SUFFIXES
+    from .pipeline import IMAGE_SUFFIXES, open_image
     from .video import probe
 
     device = resolve_device(args.device)
-    source = video if Path(video).suffix.lower() in IMAGE_SUFFIXES else probe(video)  # a bad video fails here
+    if Path(video).suffix.lower() in IMAGE_SUFFIXES:
+        open_image(video).close()  # a bad or oversized image fails here, before the model loads
+        source = video
+    else:
+        source = probe(video)  # a bad video fails here
     prefill_config = PrefillConfig(chunk=args.chunk, window=None if args.window == -1 else args.window)
     if args.dense:
         decode_config = DecodeConfig(max_new_tokens=args.max_new_tokens)

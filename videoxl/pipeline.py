@@ -214,6 +214,23 @@ def _prefill(model: VideoXL2, groups: Iterator[Group], group_times: list, stats:
     return Session(model, video_kv, list(group_times), stats, thumbs)
 
 
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file, reading only its header; VideoError if it is unreadable or has more pixels than
+    ``videoxl.video.reader.MAX_PIXELS`` (checked here, so PIL's own decompression-bomb warning is not shown)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise VideoError(f"{path}: not a readable image ({e})") from None
+    try:
+        check_pixels(str(path), *opened.size)
+    except VideoError:
+        opened.close()
+        raise
+    return opened
+
+
 def _frame_source(video, max_frames, fps, max_fps, frame_times):
     """(iterator of frames, group timestamps, number of sampled frames). A single image is one group of four copies
     at time 0.0, as the published evaluation times image inputs (``Time 0.0s:``; VectorSpaceLab/Video-XL
@@ -224,17 +241,11 @@ def _frame_source(video, max_frames, fps, max_fps, frame_times):
     elif isinstance(video, (str, os.PathLike)):
         path = Path(check_file(video))
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            try:
-                with warnings.catch_warnings():  # the size is checked here, against videoxl's own limit
-                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                    opened = Image.open(path)
-                with opened:
-                    check_pixels(str(path), *opened.size)  # from the header, before any pixel is decoded
+            with open_image(path) as opened:
+                try:
                     image = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
-            except VideoError:
-                raise
-            except (OSError, ValueError, Image.DecompressionBombError) as e:
-                raise VideoError(f"{path}: not a readable image ({e})") from None
+                except (OSError, ValueError) as e:
+                    raise VideoError(f"{path}: not a readable image ({e})") from None
             return iter([image] * FRAMES_PER_GROUP), [0.0], 1  # "Time 0.0s:", as the published eval
         info = probe(path)
     if isinstance(video, (str, os.PathLike, VideoInfo)):

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from .media import MediaPolicy, MediaResolver
     from .metrics import Metrics
     from .service import VideoQA, model_fingerprint
-    from .tiers import DiskStores, KVTiers
+    from .tiers import DiskStores, KVTiers, own_folder
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("videoxl.serve")
@@ -104,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
             max_tokens_limit=args.max_tokens_limit, max_question_chars=args.max_question_chars,
             max_queue=args.max_queue, request_timeout_s=args.request_timeout,
             max_media_bytes=int(args.max_media_mb * 2**20), max_bodies_bytes=int(args.max_bodies_mb * 2**20))
+        if args.disk_kv_dir:
+            own_folder(args.disk_kv_dir)  # a folder the tier must not use is refused before the model loads
         source = args.model or str(DEFAULT_MODEL)
         folder = checkpoint.resolve(source)
         model = VideoXL2.from_pretrained(folder, dtype=getattr(torch, args.dtype) if args.dtype else None,
