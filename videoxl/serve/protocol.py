@@ -2,10 +2,11 @@
 
 Requests follow vLLM's conventions for video: a user message holds ``text`` parts and one ``video_url`` (or
 ``image_url``) part, ``{"type": "video_url", "video_url": {"url": ...}, "uuid": ...}``; frame sampling goes in
-``media_io_kwargs = {"video": {"num_frames": N, "fps": F}}``; videoxl's own options (``topk``, ``kv_budget``,
-``decode_chunk``, ``follow``, ``follow_tail``, ``calibrate``, ``sparse_stamps``, ``min_confidence``, ``dense``) come
-as extra top-level fields (the ``openai`` client's ``extra_body``); ``"follow_tail": null`` and ``"calibrate": false``
-turn those defaults off, ``"sparse_stamps": true`` keeps the timestamps of sparse chunks.
+``media_io_kwargs = {"video": {"num_frames": N, "fps": F}}``. The decoding options are the fields of
+``videoxl.decoding.Selection`` and ``Generation`` (``decoding.request_fields``): OpenAI's own (``max_tokens``,
+``temperature``, ``top_p``, ``seed``, ``stop``) and videoxl's as extra top-level fields (the ``openai`` client's
+``extra_body``: ``topk``, ``kv_budget``, ``decode_chunk``, ``dense``, ``sparse_stamps``, ``min_confidence``,
+``top_k``); a field left out or ``null`` takes the model's profile default.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import json
 import time
 import unicodedata
 import uuid as uuidlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
-from .. import defaults
+from .. import decoding, defaults
+from ..errors import OptionError
 
 
 class ServeError(Exception):
@@ -61,23 +63,10 @@ class ChatRequest:
     media: MediaRef | None
     stream: bool = False
     include_usage: bool = False
-    max_tokens: int | None = None
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
     num_frames: int | None = None
     fps: float | None = None
     max_fps: float | None = None
-    topk: int | None = None
-    kv_budget: float | None = None
-    decode_chunk: int | None = None
-    follow: int = 0
-    follow_tail: float | None = defaults.FOLLOW_TAIL
-    calibrate: bool = defaults.CALIBRATE
-    sparse_stamps: bool = defaults.SPARSE_STAMPS
-    min_confidence: float | None = None
-    dense: bool = False
+    decoding: dict = field(default_factory=dict)  # the decoding options the request states, by field name
 
 
 # -- the request body as JSON: numbers and nesting bounded before any field is looked at ---------------------------
@@ -121,8 +110,6 @@ def parse_json(body: bytes | bytearray) -> object:
 Int = Annotated[int, Strict()]
 Number = Annotated[float, Field(allow_inf_nan=False)]
 Flag = Annotated[bool, Strict()]
-Text = Annotated[str, Field(min_length=1)]
-COUNT = 10**6  # bound of the counts a request may give (chunks, groups): past any real video
 
 
 class _Part(BaseModel):
@@ -174,8 +161,9 @@ class StreamOptions(_Part):
 
 
 class ChatBody(BaseModel):
-    """The fields of a /v1/chat/completions body that the server reads, with their bounds; other OpenAI fields
-    are ignored, except those it cannot honour (:data:`UNSUPPORTED`), which are refused."""
+    """The fields of a /v1/chat/completions body that the server reads, with their bounds, except the decoding
+    options (checked by their declarations in ``videoxl.decoding``, :func:`_decoding`); other OpenAI fields are
+    ignored, except those it cannot honour (:data:`UNSUPPORTED`), which are refused."""
 
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
@@ -183,24 +171,9 @@ class ChatBody(BaseModel):
     n: Int = Field(1, ge=1, le=1)
     stream: Flag = False
     stream_options: StreamOptions | None = None
-    max_tokens: Int | None = Field(None, ge=1)
-    max_completion_tokens: Int | None = Field(None, ge=1)
-    temperature: Number | None = Field(None, ge=0.0, le=2.0)
-    top_p: Number | None = Field(None, ge=1e-6, le=1.0)
-    seed: Int | None = Field(None, ge=0, le=2**63 - 1)
-    stop: Text | Annotated[list[Text], Field(max_length=4)] | None = None
     media_io_kwargs: MediaOptions | None = None
     max_frames: Int | None = Field(None, ge=1, le=defaults.FRAMES_LIMIT)
     fps: Number | None = Field(None, ge=1e-3, le=240)
-    topk: Int | None = Field(None, ge=0, le=COUNT)
-    kv_budget: Number | None = Field(None, ge=1e-9, le=1.0)
-    decode_chunk: Int | None = Field(None, ge=1, le=COUNT)
-    follow: Int | None = Field(None, ge=0, le=COUNT)
-    follow_tail: Number | None = Field(defaults.FOLLOW_TAIL, ge=1e-9, le=1.0)
-    calibrate: Flag | None = None
-    sparse_stamps: Flag | None = None
-    min_confidence: Number | None = Field(None, ge=0.0, le=1.0)
-    dense: Flag | None = None
 
 
 # OpenAI fields whose meaning the server cannot honour: refused rather than silently ignored (as vLLM does)
@@ -290,23 +263,35 @@ def parse_chat(body: object, max_question_chars: int, max_tokens_limit: int) -> 
     if len(media) > 1:
         raise ServeError(400, f"{len(media)} media parts; send one video or image per conversation",
                          param="messages")
-    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    if max_tokens is not None and max_tokens > max_tokens_limit:
-        raise ServeError(400, f"'max_tokens' must lie in [1, {max_tokens_limit}], got {max_tokens}",
-                         param="max_tokens")
     video = req.media_io_kwargs.video if req.media_io_kwargs and req.media_io_kwargs.video else VideoOptions()
     return ChatRequest(
         model=req.model, question=question, media=media[0] if media else None,
         stream=req.stream, include_usage=bool(req.stream_options and req.stream_options.include_usage),
-        max_tokens=max_tokens, temperature=req.temperature or 0.0, top_p=req.top_p or 1.0, seed=req.seed,
-        stop=(req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ()),
         num_frames=video.num_frames or req.max_frames, fps=video.fps or req.fps, max_fps=video.max_fps,
-        topk=req.topk, kv_budget=req.kv_budget, decode_chunk=req.decode_chunk, follow=req.follow or 0,
-        follow_tail=req.follow_tail,
-        calibrate=defaults.CALIBRATE if req.calibrate is None else req.calibrate,
-        sparse_stamps=defaults.SPARSE_STAMPS if req.sparse_stamps is None else req.sparse_stamps,
-        min_confidence=req.min_confidence, dense=bool(req.dense),
+        decoding=_decoding(body),
     )
+
+
+def _decoding(body: dict) -> dict:
+    """The decoding options a request states, checked by their declarations (videoxl.decoding)."""
+    given = decoding.from_mapping(body)
+    if body.get("max_completion_tokens") is not None:  # OpenAI's newer name for max_tokens
+        given["max_new_tokens"] = body["max_completion_tokens"]
+    if isinstance(given.get("stop"), (str, list)):
+        given["stop"] = (given["stop"],) if isinstance(given["stop"], str) else tuple(given["stop"])
+    for name, value in given.items():  # JSON has one number type: 4.0 is the whole number 4
+        if isinstance(value, float) and value.is_integer() and name in _WHOLE:
+            given[name] = int(value)
+    try:
+        decoding.options(**given)
+    except OptionError as e:
+        field_name = str(e).split(" ")[0]
+        param = {v: k for k, v in decoding.request_fields().items()}.get(field_name, field_name)
+        raise ServeError(400, f"'{param}'{str(e)[len(field_name):]}", param=param) from None
+    return given
+
+
+_WHOLE = {"topk", "chunk", "max_new_tokens", "top_k", "seed"}
 
 
 def completion_id() -> str:
