@@ -44,11 +44,13 @@ def black_video(path: Path, width: int, height: int, frames: int) -> Path:
         stream = out.add_stream("libx264", rate=4)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.options = {"preset": "ultrafast"}
-        black = av.VideoFrame(width, height, "yuv420p")
-        for plane, level in zip(black.planes, (16, 128, 128)):
-            plane.update(bytes([level]) * plane.buffer_size)
-        for packet in [p for _ in range(frames) for p in stream.encode(black)] + list(stream.encode()):
-            out.mux(packet)
+        for i in range(frames):
+            black = av.VideoFrame(width, height, "yuv420p")
+            for plane, level in zip(black.planes, (16, 128, 128)):
+                plane.update(bytes([level]) * plane.buffer_size)
+            black.pts = i
+            out.mux(stream.encode(black))
+        out.mux(stream.encode())
     return path
 
 

@@ -91,7 +91,7 @@ def server(files, tmp_path_factory):
     s.stop()
 
 
-# -- security ---------------------------------------------------------------------------------------------------------
+# -- security ----------------------------------------------------------------------------------------------------------
 def test_a_forged_metrics_label_writes_nothing(server):
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -146,7 +146,7 @@ def test_concurrent_large_bodies_are_bounded(server):
     assert grown < 160 * MB, grown / MB
 
 
-# -- malformed requests: 400, never 500 ---------------------------------------------------------------------------------
+# -- malformed requests: 400, never 500 --------------------------------------------------------------------------------
 def _raw(fields: str, url: str = "clip0.mp4") -> str:
     body = json.dumps(_body(url))
     return body[:-1] + ", " + fields + "}"
@@ -175,7 +175,7 @@ def test_malformed_requests_get_400(server, case):
     assert error["type"] == "invalid_request_error" and error["message"] and "Traceback" not in r.text
 
 
-# -- data loss and wrong answers ------------------------------------------------------------------------------------------
+# -- data loss and wrong answers ---------------------------------------------------------------------------------------
 def test_a_reused_uuid_with_other_media_answers_about_the_new_media(server):
     client = server.client()
     first = ask(client, "clip0.mp4", uuid="u1", frames=32)
@@ -242,7 +242,7 @@ def test_an_edited_manifest_is_discarded_and_the_video_pre_filled_again(tier, ed
     assert ("checksum" if edit == "meta field" else "cannot rebuild") in server.log.read_text()
 
 
-# -- availability -------------------------------------------------------------------------------------------------------
+# -- availability ------------------------------------------------------------------------------------------------------
 def test_an_ingest_under_sustained_questions_waits_a_bounded_time(server):
     ask(server.client(), "clip0.mp4", frames=64)  # ready
     stop = threading.Event()
@@ -269,7 +269,7 @@ def test_an_ingest_under_sustained_questions_waits_a_bounded_time(server):
     assert 0 < queue <= waited
 
 
-# -- signals and the cache -------------------------------------------------------------------------------------------------
+# -- signals and the cache ---------------------------------------------------------------------------------------------
 def _leftovers(*folders) -> list[Path]:
     return [p for folder in folders for p in Path(folder).rglob("*") if p.name.startswith((".partial-", ".videoxl-"))]
 

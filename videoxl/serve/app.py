@@ -79,7 +79,12 @@ async def _read_json(request: Request, limit: int, reservation: Reservation) -> 
         if len(body) > limit:
             raise ServeError(413, f"the request body is larger than the limit of {limit} bytes")
         reservation.take(len(body))
-    return parse_json(body)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ServeError(400, f"the request body is not UTF-8 ({e})") from None
+    del body  # the bytes go before the JSON is parsed: at most two copies of a large body at once
+    return parse_json(text)
 
 
 def _sse(obj) -> str:

@@ -133,8 +133,9 @@ class MediaResolver:
             raise ServeError(413, f"the data URL holds about {size} bytes; the limit is {self.policy.max_bytes}")
         suffix = IMAGE_TYPES.get(header[:-7].lower(), ".mp4") if kind == "image" else ".mp4"
         # decoded block by block straight into the file: the URL is never copied whole
-        return self._write((base64.b64decode(url[i:i + DATA_BLOCK], validate=True)
-                            for i in range(comma + 1, len(url), DATA_BLOCK)), suffix, "the data URL is not valid base64")
+        blocks = (base64.b64decode(url[i:i + DATA_BLOCK], validate=True)
+                  for i in range(comma + 1, len(url), DATA_BLOCK))
+        return self._write(blocks, suffix, "the data URL is not valid base64")
 
     def _write(self, blocks, suffix: str, invalid: str = "") -> Media:
         """Write ``blocks`` of bytes to a scratch file named by their SHA-256."""

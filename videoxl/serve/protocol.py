@@ -85,7 +85,7 @@ def _constant(name: str):
     raise ServeError(400, f"{name} is not a number JSON allows; send a finite number")
 
 
-def parse_json(body: bytes | bytearray) -> object:
+def parse_json(body: str | bytes | bytearray) -> object:
     """The request body as JSON; ServeError(400) for invalid JSON, NaN/Infinity, huge integers or nesting deeper
     than :data:`MAX_DEPTH`."""
     try:

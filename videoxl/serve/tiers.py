@@ -12,7 +12,8 @@ point) with the format version, the model fingerprint, the tensor file's size an
 rebuild the session, and a SHA-256 over all of that. Both are written to a temporary name,
 fsynced and renamed, so a crash leaves either a complete store or leftovers that the next start deletes. A store
 whose manifest or tensors do not check out (cut short, edited, another model, another format), or that fails to
-rebuild, is deleted with a log line and never used: its video is pre-filled again. Nothing is unpickled: safetensors and JSON only.
+rebuild, is deleted with a log line and never used: its video is pre-filled again. Nothing is unpickled:
+safetensors and JSON only.
 """
 
 from __future__ import annotations
