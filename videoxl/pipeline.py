@@ -126,17 +126,19 @@ def ingest(model: VideoXL2, video: str | os.PathLike | Sequence | VideoInfo, *,
            max_frames: int = defaults.MAX_FRAMES, fps: float = defaults.FPS, max_fps: float | None = defaults.MAX_FPS,
            frame_times: Sequence[float] | None = None, prefill_config: PrefillConfig = PrefillConfig(),
            on_progress: Progress | None = None,
-           thumbnails: bool = False) -> Session:
+           thumbnails: bool = False, remainder: str = "pad") -> Session:
     """Decode, encode and pre-fill a video chunk by chunk; at most three chunks of frames are in memory.
 
     ``video`` is a file path (any container FFmpeg reads; an image file becomes one group at ``Time 0.0s:``), a
     :class:`VideoInfo` from :func:`videoxl.video.probe` (so a caller can refuse a bad file before loading), or a
     sequence of RGB frames (H x W x 3 uint8 arrays or PIL images), already sampled, shown at ``frame_times``
     seconds (default 0, 1, 2, ...). ``thumbnails`` keeps a small copy of each group's middle (third) frame.
+    ``remainder`` completes a video file's last group of sampled frames (:func:`videoxl.video.plan_frames`:
+    "pad", or "drop" as the published evaluation harness).
     """
     if model.tokenizer is None:
         raise OptionError("the model has no tokenizer: load it with from_pretrained or pass one")
-    frames, group_times, n_frames = _frame_source(video, max_frames, fps, max_fps, frame_times)
+    frames, group_times, n_frames = _frame_source(video, max_frames, fps, max_fps, frame_times, remainder)
     stats = IngestStats(frames=n_frames, groups=len(group_times))
     thumbs: list[np.ndarray] | None = [] if thumbnails else None
     encoded = _encode_stream(model, frames, group_times, prefill_config.chunk, stats, thumbs, on_progress)
@@ -155,9 +157,10 @@ def ingest_tokens(model: VideoXL2, visual: torch.Tensor, group_times: Sequence[f
 def encode_video(model: VideoXL2, video: str | os.PathLike | Sequence, *, max_frames: int = defaults.MAX_FRAMES,
                  fps: float = defaults.FPS, max_fps: float | None = defaults.MAX_FPS,
                  frame_times: Sequence[float] | None = None,
-                 batch_groups: int = 16) -> tuple[torch.Tensor, list[float | None], IngestStats]:
+                 batch_groups: int = 16,
+                 remainder: str = "pad") -> tuple[torch.Tensor, list[float | None], IngestStats]:
     """All visual tokens of a video at once: (G, tokens_per_group, hidden), group timestamps, timings."""
-    frames, group_times, n_frames = _frame_source(video, max_frames, fps, max_fps, frame_times)
+    frames, group_times, n_frames = _frame_source(video, max_frames, fps, max_fps, frame_times, remainder)
     stats = IngestStats(frames=n_frames, groups=len(group_times))
     tokens = [v for _, v in _encode_stream(model, frames, group_times, batch_groups, stats, None, None)]
     return torch.stack(tokens), group_times, stats
@@ -286,7 +289,7 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     return opened
 
 
-def _frame_source(video, max_frames, fps, max_fps, frame_times):
+def _frame_source(video, max_frames, fps, max_fps, frame_times, remainder="pad"):
     """(iterator of frames, group timestamps, number of sampled frames). A single image is one group of four copies
     at time 0.0, as the published evaluation times image inputs (``Time 0.0s:``; VectorSpaceLab/Video-XL
     ``Video-XL-2/eval/lvu/*/lmms_eval/models/videoxl2.py``)."""
@@ -304,7 +307,8 @@ def _frame_source(video, max_frames, fps, max_fps, frame_times):
             return iter([image] * FRAMES_PER_GROUP), [0.0], 1  # "Time 0.0s:", as the published eval
         info = probe(path)
     if isinstance(video, (str, os.PathLike, VideoInfo)):
-        plan = plan_frames(info.frame_times, fps=fps, max_fps=max_fps, max_frames=max_frames)
+        plan = plan_frames(info.frame_times, fps=fps, max_fps=max_fps, max_frames=max_frames,
+                           native_fps=info.native_fps, remainder=remainder)
         return decode_frames(info, plan.indices), plan.group_times, len(plan.indices)
     frames = list(video)
     if not frames:

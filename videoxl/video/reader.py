@@ -35,6 +35,16 @@ class VideoInfo:
     keyframes: list[int]  # indices (into pts) of keyframes
     width: int
     height: int
+    average_rate: float | None = None  # the container's average frame rate (FFmpeg's avg_frame_rate), if it has one
+
+    @property
+    def native_fps(self) -> float:
+        """Frames per second, as the published harness reads it (decord's ``get_avg_fps``): the container's average
+        rate; where the container has none, the frame count over the span of the frame times."""
+        if self.average_rate:
+            return self.average_rate
+        duration = self.duration
+        return (self.frames - 1) / duration if duration > 0 else 1.0
 
     @property
     def frames(self) -> int:
@@ -133,6 +143,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             entries.append((packet.pts, packet.is_keyframe))
         width, height = stream.codec_context.width, stream.codec_context.height
         time_base = float(stream.time_base)
+        average_rate = float(stream.average_rate) if stream.average_rate else None
     except av.FFmpegError as e:
         raise VideoError(f"{path}: corrupt or truncated video ({e})") from None
     finally:
@@ -142,7 +153,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     entries.sort()
     pts = [p for p, _ in entries]
     keyframes = [i for i, (_, key) in enumerate(entries) if key] or [0]
-    return VideoInfo(path, pts, time_base, keyframes, width, height)
+    return VideoInfo(path, pts, time_base, keyframes, width, height, average_rate)
 
 
 # Decoders whose AVDISCARD_NONREF drops only pictures that no other picture predicts from. H.264 marks them
