@@ -14,6 +14,7 @@ import os
 import queue
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from .engine.prefill import PrefillConfig, PrefilledVideo, prefill
 from .errors import OptionError, VideoError
 from .model.videoxl2 import QUESTION_TOKENS, VideoXL2
 from .video import VideoInfo, check_file, check_sampling, decode_frames, plan_frames, probe
+from .video.reader import check_pixels
 from .video.preprocess import preprocess
 from .video.sampling import FRAMES_PER_GROUP
 
@@ -112,9 +114,12 @@ def load(model: str | os.PathLike, device: str | None = None, dtype: str | None 
 
 
 def open_video(path: str | os.PathLike) -> str | VideoInfo:
-    """An image path as it is, or a video probed (VideoError for a file FFmpeg cannot read): bad input is refused
-    before the model loads."""
-    return str(path) if Path(path).suffix.lower() in IMAGE_SUFFIXES else probe(path)
+    """An image path as it is (its header checked), or a video probed (VideoError for a file FFmpeg cannot read, or
+    frames over the pixel limit): bad input is refused before the model loads."""
+    if Path(path).suffix.lower() in IMAGE_SUFFIXES:
+        open_image(path).close()
+        return str(path)
+    return probe(path)
 
 
 def ingest(model: VideoXL2, video: str | os.PathLike | Sequence | VideoInfo, *,
@@ -267,6 +272,23 @@ def _prefill(model: VideoXL2, groups: Iterator[Group], group_times: list, stats:
     return Session(model, video_kv, list(group_times), stats, thumbs)
 
 
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file, reading only its header; VideoError if it is unreadable or has more pixels than
+    ``videoxl.video.reader.MAX_PIXELS`` (checked here, so PIL's own decompression-bomb warning is not shown)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise VideoError(f"{path}: not a readable image ({e})") from None
+    try:
+        check_pixels(str(path), *opened.size)
+    except VideoError:
+        opened.close()
+        raise
+    return opened
+
+
 def _frame_source(video, max_frames, fps, max_fps, frame_times, remainder="pad"):
     """(iterator of frames, group timestamps, number of sampled frames). A single image is one group of four copies
     at time 0.0, as the published evaluation times image inputs (``Time 0.0s:``; VectorSpaceLab/Video-XL
@@ -277,11 +299,11 @@ def _frame_source(video, max_frames, fps, max_fps, frame_times, remainder="pad")
     elif isinstance(video, (str, os.PathLike)):
         path = Path(check_file(video))
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            try:
-                with Image.open(path) as opened:
+            with open_image(path) as opened:
+                try:
                     image = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
-            except (OSError, ValueError, Image.DecompressionBombError) as e:
-                raise VideoError(f"{path}: not a readable image ({e})") from None
+                except (OSError, ValueError) as e:
+                    raise VideoError(f"{path}: not a readable image ({e})") from None
             return iter([image] * FRAMES_PER_GROUP), [0.0], 1  # "Time 0.0s:", as the published eval
         info = probe(path)
     if isinstance(video, (str, os.PathLike, VideoInfo)):

@@ -65,6 +65,18 @@ URL_SCHEMES = ("http://", "https://", "ftp://", "rtsp://", "rtmp://", "s3://", "
 
 NOT_VIDEO_FORMATS = {"tty"}
 
+# The largest frame accepted, in pixels (4096 x 4096; 4K UHD is 3840 x 2160). Frames are shrunk to 384 x 384
+# for the vision tower anyway, and one RGB frame of 16000 x 16000 alone takes 768 MB: a few hundred kilobytes of
+# video or PNG could otherwise take gigabytes of memory.
+MAX_PIXELS = 4096 * 4096
+
+
+def check_pixels(name: str, width: int, height: int) -> None:
+    """VideoError if a ``width`` x ``height`` frame exceeds :data:`MAX_PIXELS`."""
+    if width * height > MAX_PIXELS:
+        raise VideoError(f"{name}: frames of {width} x {height} pixels are larger than the limit of "
+                         f"{MAX_PIXELS:,} pixels per frame (4096 x 4096); scale the video down first")
+
 
 def check_file(path: str | os.PathLike) -> str:
     """Return ``path`` as a string if it names a readable, non-empty regular file; VideoError naming it if not.
@@ -123,6 +135,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     container = _open(path)
     try:
         stream = container.streams.video[0]
+        check_pixels(path, stream.codec_context.width, stream.codec_context.height)  # from the header, at once
         entries = []
         for packet in container.demux(stream):
             if packet.pts is None or packet.size == 0:
@@ -155,6 +168,13 @@ def _discard(packet: av.Packet, wanted: set[int]) -> str:
     return "NONREF" if packet.size and packet.pts is not None and packet.pts not in wanted else "DEFAULT"
 
 
+def _check_indices(indices: list[int], frames: int) -> None:
+    if any(b < a for a, b in zip(indices, indices[1:])):
+        raise ValueError("frame indices must be non-decreasing")
+    if indices and not 0 <= indices[0] <= indices[-1] < frames:
+        raise ValueError(f"frame indices must lie in [0, {frames})")
+
+
 def decode_frames(info: VideoInfo, indices: list[int], *, skip_unused: bool = True) -> Iterator[np.ndarray]:
     """Yield the frames at ``indices`` (non-decreasing, repeats allowed) as H x W x 3 uint8 RGB arrays.
 
@@ -163,10 +183,7 @@ def decode_frames(info: VideoInfo, indices: list[int], *, skip_unused: bool = Tr
     decode, so the arrays are identical; with libx264's default B-frames about 40% of the frames between samples
     need no decoding.
     """
-    if any(b < a for a, b in zip(indices, indices[1:])):
-        raise ValueError("frame indices must be non-decreasing")
-    if indices and not 0 <= indices[0] <= indices[-1] < info.frames:
-        raise ValueError(f"frame indices must lie in [0, {info.frames})")
+    _check_indices(indices, info.frames)
     container = _open(info.path)
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"  # frame and slice threads; PyAV's thread_count 0 starts one per core (and one more)
@@ -203,6 +220,7 @@ def decode_frames(info: VideoInfo, indices: list[int], *, skip_unused: bool = Tr
             if frames is None or key > position + 1 or target <= position:
                 frames, position = decoded_from(key), -1
             frame, index = first_from(frames, target)
+            check_pixels(info.path, frame.width, frame.height)  # a stream whose header understated its size
             if skip and (index != target or frame.pts is None):
                 # the wanted frame did not come out as itself while skipping (a stream that breaks its own
                 # reference marks, or frames without timestamps): from here on decode everything, as without skipping
