@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .. import defaults
+from .. import DEFAULT_MODEL, defaults
 from ..options import device_name, non_negative, positive, rate, whole
 from .service import ServeConfig
 
@@ -58,6 +58,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     limits.add_argument("--disk-kv-dir", help="keep evicted stores here; they survive restarts (default: none)")
     limits.add_argument("--disk-kv-gb", type=non_negative, default=64.0)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    scale = p.add_argument_group("scale-out (Ray Serve; needs the 'ray' extra)")
+    scale.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                       help="serve as a Ray Serve application on the cluster at ADDRESS ('auto': the one "
+                            "'ray start' runs on this machine); without ADDRESS a local cluster is started. "
+                            "Requests go to the replica that holds their video's KV store")
+    scale.add_argument("--replicas", type=whole(1), default=1, help="model replicas under --ray")
+    scale.add_argument("--replica-cpus", type=positive, default=None,
+                       help="CPU cores per replica under --ray (default: 1 with a GPU per replica, else 2)")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -70,58 +78,88 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    """Load the model and serve until interrupted; the exit code."""
-    import torch
-    import uvicorn
-
-    from .. import DEFAULT_MODEL
+def check(args: argparse.Namespace) -> tuple[ServeConfig, Path]:
+    """The server's configuration and checkpoint folder from the options, without loading the model; InputError
+    (or ValueError) for bad options."""
     from ..engine.prefill import PrefillConfig
     from ..errors import InputError
-    from ..model import VideoXL2, checkpoint
-    from .app import create_app
+    from ..model import checkpoint
+
+    if args.max_frames < 1 or args.max_queue < 1 or args.max_tokens > args.max_tokens_limit:
+        raise InputError("--max-frames and --max-queue must be >= 1, and --max-tokens <= --max-tokens-limit")
+    root = args.allowed_local_media_path
+    if root is not None and not Path(root).is_dir():
+        raise InputError(f"--allowed-local-media-path {root}: not a folder")
+    config = ServeConfig(
+        max_frames=args.max_frames, fps=args.fps, max_fps=args.max_fps,
+        prefill=PrefillConfig(chunk=args.chunk, window=None if args.window == -1 else args.window),
+        topk=args.topk, decode_chunk=args.decode_chunk, max_tokens=args.max_tokens,
+        max_tokens_limit=args.max_tokens_limit, max_question_chars=args.max_question_chars,
+        max_queue=args.max_queue, request_timeout_s=args.request_timeout,
+        max_media_bytes=int(args.max_media_mb * 2**20))
+    return config, checkpoint.resolve(args.model or str(DEFAULT_MODEL))
+
+
+def media_resolver(args: argparse.Namespace, config: ServeConfig, scratch: Path):
+    """The :class:`MediaResolver` the media options describe, keeping fetched media in ``scratch``."""
     from .media import MediaPolicy, MediaResolver
+
+    root = args.allowed_local_media_path
+    return MediaResolver(MediaPolicy(Path(root) if root else None,
+                                     tuple(d.lower() for d in args.allowed_media_domains),
+                                     config.max_media_bytes, args.media_timeout), scratch)
+
+
+def served_name(args: argparse.Namespace) -> str:
+    return args.served_model_name or Path(str(args.model or DEFAULT_MODEL).rstrip("/")).name
+
+
+def build(args: argparse.Namespace, scratch: Path, write_through: bool = False):
+    """Load the model and assemble the :class:`VideoQA` the options describe; ``write_through`` writes every new
+    store to the disk tier at once (a folder shared by replicas). InputError (or ValueError) for bad options."""
+    import torch
+
+    from ..model import VideoXL2
     from .metrics import Metrics
     from .service import VideoQA, model_fingerprint
     from .tiers import DiskStores, KVTiers
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("videoxl.serve")
-    try:
-        if args.max_frames < 1 or args.max_queue < 1 or args.max_tokens > args.max_tokens_limit:
-            raise InputError("--max-frames and --max-queue must be >= 1, and --max-tokens <= --max-tokens-limit")
-        root = args.allowed_local_media_path
-        if root is not None and not Path(root).is_dir():
-            raise InputError(f"--allowed-local-media-path {root}: not a folder")
-        config = ServeConfig(
-            max_frames=args.max_frames, fps=args.fps, max_fps=args.max_fps,
-            prefill=PrefillConfig(chunk=args.chunk, window=None if args.window == -1 else args.window),
-            topk=args.topk, decode_chunk=args.decode_chunk, max_tokens=args.max_tokens,
-            max_tokens_limit=args.max_tokens_limit, max_question_chars=args.max_question_chars,
-            max_queue=args.max_queue, request_timeout_s=args.request_timeout,
-            max_media_bytes=int(args.max_media_mb * 2**20))
-        source = args.model or str(DEFAULT_MODEL)
-        folder = checkpoint.resolve(source)
-        model = VideoXL2.from_pretrained(folder, dtype=getattr(torch, args.dtype) if args.dtype else None,
-                                         device=args.device)
-    except (InputError, ValueError) as e:
-        print(f"videoxl serve: error: {e}", file=sys.stderr)
-        return 2
+    config, folder = check(args)
+    model = VideoXL2.from_pretrained(folder, dtype=getattr(torch, args.dtype) if args.dtype else None,
+                                     device=args.device)
     fingerprint = model_fingerprint(folder)
     metrics = Metrics()
     disk = DiskStores(args.disk_kv_dir, fingerprint) if args.disk_kv_dir else None
     tiers = KVTiers(model, int(args.gpu_kv_gb * GB), int(args.cpu_kv_gb * GB), disk, int(args.disk_kv_gb * GB),
-                    on_event=lambda name, **labels: metrics.inc("videoxl_kv_events_total", event=name, **labels))
+                    on_event=lambda name, **labels: metrics.inc("videoxl_kv_events_total", event=name, **labels),
+                    write_through=write_through)
+    return VideoQA(model, served_name(args), fingerprint, config, tiers, media_resolver(args, config, scratch),
+                   metrics)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model and serve until interrupted; the exit code."""
+    import uvicorn
+
+    from ..errors import InputError
+    from .app import create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("videoxl.serve")
+    if args.ray is not None:
+        from .ray import serve_ray
+
+        return serve_ray(args)
     scratch = Path(tempfile.mkdtemp(prefix="videoxl-media-"))
-    resolver = MediaResolver(MediaPolicy(Path(root) if root else None, tuple(d.lower() for d in
-                                                                                 args.allowed_media_domains),
-                                         config.max_media_bytes, args.media_timeout), scratch)
-    name = args.served_model_name or Path(str(source).rstrip("/")).name
-    qa = VideoQA(model, name, fingerprint, config, tiers, resolver, metrics)
-    api_key = args.api_key or os.environ.get("VIDEOXL_API_KEY") or None
-    log.info("serving %s (%s on %s) at http://%s:%d/v1%s", name, folder, model.device, args.host, args.port,
-             " with an API key" if api_key else "")
     try:
+        try:
+            qa = build(args, scratch)
+        except (InputError, ValueError) as e:
+            print(f"videoxl serve: error: {e}", file=sys.stderr)
+            return 2
+        api_key = args.api_key or os.environ.get("VIDEOXL_API_KEY") or None
+        log.info("serving %s (%s on %s) at http://%s:%d/v1%s", qa.name, args.model or DEFAULT_MODEL,
+                 qa.model.device, args.host, args.port, " with an API key" if api_key else "")
         uvicorn.run(create_app(qa, api_key), host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=10)
     finally:

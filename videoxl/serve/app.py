@@ -182,6 +182,13 @@ def create_app(qa: VideoQA, api_key: str | None = None) -> FastAPI:
     return app
 
 
+def authorized(header: bytes, key_digest: bytes) -> bool:
+    """Whether an ``Authorization`` header carries the API key whose SHA-256 is ``key_digest`` (constant time)."""
+    scheme, _, token = header.decode("latin-1").partition(" ")
+    given = hashlib.sha256(token.strip().encode("latin-1")).digest()
+    return scheme.lower() == "bearer" and hmac.compare_digest(given, key_digest)
+
+
 class _Guard:
     """ASGI middleware: the API-key check on /v1 routes, and request counts and latencies for the metrics."""
 
@@ -193,10 +200,7 @@ class _Guard:
             return await self.app(scope, receive, send)
         path, started, status = scope["path"], time.perf_counter(), [500]
         if self.key_digest is not None and path.startswith("/v1"):
-            header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-            scheme, _, token = header.partition(" ")
-            given = hashlib.sha256(token.strip().encode("latin-1")).digest()
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given, self.key_digest):
+            if not authorized(dict(scope["headers"]).get(b"authorization", b""), self.key_digest):
                 error = ServeError(401, "a missing or wrong API key: send 'Authorization: Bearer KEY'")
                 self.metrics.inc("videoxl_requests_total", path=path, status=401)
                 response = JSONResponse(error.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})

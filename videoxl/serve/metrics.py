@@ -23,6 +23,9 @@ class Metrics:
         "videoxl_requests_total": ("counter", "Chat completion requests by HTTP status."),
         "videoxl_request_seconds": ("histogram", "Chat completion latency by stage (total, ingest, answer)."),
         "videoxl_ingests_total": ("counter", "Videos pre-filled."),
+        "videoxl_lookups_total": ("counter", "Requests by where their video's store was: held (hit), being "
+                                             "pre-filled for another request (shared), or neither (miss)."),
+        "videoxl_stores": ("gauge", "Pre-filled videos held, in any tier."),
         "videoxl_reuses_total": ("counter", "Questions answered from a pre-filled video, by the tier it was in."),
         "videoxl_kv_events_total": ("counter", "KV store moves: evictions between tiers, loads, discarded files."),
         "videoxl_cancelled_total": ("counter", "Generations stopped because the client went away."),

@@ -116,6 +116,7 @@ class VideoQA:
         self.ingesting = 0
         metrics.gauges["videoxl_ingesting"] = lambda: {(): self.ingesting}
         metrics.gauges["videoxl_queue_depth"] = lambda: {(): self.scheduler.depth}
+        metrics.gauges["videoxl_stores"] = lambda: {(): len(tiers.entries)}
         metrics.gauges["videoxl_kv_bytes"] = lambda: {(("tier", t),): b for t, b in tiers.usage().items()}
         metrics.gauges["videoxl_kv_budget_bytes"] = lambda: {(("tier", t),): b for t, b in tiers.budget.items()}
 
@@ -135,7 +136,7 @@ class VideoQA:
         """The key of the pre-filled video ``ref`` names, pre-filling it first if no store has it; and what that
         cost: {"reused": bool, "shared": bool, "seconds": {...}}."""
         key = self.key(f"uuid:{ref.uuid}", sampling) if ref.uuid else None
-        if key is not None and (key in self.tiers or key in self.pending):
+        if key is not None and await self._known(key):
             return key, await self._wait(key, cancel)
         if ref.url is None:
             raise ServeError(404, f"no video with uuid {ref.uuid!r} (and this sampling) is stored: send its url "
@@ -145,7 +146,7 @@ class VideoQA:
         fetched = time.perf_counter() - started
         if key is None:
             key = self.key(f"sha256:{media.sha256}", sampling)
-        if key in self.tiers or key in self.pending:
+        if await self._known(key):
             media.release()
             info = await self._wait(key, cancel)
             info["seconds"]["media"] = fetched
@@ -157,12 +158,20 @@ class VideoQA:
             raise
         self.pending[key] = future
         future.add_done_callback(lambda _: self.pending.pop(key, None))
+        self.metrics.inc("videoxl_lookups_total", result="miss")
         seconds = await self._until(future, cancel)
         return key, {"reused": False, "shared": False, "seconds": {"media": fetched, **seconds}}
 
+    async def _known(self, key: str) -> bool:
+        """Whether the store ``key`` is held, being pre-filled, or complete in a disk folder shared with other
+        servers (then it is taken up)."""
+        return key in self.tiers or key in self.pending or await asyncio.to_thread(self.tiers.adopt, key)
+
     async def _wait(self, key: str, cancel: Cancel) -> dict:
         if key not in self.pending:
+            self.metrics.inc("videoxl_lookups_total", result="hit")
             return {"reused": True, "shared": False, "seconds": {}}
+        self.metrics.inc("videoxl_lookups_total", result="shared")
         seconds = await self._until(self.pending[key], cancel)
         return {"reused": False, "shared": True, "seconds": dict(seconds)}
 
