@@ -229,14 +229,15 @@ def test_a_replica_killed_mid_ingest_costs_at_most_a_503_and_is_restarted(cluste
         assert c.choices[0].message.content
 
 
-def test_plain_serve_does_not_import_ray_and_bad_ray_options_exit_2(tmp_path):
+def test_plain_serve_does_not_import_ray_and_bad_ray_options_exit_2(tmp_path, capsys):
+    from videoxl.serve.__main__ import main
+
     code = ("import sys, videoxl.cli, videoxl.serve.__main__, videoxl.serve.app; "
             "sys.exit(1 if 'ray' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
-    bad = subprocess.run([sys.executable, "-m", "videoxl.serve", "--ray", "--replicas", "2",
-                          "--allowed-local-media-path", str(tmp_path / "absent")], capture_output=True, text=True,
-                         timeout=60)
-    assert bad.returncode == 2 and "not a folder" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
-    zero = subprocess.run([sys.executable, "-m", "videoxl.serve", "--ray", "--replicas", "0"], capture_output=True,
-                          text=True, timeout=60)
-    assert zero.returncode == 2 and "--replicas" in zero.stderr
+    assert main(["--ray", "--replicas", "2", "--allowed-local-media-path", str(tmp_path / "absent")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a folder" in err and len(err.splitlines()) == 1
+    with pytest.raises(SystemExit) as exit_:
+        main(["--ray", "--replicas", "0"])
+    assert exit_.value.code == 2 and "--replicas" in capsys.readouterr().err

@@ -108,7 +108,9 @@ class Replica:
             except Exception as e:  # the ingress starting or restarting; the next report goes through
                 log.debug("report to the ingress failed: %s", e)
 
-    def __del__(self):
+    def __del__(self):  # Ray Serve stops the replica: stores in memory go to the disk tier, if there is one
+        if not hasattr(self, "qa"):  # the constructor failed
+            return
         self._stop.set()
         self.qa.close()
         for leftover in self.scratch.iterdir():
@@ -305,7 +307,8 @@ def application(args: argparse.Namespace, affinity: bool = True):
         **({} if affinity else {"request_router_config": RequestRouterConfig(
             request_router_class=RoundRobinRouter)})).bind(args, cpus)
     ingress = serve.deployment(Ingress, name="Ingress", num_replicas=1, max_ongoing_requests=4096,
-                               ray_actor_options={"num_cpus": 0})
+                               ray_actor_options={"num_cpus": 0},
+                               logging_config={"enable_access_log": False})  # not a line per replica report
     return ingress.bind(replica, args, affinity)
 
 

@@ -164,8 +164,14 @@ class VideoQA:
 
     async def _known(self, key: str) -> bool:
         """Whether the store ``key`` is held, being pre-filled, or complete in a disk folder shared with other
-        servers (then it is taken up)."""
-        return key in self.tiers or key in self.pending or await asyncio.to_thread(self.tiers.adopt, key)
+        servers (then it is taken up). Its caller registers a new pre-fill without awaiting anything after it,
+        so two requests for one new video never both pre-fill it."""
+        if key in self.tiers or key in self.pending:
+            return True
+        if self.tiers.disk is None:
+            return False
+        adopted = await asyncio.to_thread(self.tiers.adopt, key)
+        return adopted or key in self.tiers or key in self.pending  # another request may have come meanwhile
 
     async def _wait(self, key: str, cancel: Cancel) -> dict:
         if key not in self.pending:
