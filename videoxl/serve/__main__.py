@@ -147,8 +147,11 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("videoxl.serve")
     if args.ray is not None:
-        from .ray import serve_ray
-
+        try:
+            from .ray import serve_ray
+        except ImportError as e:
+            print(f"videoxl serve: error: --ray needs Ray Serve ({e}): pip install 'videoxl[ray]'", file=sys.stderr)
+            return 2
         return serve_ray(args)
     scratch = Path(tempfile.mkdtemp(prefix="videoxl-media-"))
     try:
