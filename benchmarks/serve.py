@@ -122,7 +122,7 @@ def ray_run(url: str, jobs: list[Path], clients: int) -> dict:
     firsts = [s for s, r in done if not r.videoxl["reused"] and not r.videoxl["shared_ingest"]]
     repeats = [s for s, r in done if r.videoxl["reused"] or r.videoxl["shared_ingest"]]
     # each video is pre-filled at least once; every other question on it is a repeat, a hit unless it pre-filled
-    videos = len({video for video, _ in jobs})
+    videos = len(set(jobs))
     return {"clients": clients, "requests": len(done), "requests_per_s": round(len(done) / wall, 2),
             "first_s": round(statistics.median(firsts), 3) if firsts else None,
             "repeat_s": round(statistics.median(repeats), 4) if repeats else None, "ingests": len(firsts),

@@ -94,12 +94,14 @@ class Replica:
     def report(self) -> dict:
         """What ``/health`` and ``/metrics`` show of this replica."""
         metrics = self.qa.metrics
-        lookups = {r: int(metrics.counter("videoxl_lookups_total", result=r)) for r in ("hit", "shared", "miss")}
+
+        def lookups(result: str) -> int:
+            return int(metrics.counter("videoxl_lookups_total", result=result))
+
         return {"replica": self.id, "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
                 "stores": len(self.qa.tiers.entries), "queue": self.qa.scheduler.depth,
-                "ingesting": self.qa.ingesting, **{f"{r}s" if r != "miss" else "misses": n
-                                                   for r, n in lookups.items()},
-                "metrics": metrics.render()}
+                "ingesting": self.qa.ingesting, "hits": lookups("hit"), "shared": lookups("shared"),
+                "misses": lookups("miss"), "metrics": metrics.render()}
 
     def _report_loop(self) -> None:
         while not self._stop.wait(REPORT_EVERY_S):
