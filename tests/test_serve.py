@@ -591,7 +591,7 @@ def _fake_qa(pieces: int = 1):
 def test_worker_cancels_a_generation_whose_client_left():
     import asyncio
 
-        from videoxl.serve.service import Cancel, Cancelled
+    from videoxl.serve.service import Cancel, Cancelled
 
     qa, received = _fake_qa(pieces=200), []
     cancel = Cancel(time.monotonic() + 60)
@@ -615,7 +615,7 @@ def test_worker_cancels_a_generation_whose_client_left():
 def test_worker_answers_questions_between_ingest_chunks_and_ingests_once():
     import asyncio
 
-        from videoxl.serve.protocol import MediaRef
+    from videoxl.serve.protocol import MediaRef
     from videoxl.serve.service import Cancel, Sampling
 
     qa = _fake_qa()
@@ -665,7 +665,7 @@ def test_store_state_dict_round_trip(model, media):
 
 
 def test_tiers_chain_gpu_cpu_disk_and_back_token_identical(model, media, tmp_path):
-        from videoxl.engine.store import KVStore
+    from videoxl.engine.store import KVStore
     from videoxl.serve.tiers import DiskStores, KVTiers
 
     config = decoding(topk=4, chunk=1, max_new_tokens=16)
