@@ -62,7 +62,7 @@ class Replica:
     def __init__(self, args: argparse.Namespace, cpus: float):
         import torch
 
-        from .__main__ import build
+        from .build import build
         from .app import create_app
 
         torch.set_num_threads(max(1, int(cpus)))
@@ -173,7 +173,7 @@ class Ingress:
     other request to a replica, chat completions with their video's key (see the module docstring)."""
 
     def __init__(self, replicas: DeploymentHandle, args: argparse.Namespace, affinity: bool = True):
-        from .__main__ import check, media_resolver, served_name
+        from .build import check, media_resolver, served_name
 
         self.config, _ = check(args)
         self.replicas, self.affinity = replicas, affinity
@@ -319,7 +319,7 @@ def serve_ray(args: argparse.Namespace) -> int:
     interrupted; the exit code."""
     import sys
 
-    from .__main__ import check
+    from .build import check
 
     try:
         check(args)
