@@ -236,8 +236,8 @@ def test_plain_serve_does_not_import_ray_and_bad_ray_options_exit_2(tmp_path, ca
             "sys.exit(1 if 'ray' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     assert main(["--ray", "--replicas", "2", "--allowed-local-media-path", str(tmp_path / "absent")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "not a folder" in err and len(err.splitlines()) == 1
+    ours = [line for line in capsys.readouterr().err.splitlines() if "videoxl" in line and "error" in line]
+    assert len(ours) == 1 and ours[0].startswith("videoxl serve: error: ") and "not a folder" in ours[0]
     with pytest.raises(SystemExit) as exit_:
         main(["--ray", "--replicas", "0"])
     assert exit_.value.code == 2 and "--replicas" in capsys.readouterr().err
