@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     media.add_argument("--allowed-media-domains", nargs="*", default=[], metavar="DOMAIN",
                        help="fetch http(s) media from these hosts and their subdomains only (default: none)")
     media.add_argument("--max-media-mb", type=positive, default=DEFAULTS.max_media_bytes / 2**20)
+    media.add_argument("--max-bodies-mb", type=positive, default=DEFAULTS.max_bodies_bytes / 2**20,
+                       help="request bodies read or handled at once, in MB; more waiting bodies get 429 (one body "
+                            "alone always passes)")
     media.add_argument("--media-timeout", type=positive, default=30.0, help="seconds to fetch an http(s) video")
     media.add_argument("--max-frames", type=whole(1, defaults.FRAMES_LIMIT), default=DEFAULTS.max_frames,
                        help=f"default and upper limit of frames per video (default {DEFAULTS.max_frames})")
@@ -80,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     """Load the model and serve until interrupted; the exit code."""
     import uvicorn
 
+    from .. import interrupt
     from ..errors import InputError
     from .app import create_app
 
@@ -92,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"videoxl serve: error: --ray needs Ray Serve ({e}): pip install 'videoxl[ray]'", file=sys.stderr)
             return 2
         return serve_ray(args)
-    scratch = Path(tempfile.mkdtemp(prefix="videoxl-media-"))
+    sweep_scratch()
+    scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH}{os.getpid()}-"))
     try:
         try:
             qa = build(args, scratch)
@@ -102,19 +108,46 @@ def run(args: argparse.Namespace) -> int:
         api_key = args.api_key or os.environ.get("VIDEOXL_API_KEY") or None
         log.info("serving %s (%s on %s) at http://%s:%d/v1%s", qa.name, args.model or DEFAULT_MODEL,
                  qa.model.device, args.host, args.port, " with an API key" if api_key else "")
+        # uvicorn stops gracefully on SIGINT/SIGTERM and raises the signal again, which videoxl.interrupt's
+        # handler (installed by the command) turns into a KeyboardInterrupt that uvicorn swallows
         uvicorn.run(create_app(qa, api_key), host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=10)
     finally:
-        for leftover in scratch.iterdir():
-            leftover.unlink(missing_ok=True)
-        scratch.rmdir()
+        shutil.rmtree(scratch, ignore_errors=True)
+    if interrupt.received:  # stopped by a signal: the command exits 130 or 143 with its one line
+        raise KeyboardInterrupt
     return 0
 
 
+SCRATCH = "videoxl-media-"  # + the server's pid + a random part, in the system's temporary folder
+
+
+def sweep_scratch() -> None:
+    """Delete the scratch folders of servers that are gone (killed before they could clean up)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{SCRATCH}*"):
+        pid = path.name[len(SCRATCH):].split("-")[0]
+        if not pid.isdigit() or not path.is_dir() or path.is_symlink() or path.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .. import interrupt
+
     parser = argparse.ArgumentParser(prog="python -m videoxl.serve", description="OpenAI-compatible video QA server")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    interrupt.install()
+    try:
+        code = run(parser.parse_args(argv))
+    except KeyboardInterrupt:
+        interrupt.leave("videoxl serve")
+    interrupt.finished()
+    return code
 
 
 if __name__ == "__main__":

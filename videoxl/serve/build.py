@@ -20,6 +20,7 @@ def check(args: argparse.Namespace) -> tuple[ServeConfig, Path]:
     from ..engine.prefill import PrefillConfig
     from ..errors import InputError
     from ..model import checkpoint
+    from .tiers import own_folder
 
     given = decoding.given(args)
     decoding.options(**given)
@@ -34,7 +35,9 @@ def check(args: argparse.Namespace) -> tuple[ServeConfig, Path]:
         decoding=given,
         max_tokens_limit=args.max_tokens_limit, max_question_chars=args.max_question_chars,
         max_queue=args.max_queue, request_timeout_s=args.request_timeout,
-        max_media_bytes=int(args.max_media_mb * 2**20))
+        max_media_bytes=int(args.max_media_mb * 2**20), max_bodies_bytes=int(args.max_bodies_mb * 2**20))
+    if args.disk_kv_dir:
+        own_folder(args.disk_kv_dir)  # a folder the tier must not use is refused before the model loads
     return config, checkpoint.resolve(args.model or str(DEFAULT_MODEL))
 
 

@@ -4,15 +4,19 @@ A new store lands on the model's device. When a tier is over budget its least re
 GPU -> CPU memory -> disk -> deleted. A question on a store that moved down brings it back to the model's device
 first, so decoding always reads the same bytes on the same device and answers stay token-identical.
 
-On disk a store is two files named by its key: ``KEY.safetensors`` (the tensors of ``KVStore.state_dict``) and
-``KEY.json``, a manifest written last (the commit point) with the format version, the model fingerprint, the
-tensor file's size and SHA-256, and what is needed to rebuild the session. Both are written to a temporary name,
+On disk the tier owns one subfolder of the folder it is given, ``videoxl-kv/``, which it creates with a marker file
+and in which it touches nothing else: it never deletes a file outside it, and refuses to start on a subfolder that
+lacks the marker or holds a file that is not a store's. A store is two files named by its key:
+``KEY.safetensors`` (the tensors of ``KVStore.state_dict``) and ``KEY.json``, a manifest written last (the commit
+point) with the format version, the model fingerprint, the tensor file's size and SHA-256, what is needed to
+rebuild the session, and a SHA-256 over all of that. Both are written to a temporary name,
 fsynced and renamed, so a crash leaves either a complete store or leftovers that the next start deletes. A store
-whose manifest or tensors do not check out (cut short, another model, another format) is deleted with a log
-line, never loaded. Nothing is unpickled: safetensors and JSON only.
+whose manifest or tensors do not check out (cut short, edited, another model, another format), or that fails to
+rebuild, is deleted with a log line and never used: its video is pre-filled again. Nothing is unpickled:
+safetensors and JSON only.
 
 The folder may be shared by several servers (Ray Serve replicas on a network file system). A writer first
-creates ``KEY.lock`` with ``O_EXCL``; a store that is already complete, or whose lock another writer holds, is
+creates ``.tmp-lock-KEY`` with ``O_EXCL``; a store that is already complete, or whose lock another writer holds, is
 not written again, so two servers that pre-fill the same video at once leave one store and neither fails. A start
 leaves alone the leftovers of keys whose lock is fresh (another server is writing them), and a server asks the
 folder for a key it does not know (:meth:`KVTiers.adopt`) before pre-filling the video itself.
@@ -24,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -37,6 +42,7 @@ from safetensors.torch import load_file, save_file
 
 from ..engine.prefill import PrefillConfig, PrefilledVideo, PrefillStats
 from ..engine.store import KVStore
+from ..errors import InputError
 from ..pipeline import IngestStats, Session
 
 log = logging.getLogger(__name__)
@@ -75,12 +81,46 @@ class StoreFileError(Exception):
     """A store on disk that must not be loaded; the message says why."""
 
 
+SUBFOLDER, MARKER = "videoxl-kv", ".videoxl-kv-tier"
+_STORE_FILE = re.compile(r"[A-Za-z0-9_-]{1,128}\.(json|safetensors)")
+
+
+class ForeignFolderError(InputError):
+    """A disk-tier folder holding files the tier did not write; the tier refuses it rather than delete them."""
+
+
+def _manifest_digest(manifest: dict) -> str:
+    return hashlib.sha256(json.dumps({k: v for k, v in manifest.items() if k != "checksum"}, sort_keys=True,
+                                     separators=(",", ":")).encode()).hexdigest()
+
+
+def own_folder(folder: str | os.PathLike) -> Path:
+    """The tier's subfolder of ``folder``, created with its marker file if new; ForeignFolderError if it exists
+    without the marker or holds anything but the tier's own files."""
+    path = Path(folder) / SUBFOLDER
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        names = sorted(p.name for p in path.iterdir())
+        if not names:
+            (path / MARKER).write_text("videoxl KV tier: files here are written and deleted by `videoxl serve`\n")
+            names = [MARKER]
+    except OSError as e:
+        raise ForeignFolderError(f"--disk-kv-dir {folder}: cannot use {path} ({e.strerror or e})") from None
+    if MARKER not in names:
+        raise ForeignFolderError(f"--disk-kv-dir {folder}: {path} exists but was not made by videoxl (no {MARKER}); "
+                                 "move it away or choose another folder")
+    foreign = [n for n in names if n != MARKER and not n.startswith(".tmp-") and not _STORE_FILE.fullmatch(n)]
+    if foreign:
+        raise ForeignFolderError(f"--disk-kv-dir {folder}: {path} holds files videoxl did not write "
+                                 f"({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); move them away")
+    return path
+
+
 class DiskStores:
-    """Stores as safetensors + JSON manifest files in one folder, for one model."""
+    """Stores as safetensors + JSON manifest files in the tier's own subfolder of ``folder``, for one model."""
 
     def __init__(self, folder: str | os.PathLike, fingerprint: str):
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = own_folder(folder)
         self.fingerprint = fingerprint
         self.version = videoxl_version()
 
@@ -103,17 +143,20 @@ class DiskStores:
         finally:
             os.close(fd)
 
+    def _lock_path(self, key: str) -> Path:
+        return self.folder / f".tmp-lock-{key}"  # a .tmp- name: the tier's own, and swept once stale
+
     def _locked(self, key: str) -> bool:
         """Whether another writer holds ``key``'s lock now (a lock older than ``LOCK_STALE_S`` is not held)."""
         try:
-            return time.time() - (self.folder / f"{key}.lock").stat().st_mtime < LOCK_STALE_S
+            return time.time() - self._lock_path(key).stat().st_mtime < LOCK_STALE_S
         except OSError:
             return False
 
     def write(self, key: str, store: KVStore, meta: dict) -> int:
         """Write a store unless the folder already has it complete; returns its size on disk in bytes (0 when
         another writer is writing it now: its store appears when that write is done)."""
-        lock = self.folder / f"{key}.lock"
+        lock = self._lock_path(key)
         if not self._locked(key):
             lock.unlink(missing_ok=True)  # a stale lock, or none
         try:
@@ -146,6 +189,7 @@ class DiskStores:
                 h.update(block)
         manifest = {"format": FORMAT, "videoxl": self.version, "model": self.fingerprint, "key": key,
                     "bytes": size, "sha256": h.hexdigest(), "memory_bytes": store_bytes(state), "meta": meta}
+        manifest["checksum"] = _manifest_digest(manifest)
         self._write_atomically(manifest_path, lambda p: p.write_text(json.dumps(manifest)))
         return size + manifest_path.stat().st_size
 
@@ -155,7 +199,7 @@ class DiskStores:
             manifest = json.loads(manifest_path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise StoreFileError(f"unreadable manifest ({e})") from None
-        if not isinstance(manifest, dict):
+        if not isinstance(manifest, dict) or "format" not in manifest:
             raise StoreFileError("the manifest is not a JSON object")
         if manifest.get("format") != FORMAT or manifest.get("videoxl") != self.version:
             raise StoreFileError(f"written by another version (format {manifest.get('format')}, videoxl "
@@ -171,14 +215,24 @@ class DiskStores:
         if size != manifest.get("bytes"):
             raise StoreFileError(f"the tensor file has {size} bytes, the manifest says {manifest.get('bytes')} "
                                  "(cut short?)")
+        if manifest.get("checksum") != _manifest_digest(manifest):
+            raise StoreFileError("the manifest's checksum does not match its content (edited or corrupt)")
         return manifest
 
     def scan(self) -> list[tuple[str, dict, int, float]]:
         """(key, manifest, bytes on disk, mtime) of every valid store, oldest first; leftovers and invalid
         stores are deleted with a log line."""
         found = []
+        for manifest_path in self.folder.glob("*.json"):  # before anything is deleted: is every .json ours?
+            try:
+                manifest = json.loads(manifest_path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                continue  # a manifest cut short by a crash: discarded below
+            if not isinstance(manifest, dict) or manifest.get("key") != manifest_path.stem:
+                raise ForeignFolderError(f"{manifest_path}: not a manifest videoxl wrote; move it out of "
+                                         f"{self.folder}")
         for path in self.folder.iterdir():
-            # .tmp-PID-THREAD-KEY.suffix
+            # .tmp-PID-THREAD-KEY.suffix, or a lock: .tmp-lock-KEY
             if path.name.startswith(".tmp-") and not self._locked(path.name.split("-", 3)[-1].split(".")[0]):
                 log.warning("deleting %s: an unfinished write (the server stopped while writing it)", path)
                 path.unlink(missing_ok=True)
@@ -323,21 +377,32 @@ class KVTiers:
                 try:
                     e.store, e.meta = self.disk.read(key, self.device)
                 except StoreFileError as err:
-                    self.disk.discard(key, str(err))
-                    self.on_event("discarded")
-                    del self.entries[key]
+                    self._drop(key, str(err))
                     raise KeyError(key) from None
                 self.on_event("loaded", tier="disk")
             elif e.memory != self.home:
                 e.store = KVStore.from_state_dict(e.store.state_dict(), self.device)
                 self.on_event("loaded", tier=e.memory)
             if e.memory != self.home:
-                e.memory, e.nbytes = self.home, e.store.nbytes
-                e.session = rebuild_session(self.model, e.store, e.meta)
+                try:
+                    session = rebuild_session(self.model, e.store, e.meta)
+                except Exception as err:  # a manifest that checked out but does not fit: never answer from it
+                    self._drop(key, f"cannot rebuild the session ({type(err).__name__}: {err})")
+                    raise KeyError(key) from None
+                e.memory, e.nbytes, e.session = self.home, e.store.nbytes, session
             e.pins += 1
             self.entries.move_to_end(key)
             self._enforce()
             return e.session, found
+
+    def _drop(self, key: str, why: str) -> None:
+        """Forget a store that must not be used, deleting its files."""
+        if self.disk is not None:
+            self.disk.discard(key, why)
+        else:
+            log.warning("discarding KV %s: %s", key, why)
+        self.on_event("discarded")
+        del self.entries[key]
 
     def release(self, key: str) -> None:
         with self.lock:
