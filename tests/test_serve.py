@@ -566,6 +566,7 @@ class _FakeModel:
 
 class _FakeTiers:
     budget: dict = {}
+    disk = None  # no disk tier shared with other servers
 
     def __init__(self, pieces: int):
         self.keys, self.pieces = set(), pieces

@@ -3,7 +3,9 @@ questions about it, keeping KV stores in tiers from GPU memory to disk.
 
 The request flows through: ``protocol`` (OpenAI's wire format) -> ``media`` (fetching and confining the video) ->
 ``service`` (keys, pre-fill once, questions) -> ``scheduler`` (one model worker) -> ``tiers`` (where stores live).
-``app`` holds the HTTP routes, ``metrics`` the Prometheus counters, ``__main__`` the command line.
+``app`` holds the HTTP routes, ``metrics`` the Prometheus counters, ``build`` the service from the options,
+``__main__`` the command line. ``ray`` (imported only under ``--ray``) runs the same app on Ray Serve replicas,
+routing each request to the one holding its video.
 """
 
 from .service import ServeConfig, VideoQA

@@ -14,12 +14,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .. import decoding, defaults
+from .. import DEFAULT_MODEL, decoding, defaults
 from ..options import device_name, non_negative, positive, rate, whole
+from .build import build
 from .service import ServeConfig
 
 DEFAULTS = ServeConfig()
-GB = 2**30
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,6 +60,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     limits.add_argument("--disk-kv-dir", help="keep evicted stores here; they survive restarts (default: none)")
     limits.add_argument("--disk-kv-gb", type=non_negative, default=64.0)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    scale = p.add_argument_group("scale-out (Ray Serve; needs the 'ray' extra)")
+    scale.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                       help="serve as a Ray Serve application on the cluster at ADDRESS ('auto': the one "
+                            "'ray start' runs on this machine); without ADDRESS a local cluster is started. "
+                            "Requests go to the replica that holds their video's KV store")
+    scale.add_argument("--replicas", type=whole(1), default=1, help="model replicas under --ray")
+    scale.add_argument("--replica-cpus", type=positive, default=None,
+                       help="CPU cores per replica under --ray (default: 1 with a GPU per replica, else 2)")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -74,65 +82,32 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Load the model and serve until interrupted; the exit code."""
-    import torch
     import uvicorn
 
-    from .. import DEFAULT_MODEL, interrupt
-    from ..engine.prefill import PrefillConfig
+    from .. import interrupt
     from ..errors import InputError
-    from ..model import VideoXL2, checkpoint
     from .app import create_app
-    from .media import MediaPolicy, MediaResolver
-    from .metrics import Metrics
-    from .service import VideoQA, model_fingerprint
-    from .tiers import DiskStores, KVTiers, own_folder
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("videoxl.serve")
-    try:
-        given = decoding.given(args)
-        decoding.options(**given)
-        if given.get("max_new_tokens", 0) > args.max_tokens_limit:
-            raise InputError("--max-new-tokens must be <= --max-tokens-limit")
-        root = args.allowed_local_media_path
-        if root is not None and not Path(root).is_dir():
-            raise InputError(f"--allowed-local-media-path {root}: not a folder")
-        config = ServeConfig(
-            max_frames=args.max_frames, fps=args.fps, max_fps=args.max_fps,
-            prefill=PrefillConfig(chunk=args.chunk, window=None if args.window == -1 else args.window),
-            decoding=given,
-            max_tokens_limit=args.max_tokens_limit, max_question_chars=args.max_question_chars,
-            max_queue=args.max_queue, request_timeout_s=args.request_timeout,
-            max_media_bytes=int(args.max_media_mb * 2**20), max_bodies_bytes=int(args.max_bodies_mb * 2**20))
-        if args.disk_kv_dir:
-            own_folder(args.disk_kv_dir)  # a folder the tier must not use is refused before the model loads
-        source = args.model or str(DEFAULT_MODEL)
-        folder = checkpoint.resolve(source)
-        model = VideoXL2.from_pretrained(folder, dtype=getattr(torch, args.dtype) if args.dtype else None,
-                                         device=args.device)
-    except (InputError, ValueError) as e:
-        print(f"videoxl serve: error: {e}", file=sys.stderr)
-        return 2
-    fingerprint = model_fingerprint(folder)
-    metrics = Metrics()
-    try:
-        disk = DiskStores(args.disk_kv_dir, fingerprint) if args.disk_kv_dir else None
-        tiers = KVTiers(model, int(args.gpu_kv_gb * GB), int(args.cpu_kv_gb * GB), disk, int(args.disk_kv_gb * GB),
-                        on_event=lambda name, **labels: metrics.inc("videoxl_kv_events_total", event=name, **labels))
-    except InputError as e:
-        print(f"videoxl serve: error: {e}", file=sys.stderr)
-        return 2
+    if args.ray is not None:
+        try:
+            from .ray import serve_ray
+        except ImportError as e:
+            print(f"videoxl serve: error: --ray needs Ray Serve ({e}): pip install 'videoxl[ray]'", file=sys.stderr)
+            return 2
+        return serve_ray(args)
     sweep_scratch()
     scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH}{os.getpid()}-"))
-    resolver = MediaResolver(MediaPolicy(Path(root) if root else None, tuple(d.lower() for d in
-                                                                                 args.allowed_media_domains),
-                                         config.max_media_bytes, args.media_timeout), scratch)
-    name = args.served_model_name or Path(str(source).rstrip("/")).name
-    qa = VideoQA(model, name, fingerprint, config, tiers, resolver, metrics)
-    api_key = args.api_key or os.environ.get("VIDEOXL_API_KEY") or None
-    log.info("serving %s (%s on %s) at http://%s:%d/v1%s", name, folder, model.device, args.host, args.port,
-             " with an API key" if api_key else "")
     try:
+        try:
+            qa = build(args, scratch)
+        except (InputError, ValueError) as e:
+            print(f"videoxl serve: error: {e}", file=sys.stderr)
+            return 2
+        api_key = args.api_key or os.environ.get("VIDEOXL_API_KEY") or None
+        log.info("serving %s (%s on %s) at http://%s:%d/v1%s", qa.name, args.model or DEFAULT_MODEL,
+                 qa.model.device, args.host, args.port, " with an API key" if api_key else "")
         # uvicorn stops gracefully on SIGINT/SIGTERM and raises the signal again, which videoxl.interrupt's
         # handler (installed by the command) turns into a KeyboardInterrupt that uvicorn swallows
         uvicorn.run(create_app(qa, api_key), host=args.host, port=args.port, log_level=args.log_level,

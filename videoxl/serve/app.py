@@ -229,6 +229,13 @@ def create_app(qa: VideoQA, api_key: str | None = None) -> FastAPI:
     return app
 
 
+def authorized(header: bytes, key_digest: bytes) -> bool:
+    """Whether an ``Authorization`` header carries the API key whose SHA-256 is ``key_digest`` (constant time)."""
+    scheme, _, token = header.decode("latin-1").partition(" ")
+    given = hashlib.sha256(token.strip().encode("latin-1")).digest()
+    return scheme.lower() == "bearer" and hmac.compare_digest(given, key_digest)
+
+
 ROUTES = ("/v1/chat/completions", "/v1/models", "/health", "/metrics")
 
 
@@ -250,10 +257,7 @@ class _Guard:
         path, started, status = scope["path"], time.perf_counter(), [500]
         label = path if path in ROUTES else "other"  # a fixed set of label values, whatever the client sends
         if self.key_digest is not None and path.startswith("/v1"):
-            header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-            scheme, _, token = header.partition(" ")
-            given = hashlib.sha256(token.strip().encode("latin-1")).digest()
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given, self.key_digest):
+            if not authorized(dict(scope["headers"]).get(b"authorization", b""), self.key_digest):
                 error = ServeError(401, "a missing or wrong API key: send 'Authorization: Bearer KEY'")
                 self.metrics.inc("videoxl_requests_total", path=label, status=401)
                 response = JSONResponse(error.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})

@@ -21,6 +21,8 @@ SPEC = {
     "videoxl_request_seconds": ("histogram", "Chat completion latency by stage (total, ingest, answer).",
                                 ("stage",)),
     "videoxl_ingests_total": ("counter", "Videos pre-filled.", ()),
+    "videoxl_lookups_total": ("counter", "Requests by where their video's store was: held (hit), being pre-filled "
+                                         "for another request (shared), or neither (miss).", ("result",)),
     "videoxl_reuses_total": ("counter", "Questions answered from a pre-filled video, by the tier it was in.",
                              ("tier",)),
     "videoxl_kv_events_total": ("counter", "KV store moves: evictions between tiers, loads, discarded files.",
@@ -32,6 +34,7 @@ SPEC = {
     "videoxl_kv_bytes": ("gauge", "KV store bytes held per tier.", ("tier",)),
     "videoxl_kv_budget_bytes": ("gauge", "KV store byte budget per tier.", ("tier",)),
     "videoxl_queue_depth": ("gauge", "Jobs waiting for the model.", ()),
+    "videoxl_stores": ("gauge", "Pre-filled videos held, in any tier.", ()),
     "videoxl_ingesting": ("gauge", "Videos being pre-filled now.", ()),
     "videoxl_body_bytes_in_flight": ("gauge", "Bytes of request bodies being read or handled now.", ()),
 }

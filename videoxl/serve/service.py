@@ -122,6 +122,7 @@ class VideoQA:
         self.ingesting = 0
         metrics.gauges["videoxl_ingesting"] = lambda: {(): self.ingesting}
         metrics.gauges["videoxl_queue_depth"] = lambda: {(): self.scheduler.depth}
+        metrics.gauges["videoxl_stores"] = lambda: {(): len(tiers.entries)}
         metrics.gauges["videoxl_kv_bytes"] = lambda: {(("tier", t),): b for t, b in tiers.usage().items()}
         metrics.gauges["videoxl_kv_budget_bytes"] = lambda: {(("tier", t),): b for t, b in tiers.budget.items()}
 
@@ -148,7 +149,7 @@ class VideoQA:
         named = (owner, ref.uuid, sampling) if ref.uuid else None
         if ref.url is None:
             key = self.uuids.get(named)
-            if key is None or (key not in self.tiers and key not in self.pending):
+            if key is None or not await self._known(key):
                 raise ServeError(404, f"no video with uuid {ref.uuid!r} (and this sampling) is stored: send its "
                                       "url together with the uuid once", param="messages")
             self.uuids.move_to_end(named)
@@ -162,7 +163,7 @@ class VideoQA:
             self.uuids.move_to_end(named)
             while len(self.uuids) > MAX_UUIDS:
                 self.uuids.popitem(last=False)
-        if key in self.tiers or key in self.pending:
+        if await self._known(key):
             media.release()
             info = await self._wait(key, cancel)
             info["seconds"]["media"] = fetched
@@ -175,12 +176,26 @@ class VideoQA:
             raise
         self.pending[key] = future
         future.add_done_callback(lambda _: self.pending.pop(key, None))
+        self.metrics.inc("videoxl_lookups_total", result="miss")
         seconds = await self._until(future, cancel)
         return key, {"reused": False, "shared": False, "seconds": {"media": fetched, **seconds}}
 
+    async def _known(self, key: str) -> bool:
+        """Whether the store ``key`` is held, being pre-filled, or complete in a disk folder shared with other
+        servers (then it is taken up). Its caller registers a new pre-fill without awaiting anything after it,
+        so two requests for one new video never both pre-fill it."""
+        if key in self.tiers or key in self.pending:
+            return True
+        if self.tiers.disk is None:
+            return False
+        adopted = await asyncio.to_thread(self.tiers.adopt, key)
+        return adopted or key in self.tiers or key in self.pending  # another request may have come meanwhile
+
     async def _wait(self, key: str, cancel: Cancel) -> dict:
         if key not in self.pending:
+            self.metrics.inc("videoxl_lookups_total", result="hit")
             return {"reused": True, "shared": False, "seconds": {}}
+        self.metrics.inc("videoxl_lookups_total", result="shared")
         seconds = await self._until(self.pending[key], cancel)
         return {"reused": False, "shared": True, "seconds": dict(seconds)}
 

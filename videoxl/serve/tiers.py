@@ -14,6 +14,12 @@ fsynced and renamed, so a crash leaves either a complete store or leftovers that
 whose manifest or tensors do not check out (cut short, edited, another model, another format), or that fails to
 rebuild, is deleted with a log line and never used: its video is pre-filled again. Nothing is unpickled:
 safetensors and JSON only.
+
+The folder may be shared by several servers (Ray Serve replicas on a network file system). A writer first
+creates ``.tmp-lock-KEY`` with ``O_EXCL``; a store that is already complete, or whose lock another writer holds, is
+not written again, so two servers that pre-fill the same video at once leave one store and neither fails. A start
+leaves alone the leftovers of keys whose lock is fresh (another server is writing them), and a server asks the
+folder for a key it does not know (:meth:`KVTiers.adopt`) before pre-filling the video itself.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from ..pipeline import IngestStats, Session
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the files' layout or the meaning of their tensors changes
+LOCK_STALE_S = 600.0  # a lock this old belongs to a writer that died; the next writer takes it over
 
 
 def videoxl_version() -> str:
@@ -136,8 +143,41 @@ class DiskStores:
         finally:
             os.close(fd)
 
+    def _lock_path(self, key: str) -> Path:
+        return self.folder / f".tmp-lock-{key}"  # a .tmp- name: the tier's own, and swept once stale
+
+    def _locked(self, key: str) -> bool:
+        """Whether another writer holds ``key``'s lock now (a lock older than ``LOCK_STALE_S`` is not held)."""
+        try:
+            return time.time() - self._lock_path(key).stat().st_mtime < LOCK_STALE_S
+        except OSError:
+            return False
+
     def write(self, key: str, store: KVStore, meta: dict) -> int:
-        """Write a store; returns its size on disk in bytes."""
+        """Write a store unless the folder already has it complete; returns its size on disk in bytes (0 when
+        another writer is writing it now: its store appears when that write is done)."""
+        lock = self._lock_path(key)
+        if not self._locked(key):
+            lock.unlink(missing_ok=True)  # a stale lock, or none
+        try:
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            return 0
+        try:
+            found = self.find(key)
+            return found[1] if found else self._write(key, store, meta)
+        finally:
+            lock.unlink(missing_ok=True)
+
+    def find(self, key: str) -> tuple[dict, int] | None:
+        """The manifest and size on disk of ``key``'s store if the folder holds it complete, else None."""
+        try:
+            manifest = self._manifest(key)
+            return manifest, sum(path.stat().st_size for path in self._paths(key))
+        except (StoreFileError, OSError):
+            return None
+
+    def _write(self, key: str, store: KVStore, meta: dict) -> int:
         tensors, manifest_path = self._paths(key)
         state = {name: t.cpu() for name, t in store.state_dict().items()}
         self._write_atomically(tensors, lambda p: save_file(state, str(p), metadata={
@@ -192,11 +232,12 @@ class DiskStores:
                 raise ForeignFolderError(f"{manifest_path}: not a manifest videoxl wrote; move it out of "
                                          f"{self.folder}")
         for path in self.folder.iterdir():
-            if path.name.startswith(".tmp-"):
+            # .tmp-PID-THREAD-KEY.suffix, or a lock: .tmp-lock-KEY
+            if path.name.startswith(".tmp-") and not self._locked(path.name.split("-", 3)[-1].split(".")[0]):
                 log.warning("deleting %s: an unfinished write (the server stopped while writing it)", path)
                 path.unlink(missing_ok=True)
         for path in self.folder.glob("*.safetensors"):
-            if not path.with_suffix(".json").exists():
+            if not path.with_suffix(".json").exists() and not self._locked(path.stem):
                 log.warning("deleting %s: no manifest (the server stopped before the write was complete)", path)
                 path.unlink(missing_ok=True)
         for manifest_path in self.folder.glob("*.json"):
@@ -262,8 +303,9 @@ class KVTiers:
     """
 
     def __init__(self, model, gpu_bytes: int, cpu_bytes: int, disk: DiskStores | None = None, disk_bytes: int = 0,
-                 on_event: Callable[..., None] | None = None):
+                 on_event: Callable[..., None] | None = None, write_through: bool = False):
         self.model = model
+        self.write_through = write_through and disk is not None  # every new store to disk at once (shared tier)
         self.device = model.device
         self.home = "gpu" if self.device.type == "cuda" else "cpu"
         self.memory_tiers = ["gpu", "cpu"] if self.home == "gpu" else ["cpu"]
@@ -303,7 +345,27 @@ class KVTiers:
                 self.disk.delete(key)
             self.entries[key] = _Entry(key, meta, self.home, store.nbytes, 0, store,
                                        rebuild_session(self.model, store, meta))
+            if self.write_through:
+                self.entries[key].disk_bytes = self.disk.write(key, store, meta)
             self._enforce()
+
+    def adopt(self, key: str) -> bool:
+        """Take up ``key`` if the disk folder holds it complete (written by another server sharing the folder);
+        whether this server now knows the key."""
+        if key in self.entries:
+            return True
+        if self.disk is None:
+            return False
+        with self.lock:
+            found = self.disk.find(key)
+            if found is None:
+                return False
+            manifest, size = found
+            self.entries[key] = _Entry(key, manifest["meta"], None, manifest.get("memory_bytes", 0), size)
+            self.entries.move_to_end(key)
+            self.on_event("adopted", tier="disk")
+            self._enforce()
+            return key in self.entries
 
     def checkout(self, key: str) -> tuple[Session, str]:
         """The session of ``key`` on the model's device, pinned until :meth:`release`, and the tier it was
