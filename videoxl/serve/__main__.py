@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="serve local files and file:// URLs from DIR only (default: no local files)")
     media.add_argument("--allowed-media-domains", nargs="*", default=[], metavar="DOMAIN",
                        help="fetch http(s) media from these hosts and their subdomains only (default: none)")
+    media.add_argument("--allowed-stream-schemes", nargs="*", default=[], metavar="SCHEME",
+                       help="live stream schemes POST /v1/streams accepts, e.g. tcp rtsp (default: none)")
     media.add_argument("--max-media-mb", type=positive, default=DEFAULTS.max_media_bytes / 2**20)
     media.add_argument("--media-timeout", type=positive, default=30.0, help="seconds to fetch an http(s) video")
     media.add_argument("--max-frames", type=whole(1, defaults.FRAMES_LIMIT), default=DEFAULTS.max_frames,
@@ -83,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from .media import MediaPolicy, MediaResolver
     from .metrics import Metrics
     from .service import VideoQA, model_fingerprint
+    from .streams import Streams
     from .tiers import DiskStores, KVTiers
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -104,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         folder = checkpoint.resolve(source)
         model = VideoXL2.from_pretrained(folder, dtype=getattr(torch, args.dtype) if args.dtype else None,
                                          device=args.device)
+        streams = Streams(model, tuple(s.lower() for s in args.allowed_stream_schemes))
     except (InputError, ValueError) as e:
         print(f"videoxl serve: error: {e}", file=sys.stderr)
         return 2
@@ -122,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("serving %s (%s on %s) at http://%s:%d/v1%s", name, folder, model.device, args.host, args.port,
              " with an API key" if api_key else "")
     try:
-        uvicorn.run(create_app(qa, api_key), host=args.host, port=args.port, log_level=args.log_level,
+        uvicorn.run(create_app(qa, api_key, streams), host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=10)
     finally:
         for leftover in scratch.iterdir():

@@ -25,6 +25,7 @@ from ..engine.decode import Answer, DecodeConfig
 from ..errors import InputError
 from .protocol import ChatRequest, ServeError, chunk, completion, completion_id, error_body, parse_chat
 from .service import Cancel, Cancelled, Sampling, StoreGone, VideoQA
+from .streams import PREFIX as STREAM_PREFIX, Streams, install as install_streams
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,15 @@ def _report(key: str, video: dict, answer: Answer, info: dict, total: float) -> 
                    "seconds": {k: round(v, 6) for k, v in seconds.items()}}
 
 
-def create_app(qa: VideoQA, api_key: str | None = None) -> FastAPI:
-    """The ASGI app serving ``qa``; its shutdown writes memory stores to disk and stops the model worker."""
+def create_app(qa: VideoQA, api_key: str | None = None, streams: Streams | None = None) -> FastAPI:
+    """The ASGI app serving ``qa`` (and live ``streams``: none allowed by default); its shutdown writes memory
+    stores to disk and stops the model worker and the streams."""
+    streams = streams or Streams(qa.model)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
+        await asyncio.to_thread(streams.close)
         await asyncio.to_thread(qa.close)
 
     app = FastAPI(title="videoxl", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -129,6 +133,8 @@ def create_app(qa: VideoQA, api_key: str | None = None) -> FastAPI:
                              code="model_not_found")
         return {"id": qa.name, "object": "model", "created": created, "owned_by": "videoxl"}
 
+    install_streams(app, streams, lambda request: _read_json(request, config.max_body_bytes))
+
     def decode_config(req: ChatRequest) -> DecodeConfig:
         topk = None if req.dense or req.kv_budget is not None else (req.topk if req.topk is not None
                                                                     else config.topk)
@@ -154,6 +160,8 @@ def create_app(qa: VideoQA, api_key: str | None = None) -> FastAPI:
         if req.media is None:
             raise ServeError(400, "no video: add a video_url (or image_url) part to a user message",
                              param="messages")
+        if (req.media.url or "").startswith(STREAM_PREFIX):  # a live stream: its history so far
+            return await streams.chat(req, decode_config(req), qa.name)
         frames = req.num_frames or config.max_frames
         if frames > config.max_frames:
             raise ServeError(400, f"{frames} frames asked for; this server samples at most {config.max_frames}",
