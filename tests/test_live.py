@@ -8,6 +8,7 @@ synthetic world's known events (what was shown, and when).
 from __future__ import annotations
 
 import json
+import os
 import random
 import socket
 import subprocess
@@ -28,6 +29,20 @@ from videoxl.synth.stream import script_to_json
 from videoxl.synth.world import Event, Script, make_scenes, render
 
 FPS = 4.0  # the synthetic scripts' frame rate; streams are sampled at it, so every frame is seen
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread here and in the processes started: reader, ingest and questions already run side by side, and
+    on a busy two-core machine more threads spin against each other (a 4-frame encode: 0.08 s with one, 2 s with two
+    under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +68,7 @@ def _send(tmp_path: Path, script: Script, out: str, *args: str) -> subprocess.Po
     """Send ``script`` to ``out`` from another process (PyAV's muxer holds the GIL while it waits for a client)."""
     path = tmp_path / f"script-{time.monotonic_ns()}.json"
     path.write_text(script_to_json(script))
-    return subprocess.Popen([sys.executable, "-m", "videoxl.synth.stream", str(path), out, *args],
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-m", "videoxl.synth.stream", str(path), out, *args], env=ENV)
 
 
 def _tcp_stream(tmp_path: Path, script: Script, *args: str) -> tuple[str, subprocess.Popen]:
@@ -169,7 +183,7 @@ def test_watch_follows_a_growing_file_until_it_stops(tmp_path):
     writer = _send(tmp_path, script, str(path), "--speed", "2")
     run = subprocess.run([sys.executable, "-m", "videoxl.cli", "watch", str(path), "--follow", "--idle", "3",
                           "--fps", "4", "--ask", "What object appears in the video?", "--json"],
-                         capture_output=True, text=True, timeout=180)
+                         capture_output=True, text=True, timeout=180, env=ENV)
     writer.wait(timeout=30)
     assert run.returncode == 0, run.stderr
     answers = [json.loads(line) for line in run.stdout.splitlines()]
@@ -182,7 +196,7 @@ def test_watch_refuses_a_bad_source_with_exit_2(tmp_path):
     for source, words in (("ftp://127.0.0.1/x", "unsupported live scheme 'ftp'"),
                           (str(tmp_path / "none.ts"), "no such file")):
         run = subprocess.run([sys.executable, "-m", "videoxl.cli", "watch", source, "--follow"],
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=60, env=ENV)
         assert run.returncode == 2 and words in run.stderr and run.stderr.count("\n") == 1, run.stderr
 
 
@@ -199,12 +213,13 @@ def test_horizon_bounds_resident_chunks_over_a_ten_minute_stream(model):
     live.start()
     assert live.wait(timeout=240)
     assert live.stats.chunks == 38 and live.stats.stream_time == 596.0
-    # a minute of stream is 4 groups of 16 s: with the window and the newest chunk, at most 6 stay dense
-    assert max(counts) <= 6 and counts[-1] <= 6 and live.stats.most_resident_chunks == max(counts)
-    assert len(counts) >= 38 and counts.count(max(counts)) > 20  # flat, not growing with the stream
-    reply = live.ask("What object appears in the video?")
+    # a minute of stream is about 4 groups of 16 s (a group counts while its last frame is within the minute;
+    # releases go a whole chunk at a time, and never into the window pre-fill still reads)
+    assert counts[:4] == [1, 2, 3, 4] and set(counts[4:]) <= {4, 5} and live.stats.most_resident_chunks <= 5
+    assert live.stats.resident_chunks <= 5 and live.stats.chunks - live.stats.resident_chunks >= 33
+    reply = live.ask("What object appears in the video?")  # the released past is still there, sparse
     assert reply.stream_time == 596.0 and reply.groups == 38
-    assert all(c >= 38 - 6 for c in reply.answer.dense_chunks if c > 0) or reply.answer.dense_chunks
+    assert reply.answer.kv_bytes_used < reply.answer.kv_bytes_dense
 
 
 # -- the server ---------------------------------------------------------------------------------------------------------
@@ -224,7 +239,7 @@ def test_server_streams_obey_the_allow_list_and_answer_from_the_stream(tmp_path)
     port = _port()
     log = open(tmp_path / "server.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "videoxl.serve", "--port", str(port),
-                               "--allowed-stream-schemes", "tcp"], stdout=log, stderr=log)
+                               "--allowed-stream-schemes", "tcp"], stdout=log, stderr=log, env=ENV)
     base = f"http://127.0.0.1:{port}"
     sender = None
     try:
@@ -242,7 +257,7 @@ def test_server_streams_obey_the_allow_list_and_answer_from_the_stream(tmp_path)
         assert _request("POST", base + "/v1/streams", {"url": "gopher://x"})[0] == 400
         script = _script(48, 5, Event("object", 12, 18, word="heart"))
         url, sender = _tcp_stream(tmp_path, script, "--speed", "0")
-        status, stream = _request("POST", base + "/v1/streams", {"url": url, "fps": 4})
+        status, stream = _request("POST", base + "/v1/streams", {"url": url, "fps": 4, "reconnect": 1})
         assert status == 200 and stream["status"] == "ingesting", stream
         deadline = time.monotonic() + 90
         while _request("GET", f"{base}/v1/streams/{stream['id']}")[1]["status"] == "ingesting":

@@ -1,5 +1,6 @@
 """Live streams on the server: ``POST /v1/streams`` starts ingesting a stream, ``GET /v1/streams`` lists them,
-``DELETE /v1/streams/{id}`` stops one; a chat completion about ``{"type": "video_url", "video_url": {"url":
+``DELETE /v1/streams/{id}`` stops one (a stream's JSON: ``url``, and optionally ``fps``, 1 by default, and
+``reconnect``, the seconds a dropped source may stay away before it has ended, 30 by default); a chat completion about ``{"type": "video_url", "video_url": {"url":
 "stream://ID"}}`` is answered from everything that stream has ingested so far, while ingest goes on.
 
 Live schemes are off unless the server names them (``--allowed-stream-schemes tcp rtsp``): a stream URL whose
@@ -73,9 +74,9 @@ class Streams:
                                   f"{' (allowed: ' + ', '.join(self.allowed) + ')' if self.allowed else ''}",
                              param="url")
         try:
-            source = LiveSource(url, SourceOptions(fps=fps))
+            source = LiveSource(url, SourceOptions(fps=fps, reconnect=body.get("reconnect", 30.0)))
         except (InputError, TypeError) as e:
-            raise ServeError(400, str(e), param="fps") from None
+            raise ServeError(400, str(e)) from None
         with self._lock:
             if sum(e.live.running for e in self._streams.values()) >= self.max_streams:
                 raise ServeError(429, f"this server ingests at most {self.max_streams} streams at once")
