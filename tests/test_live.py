@@ -125,13 +125,13 @@ def test_horizon_store_prefills_like_a_store_and_reads_released_groups_sparse():
 
 # -- streams ----------------------------------------------------------------------------------------------------------
 def test_live_tcp_stream_answers_about_what_happened_and_not_what_has_not(model, tmp_path):
-    """A real-time TCP MPEG-TS stream: asked mid-stream, the answer is the object already shown (moon at 4 s), not
+    """A TCP MPEG-TS stream at twice real time: asked mid-stream, the answer is the object already shown (moon at 4 s), not
     the one still to come (heart at 20 s); at the end every group is ingested, stamped by the stream's clock."""
     from videoxl.live.source import LiveSource, SourceOptions
     from videoxl.live.stream import LiveOptions, LiveStream
 
     script = _script(96, 1, Event("object", 16, 22, word="moon"), Event("object", 80, 86, word="heart"))
-    url, sender = _tcp_stream(tmp_path, script, "--speed", "1")
+    url, sender = _tcp_stream(tmp_path, script, "--speed", "2")
     live = LiveStream(model, LiveSource(url, SourceOptions(fps=FPS, reconnect=2)), LiveOptions(horizon=None))
     live.start()
     try:
