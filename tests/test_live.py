@@ -257,7 +257,7 @@ def test_server_streams_obey_the_allow_list_and_answer_from_the_stream(tmp_path)
         assert _request("POST", base + "/v1/streams", {"url": "gopher://x"})[0] == 400
         script = _script(48, 5, Event("object", 12, 18, word="heart"))
         url, sender = _tcp_stream(tmp_path, script, "--speed", "0")
-        status, stream = _request("POST", base + "/v1/streams", {"url": url, "fps": 4, "reconnect": 1})
+        status, stream = _request("POST", base + "/v1/streams", {"url": url, "fps": 4, "reconnect": 4})
         assert status == 200 and stream["status"] == "ingesting", stream
         deadline = time.monotonic() + 90
         while _request("GET", f"{base}/v1/streams/{stream['id']}")[1]["status"] == "ingesting":

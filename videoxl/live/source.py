@@ -105,6 +105,47 @@ class _GrowingFile:
         self.file.close()
 
 
+class _Clock:
+    """Stamps on one monotonic clock across connections, and sampling at one frame per ``step`` seconds."""
+
+    def __init__(self, step: float, stats: SourceStats):
+        self.step, self.stats = step, stats
+        self.due = 0.0  # stamp of the next frame to keep
+        self.last: float | None = None  # last stamp handed out
+        self.raw_last: float | None = None  # last raw stream time (to tell a continuing clock from a restarted one)
+        self.offset: float | None = None  # stamp = raw time + offset
+        self.lost_at: float | None = None
+        self.first = True
+
+    def connected(self, lost_at: float | None) -> None:
+        """A new connection begins; ``lost_at`` is the wall time the previous one was lost (None: first)."""
+        self.first, self.lost_at = True, lost_at
+
+    def keep(self, raw: float | None) -> float | None:
+        """The stamp of a decoded frame at stream time ``raw`` if it is sampled, else None."""
+        if raw is None:
+            return None
+        if self.first:
+            self.first = False
+            if self.offset is None:
+                self.offset = -raw
+            elif self.raw_last is None or raw <= self.raw_last:  # the clock restarted: bridge by wall time
+                away = time.monotonic() - self.lost_at if self.lost_at is not None else 0.0
+                self.offset = self.last + max(away, self.step) - raw
+            if self.lost_at is not None and self.last is not None:
+                self.stats.gaps.append((self.last, round(raw + self.offset, 3)))
+        self.raw_last = raw
+        t = raw + self.offset
+        self.stats.decoded += 1
+        self.stats.latest = t
+        if t < self.due - 1e-6 or (self.last is not None and t <= self.last):
+            return None
+        self.due = self.due + self.step if t < self.due + self.step else t + self.step  # after a gap: from there
+        self.last = t
+        self.stats.sampled += 1
+        return t
+
+
 class LiveSource:
     """Sampled, stamped frames of a live input: iterate :meth:`frames`; :meth:`close` stops it from any thread."""
 
@@ -121,11 +162,7 @@ class LiveSource:
     def frames(self) -> Iterator[tuple[float, np.ndarray]]:
         """(stamp in seconds, H x W x 3 uint8 RGB frame), one per ``1/fps`` seconds of stream time, until the
         source ends or :meth:`close`; VideoError if it cannot be opened at all."""
-        step = 1.0 / self.options.fps
-        due = 0.0  # stamp of the next frame to keep
-        last = None  # last stamp handed out
-        raw_last = None  # last raw stream time seen (to tell a continuing clock from a restarted one)
-        offset = None  # stamp = raw time + offset
+        clock = _Clock(1.0 / self.options.fps, self.stats)
         lost_at = None  # wall time the source was lost, while reconnecting
         backoff, opened_once = 0.25, False
         while not self._stop.is_set():
@@ -138,39 +175,20 @@ class LiveSource:
                         raise VideoError(f"{self.url}: cannot open the stream ({e})") from None
                     break
                 time.sleep(backoff)
-                backoff = min(2 * backoff, 4.0)
+                backoff = min(2 * backoff, 2.0)
                 continue
             if opened_once:
                 self.stats.reconnects += 1
             opened_once, backoff = True, 0.25
-            first_of_connection = True
+            clock.connected(lost_at)
             try:
                 for frame in container.decode(video=0):
                     if self._stop.is_set():
                         break
-                    raw = frame.time
-                    if raw is None:
-                        continue
-                    if first_of_connection:
-                        first_of_connection = False
-                        if offset is None:
-                            offset = -raw
-                        elif raw_last is None or raw <= raw_last:  # the clock restarted: bridge by wall time
-                            away = time.monotonic() - lost_at if lost_at is not None else 0.0
-                            offset = last + max(away, step) - raw
-                        if lost_at is not None and last is not None:
-                            self.stats.gaps.append((last, round(raw + offset, 3)))
+                    t = clock.keep(frame.time)
+                    if t is not None:
                         lost_at = None
-                    raw_last = raw
-                    t = raw + offset
-                    self.stats.decoded += 1
-                    self.stats.latest = t
-                    if t < due - 1e-6 or (last is not None and t <= last):
-                        continue
-                    due = due + step if t < due + step else t + step  # after a gap, sample from where it resumes
-                    last = t
-                    self.stats.sampled += 1
-                    yield round(t, 3), frame.to_ndarray(format="rgb24")
+                        yield round(t, 3), frame.to_ndarray(format="rgb24")
             except (av.FFmpegError, OSError) as e:
                 log.info("%s: stream lost (%s)", self.url, e)
             finally:

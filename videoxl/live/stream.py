@@ -25,7 +25,9 @@ import numpy as np
 import torch
 
 from .. import defaults
-from ..engine.decode import Answer, DecodeConfig, Decoder
+from ..decoding import Generation, Selection, options
+from ..engine.decode import Answer, Decoder
+from ..engine.heads import retrieval_heads
 from ..engine.layout import Group
 from ..engine.prefill import PrefillConfig, PrefilledVideo, prefill
 from ..errors import OptionError, VideoError
@@ -159,13 +161,15 @@ class LiveStream:
         return any(t.is_alive() for t in self._threads)
 
     # -- questions ------------------------------------------------------------------------------------------------
-    def ask(self, question: str, config: DecodeConfig | None = None,
-            on_text: Callable[[str], None] | None = None,
-            max_question_tokens: int = QUESTION_TOKENS) -> LiveAnswer:
+    def ask(self, question: str, selection: Selection | None = None, generation: Generation | None = None, *,
+            on_text: Callable[[str], None] | None = None, max_question_tokens: int = QUESTION_TOKENS,
+            **given) -> LiveAnswer:
         """Answer a question about everything ingested so far (bi-level selection over the whole history, then
-        generation). OptionError before the first chunk is pre-filled, or for a bad question."""
-        config = config or DecodeConfig(topk=defaults.TOPK, chunk=defaults.DECODE_CHUNK,
-                                        max_new_tokens=defaults.MAX_NEW_TOKENS)
+        generation). The options are the model's profile's with the ``given`` ones over them (as
+        :meth:`videoxl.pipeline.Session.ask`), or exactly the ``selection`` and ``generation`` passed. OptionError
+        before the first chunk is pre-filled, or for a bad question or option."""
+        default_selection, default_generation = options(self.model.profile, **given)
+        selection, generation = selection or default_selection, generation or default_generation
         ids = self.model.question_ids(question, max_question_tokens)
         t0 = time.perf_counter()
         with self._lock:
@@ -175,7 +179,7 @@ class LiveStream:
                     raise OptionError(f"the stream failed before anything was ingested: {self.error}")
                 raise OptionError("nothing is ingested yet: ask again once the first chunk is pre-filled")
             groups, stream_time = len(self._ends), self._ends[-1]
-            answer = self._decoder.answer(ids, config, on_text=on_text)
+            answer = self._decoder.answer(ids, selection, generation, on_text=on_text)
             self.stats.questions += 1
         return LiveAnswer(question, answer, stream_time, groups, waited)
 
@@ -264,7 +268,8 @@ class LiveStream:
             self._stamps += [t for t, _ in self._pending]
             self._ends += [end for _, end in self._pending]
             if self._decoder is None:
-                self._decoder = Decoder(self.model.llm, self._video, self.model.tokenizer)
+                self._decoder = Decoder(self.model.llm, self._video, self.model.tokenizer,
+                                        heads=lambda: retrieval_heads(self.model.llm, self.model.tokenizer).heads)
             self._release(store, chunks)
             self.stats.groups, self.stats.chunks = len(self._ends), chunks
             self.stats.stream_time = self._ends[-1]

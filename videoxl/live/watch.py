@@ -16,9 +16,9 @@ import sys
 import threading
 import time
 
-from .. import defaults
+from .. import decoding, defaults
 from ..errors import OptionError
-from ..options import device_name, rate, whole
+from ..options import device_name, rate
 
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -50,13 +50,10 @@ def add_parser(sub) -> None:
                    help="with --follow: the file has ended once it has not grown for this long (default 5s)")
     p.add_argument("--ask", action="append", default=[], metavar="QUESTION", help="a question to ask (repeatable)")
     p.add_argument("--every", type=duration, help="ask the --ask questions every this much stream time")
-    p.add_argument("--topk", type=whole(0), default=defaults.TOPK,
-                   help=f"relevant chunks reloaded dense besides the first and last (default {defaults.TOPK})")
-    p.add_argument("--max-new-tokens", type=whole(1, defaults.NEW_TOKENS_LIMIT), default=defaults.MAX_NEW_TOKENS,
-                   help=f"answer length limit (default {defaults.MAX_NEW_TOKENS})")
     p.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="one JSON object per answer")
     p.add_argument("--progress", action="store_true", help="print ingest progress to stderr even when not a terminal")
+    decoding.add_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -71,7 +68,6 @@ def run(args) -> int:
         raise OptionError("--every needs a question to ask: give it with --ask")
     check_source(args.source, follow=args.follow)
 
-    from ..engine.decode import DecodeConfig
     from ..model import VideoXL2
     from ..model.videoxl2 import resolve_device
     from .source import LiveSource, SourceOptions
@@ -89,7 +85,7 @@ def run(args) -> int:
                   file=sys.stderr, flush=True)
 
     live = LiveStream(model, source, LiveOptions(horizon=args.horizon), on_progress=progress).start()
-    config = DecodeConfig(topk=args.topk, chunk=defaults.DECODE_CHUNK, max_new_tokens=args.max_new_tokens)
+    config = decoding.options(model.profile, **decoding.given(args))
     questions: queue.Queue = queue.Queue()
     threading.Thread(target=_read_questions, args=(questions,), daemon=True).start()
     next_ask = args.every
@@ -133,7 +129,7 @@ def _answer(live, question: str, config, as_json: bool) -> None:
     from ..errors import InputError
 
     try:
-        reply = live.ask(question, config)
+        reply = live.ask(question, *config)
     except InputError as e:
         print(f"videoxl: {e}", file=sys.stderr, flush=True)
         return

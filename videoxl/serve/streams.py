@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 
-from ..engine.decode import DecodeConfig
+from ..decoding import Generation, Selection
 from ..errors import InputError
 from ..live.source import LIVE_SCHEMES, LiveSource, SourceOptions, check_source
 from ..live.stream import LiveOptions, LiveStream
@@ -106,18 +106,18 @@ class Streams:
         for entry in list(self._streams.values()):
             entry.live.close()
 
-    async def chat(self, req: ChatRequest, decoding: DecodeConfig, model_name: str) -> dict:
+    async def chat(self, req: ChatRequest, decoding: tuple[Selection, Generation], model_name: str) -> dict:
         """A completion about a stream's ingested history (no SSE: the answer comes whole)."""
         if req.stream:
             raise ServeError(400, "answers about live streams are not streamed: send stream=false", param="stream")
         entry = self.get(req.media.url[len(PREFIX):])
         started = time.perf_counter()
         try:
-            reply = await asyncio.to_thread(entry.live.ask, req.question, decoding)
+            reply = await asyncio.to_thread(entry.live.ask, req.question, *decoding)
         except InputError as e:
             raise ServeError(409 if "nothing is ingested" in str(e) else 400, str(e)) from None
         answer = reply.answer
-        finish = "length" if len(answer.tokens) >= decoding.max_new_tokens else "stop"
+        finish = "length" if len(answer.tokens) >= decoding[1].max_new_tokens else "stop"
         usage = {"prompt_tokens": 0, "completion_tokens": len(answer.tokens), "total_tokens": len(answer.tokens)}
         report = {"stream": entry.id, "stream_time": round(reply.stream_time, 3), "groups": reply.groups,
                   "dense_chunks": answer.dense_chunks, "waited": round(reply.waited, 3),
