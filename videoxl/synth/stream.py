@@ -1,7 +1,7 @@
 """A synthetic script sent as a live MPEG-TS stream: over TCP to one client (``tcp://127.0.0.1:PORT?listen=1``), or
 into a file that grows as it is written. Tests and ``benchmarks/live.py`` watch it with ``videoxl watch``.
 
-Run as ``python -m videoxl.synth.stream SCRIPT.json OUT [--speed S] [--drop AT:FOR]``. ``--speed`` paces frames at S
+Run as ``python -m videoxl.synth.stream SCRIPT.json|demo OUT [--speed S] [--drop AT:FOR]``. ``--speed`` paces frames at S
 times real time (0: as fast as the reader takes them); ``--drop AT:FOR`` closes the stream at stream second AT,
 stays away FOR wall seconds, then listens again with the clock moved on by FOR seconds (the frames in between are
 lost, as a camera's are during a network outage).
@@ -73,12 +73,17 @@ def send(script: Script, out: str, frames: range, speed: float, started: float) 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m videoxl.synth.stream", description=__doc__.split("\n\n")[0])
-    parser.add_argument("script", type=Path, help="the script, as written by script_to_json")
+    parser.add_argument("script", help="the script, as written by script_to_json, or 'demo' (the demo video's)")
     parser.add_argument("out", help="tcp://127.0.0.1:PORT?listen=1, or a file to grow")
     parser.add_argument("--speed", type=float, default=1.0, help="times real time; 0: as fast as possible")
     parser.add_argument("--drop", default=None, help="AT:FOR, an outage at stream second AT for FOR seconds")
     args = parser.parse_args(argv)
-    script = script_from_json(args.script.read_text())
+    if args.script == "demo":
+        from .demo import demo_script
+
+        script = demo_script()[0]
+    else:
+        script = script_from_json(Path(args.script).read_text())
     started = time.monotonic()
     if args.drop is None:
         send(script, args.out, range(script.frames), args.speed, started)
