@@ -170,7 +170,14 @@ def create_app(qa: VideoQA, api_key: str | None = None, streams: Streams | None 
                              code="model_not_found")
         return {"id": qa.name, "object": "model", "created": created, "owned_by": "videoxl"}
 
-    install_streams(app, streams, lambda request: _read_json(request, config.max_body_bytes))
+    async def read_small_json(request: Request) -> object:  # a stream's request: read, then its bytes go back
+        reservation = bodies.reserve()
+        try:
+            return await _read_json(request, config.max_body_bytes, reservation)
+        finally:
+            reservation.release()
+
+    install_streams(app, streams, read_small_json)
 
     def decode_config(req: ChatRequest) -> tuple[Selection, Generation]:
         given = {**config.decoding, **req.decoding}  # the request's over the server's over the model's profile
