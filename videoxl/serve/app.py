@@ -109,7 +109,7 @@ def _report(key: str, video: dict, answer: Answer, info: dict, total: float, pro
 def create_app(qa: VideoQA, api_key: str | None = None, streams: Streams | None = None) -> FastAPI:
     """The ASGI app serving ``qa`` (and live ``streams``: none allowed by default); its shutdown writes memory
     stores to disk and stops the model worker and the streams."""
-    streams = streams or Streams(qa.model)
+    streams = streams if streams is not None else Streams(None)  # no scheme allowed: never needs the model
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
