@@ -71,6 +71,15 @@ def _send(tmp_path: Path, script: Script, out: str, *args: str) -> subprocess.Po
     return subprocess.Popen([sys.executable, "-m", "videoxl.synth.stream", str(path), out, *args], env=ENV)
 
 
+def _finish(sender: subprocess.Popen) -> None:
+    """Wait for a sender to end; one still waiting for a client (a failed test) is killed, not left behind."""
+    try:
+        sender.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        sender.kill()
+        sender.wait()
+
+
 def _tcp_stream(tmp_path: Path, script: Script, *args: str) -> tuple[str, subprocess.Popen]:
     port = _port()
     return f"tcp://127.0.0.1:{port}", _send(tmp_path, script, f"tcp://127.0.0.1:{port}?listen=1", *args)
@@ -144,7 +153,7 @@ def test_live_tcp_stream_answers_about_what_happened_and_not_what_has_not(model,
         assert live.wait(timeout=90)
     finally:
         live.close()
-        sender.wait(timeout=30)
+        _finish(sender)
     assert live.group_times == [float(4 * i / FPS) for i in range(24)]
     assert live.stats.stream_time == 23.75 and live.stats.ended and not live.stats.gaps
 
@@ -163,7 +172,7 @@ def test_source_that_drops_for_three_seconds_resumes_with_a_visible_gap(model, t
         assert live.wait(timeout=120)
     finally:
         live.close()
-        sender.wait(timeout=30)
+        _finish(sender)
     stamps = live.group_times
     assert all(b > a for a, b in zip(stamps, stamps[1:]))
     assert source.stats.reconnects == 1 and len(live.stats.gaps) == 1
@@ -184,7 +193,7 @@ def test_watch_follows_a_growing_file_until_it_stops(tmp_path):
     run = subprocess.run([sys.executable, "-m", "videoxl.cli", "watch", str(path), "--follow", "--idle", "3",
                           "--fps", "4", "--ask", "What object appears in the video?", "--json"],
                          capture_output=True, text=True, timeout=180, env=ENV)
-    writer.wait(timeout=30)
+    _finish(writer)
     assert run.returncode == 0, run.stderr
     answers = [json.loads(line) for line in run.stdout.splitlines()]
     assert len(answers) == 1
@@ -279,4 +288,4 @@ def test_server_streams_obey_the_allow_list_and_answer_from_the_stream(tmp_path)
         server.wait(timeout=30)
         log.close()
         if sender is not None:
-            sender.wait(timeout=30)
+            _finish(sender)
