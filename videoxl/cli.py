@@ -190,6 +190,9 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     _add_ask(sub)
     _add_demo(sub)
     _add_eval(sub)
+    from .live.watch import add_parser as add_watch  # light: no torch until the command runs
+
+    add_watch(sub)
     if argv is not None and argv[:1] == ["serve"]:
         from .serve.__main__ import add_parser as add_serve
 

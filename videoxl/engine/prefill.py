@@ -185,12 +185,17 @@ def prefill(
     expected_tokens: int = 0,
     on_chunk: Callable[[int, int], None] | None = None,
     keep_hidden: bool = False,
+    store: KVStore | None = None,
+    on_start: Callable[[PrefilledVideo], None] | None = None,
 ) -> PrefilledVideo:
     """Pre-fill ``prefix`` then ``groups`` chunk by chunk into a new :class:`KVStore`.
 
     ``groups`` may be a generator: at most one forward's chunks of groups are held at a time. ``expected_tokens``
     pre-sizes the store. ``on_chunk(chunks_done, tokens_done)`` reports progress. ``keep_hidden`` keeps each chunk's
-    final hidden states (for tests and for scoring heads that read them).
+    final hidden states (for tests and for scoring heads that read them). ``store`` is an empty store to fill
+    (default: a new :class:`KVStore`; a live stream passes one that bounds its memory). ``on_start`` receives the
+    :class:`PrefilledVideo` this call returns before the first chunk: it grows chunk by chunk, and between chunks
+    (in ``on_chunk``) it answers questions about what has been pre-filled so far.
     """
     check_model(model)
     cfg = model.config
@@ -199,13 +204,18 @@ def prefill(
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     rope = Rope.of(model)
-    store = KVStore(cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim, dtype, device, pool=config.pool)
+    if store is None:
+        store = KVStore(cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim, dtype, device, pool=config.pool)
+    assert store.length == 0 and store.pool == config.pool, "pre-fill needs an empty store pooling as configured"
     stats = PrefillStats(config=cfg)
     hidden: list[torch.Tensor] | None = [] if keep_hidden else None
     started = time.perf_counter()
 
     anchors = Anchors(store, device, dtype)
     summaries = GroupSummaries(store, rope)
+    video = PrefilledVideo(store, config, stats, hidden, summaries)
+    if on_start is not None:
+        on_start(video)
     prefix_embeds = embed(model, prefix)
     n_prefix = prefix_embeds.shape[0]
     store.reserve(max(expected_tokens, n_prefix))
@@ -267,6 +277,7 @@ def prefill(
         store.add_groups(spans, rope)
         summaries.extend()
         stats.pairs += step.pairs
+        stats.tokens = store.length
         for batch, (r0, r1, _, _) in zip(chunks, segments):
             stats.groups += len(batch)
             stats.chunks += 1
@@ -279,4 +290,4 @@ def prefill(
         raise InputError("the input has no groups: chunked pre-fill needs at least one group of visual tokens")
     stats.tokens = store.length
     stats.seconds = time.perf_counter() - started
-    return PrefilledVideo(store, config, stats, hidden, summaries)
+    return video

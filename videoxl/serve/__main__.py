@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="serve local files and file:// URLs from DIR only (default: no local files)")
     media.add_argument("--allowed-media-domains", nargs="*", default=[], metavar="DOMAIN",
                        help="fetch http(s) media from these hosts and their subdomains only (default: none)")
+    media.add_argument("--allowed-stream-schemes", nargs="*", default=[], metavar="SCHEME",
+                       help="live stream schemes POST /v1/streams accepts, e.g. tcp rtsp (default: none)")
     media.add_argument("--max-media-mb", type=positive, default=DEFAULTS.max_media_bytes / 2**20)
     media.add_argument("--max-bodies-mb", type=positive, default=DEFAULTS.max_bodies_bytes / 2**20,
                        help="request bodies read or handled at once, in MB; more waiting bodies get 429 (one body "
@@ -87,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import interrupt
     from ..errors import InputError
     from .app import create_app
+    from .streams import Streams
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("videoxl.serve")
@@ -105,12 +108,13 @@ def run(args: argparse.Namespace) -> int:
         except (InputError, ValueError) as e:
             print(f"videoxl serve: error: {e}", file=sys.stderr)
             return 2
+        streams = Streams(qa.model, tuple(s.lower() for s in args.allowed_stream_schemes))
         api_key = args.api_key or os.environ.get("VIDEOXL_API_KEY") or None
         log.info("serving %s (%s on %s) at http://%s:%d/v1%s", qa.name, args.model or DEFAULT_MODEL,
                  qa.model.device, args.host, args.port, " with an API key" if api_key else "")
         # uvicorn stops gracefully on SIGINT/SIGTERM and raises the signal again, which videoxl.interrupt's
         # handler (installed by the command) turns into a KeyboardInterrupt that uvicorn swallows
-        uvicorn.run(create_app(qa, api_key), host=args.host, port=args.port, log_level=args.log_level,
+        uvicorn.run(create_app(qa, api_key, streams), host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=10)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

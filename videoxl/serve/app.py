@@ -27,6 +27,7 @@ from ..engine.decode import Answer
 from ..errors import InputError
 from .protocol import ChatRequest, ServeError, chunk, completion, completion_id, error_body, parse_chat, parse_json
 from .service import Cancel, Cancelled, Sampling, StoreGone, VideoQA
+from .streams import PREFIX as STREAM_PREFIX, Streams, install as install_streams
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +106,15 @@ def _report(key: str, video: dict, answer: Answer, info: dict, total: float, pro
                    "seconds": {k: round(v, 6) for k, v in seconds.items()}}
 
 
-def create_app(qa: VideoQA, api_key: str | None = None) -> FastAPI:
-    """The ASGI app serving ``qa``; its shutdown writes memory stores to disk and stops the model worker."""
+def create_app(qa: VideoQA, api_key: str | None = None, streams: Streams | None = None) -> FastAPI:
+    """The ASGI app serving ``qa`` (and live ``streams``: none allowed by default); its shutdown writes memory
+    stores to disk and stops the model worker and the streams."""
+    streams = streams if streams is not None else Streams(None)  # no scheme allowed: never needs the model
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
+        await asyncio.to_thread(streams.close)
         await asyncio.to_thread(qa.close)
 
     app = FastAPI(title="videoxl", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -166,6 +170,15 @@ def create_app(qa: VideoQA, api_key: str | None = None) -> FastAPI:
                              code="model_not_found")
         return {"id": qa.name, "object": "model", "created": created, "owned_by": "videoxl"}
 
+    async def read_small_json(request: Request) -> object:  # a stream's request: read, then its bytes go back
+        reservation = bodies.reserve()
+        try:
+            return await _read_json(request, config.max_body_bytes, reservation)
+        finally:
+            reservation.release()
+
+    install_streams(app, streams, read_small_json)
+
     def decode_config(req: ChatRequest) -> tuple[Selection, Generation]:
         given = {**config.decoding, **req.decoding}  # the request's over the server's over the model's profile
         if given.get("max_new_tokens", 0) > config.max_tokens_limit:
@@ -198,6 +211,8 @@ def create_app(qa: VideoQA, api_key: str | None = None) -> FastAPI:
         if req.media is None:
             raise ServeError(400, "no video: add a video_url (or image_url) part to a user message",
                              param="messages")
+        if (req.media.url or "").startswith(STREAM_PREFIX):  # a live stream: its history so far
+            return await streams.chat(req, decode_config(req), qa.name)
         frames = req.num_frames or config.max_frames
         if frames > config.max_frames:
             raise ServeError(400, f"{frames} frames asked for; this server samples at most {config.max_frames}",

@@ -1,0 +1,183 @@
+"""A KV store with a horizon: the dense KVs of old groups are released, their sparse KVs stay.
+
+A live stream pre-fills chunk after chunk for hours. Its recent chunks stay dense (what pre-fill's window and the
+newest questions need); groups older than the horizon keep only their sparse KVs (timestamps verbatim, visual
+tokens pooled by ``pool``): about a quarter of their dense size, so resident dense memory stays flat.
+
+Every reader of the store keeps addressing dense rows by their absolute position, as in :class:`KVStore`: rows
+below the released range and after it are where they were (shifted down in memory), and a released row reads as
+its group's sparse KV (a pooled key rotated to the row's own position, the pooled value; timestamp rows exactly).
+So relevance scoring over the whole history keeps working, on the sparse form for released groups, and the
+mixed caches of decoding hold released groups sparse whatever the selection chose.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..engine.rope import Rope
+from ..engine.store import KVStore, _Buffer
+
+
+class _Rows:
+    """One layer's dense keys or values (heads, rows, dim) of a :class:`HorizonStore`, indexed by absolute row;
+    ``data`` holds the rows before the released range and those after it, contiguously."""
+
+    def __init__(self, store: "HorizonStore", layer: int, kind: str, data: torch.Tensor):
+        self.store, self.layer, self.kind, self.data = store, layer, kind, data
+
+    # what readers of a dense buffer use of a tensor
+    @property
+    def shape(self) -> torch.Size:
+        gap = self.store.release_end - self.store.release_start
+        return torch.Size((self.data.shape[0], self.data.shape[1] + gap, self.data.shape[2]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.data.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    def numel(self) -> int:
+        return self.data.numel()
+
+    def element_size(self) -> int:
+        return self.data.element_size()
+
+    def new_empty(self, *shape, **kwargs) -> torch.Tensor:
+        return self.data.new_empty(*shape, **kwargs)
+
+    def to(self, *args, **kwargs) -> "_Rows":
+        return _Rows(self.store, self.layer, self.kind, self.data.to(*args, **kwargs))
+
+    def _rows(self, key) -> tuple[int, int]:
+        assert isinstance(key, tuple) and len(key) == 2 and key[0] == slice(None) and isinstance(key[1], slice), key
+        start, stop, step = key[1].indices(self.shape[1])
+        assert step == 1, key
+        return start, stop
+
+    def __getitem__(self, key) -> torch.Tensor:
+        a, b = self._rows(key)
+        lo, hi = self.store.release_start, self.store.release_end
+        if b <= lo or hi == lo:
+            return self.data[:, a:b]
+        if a >= hi:
+            return self.data[:, a - (hi - lo): b - (hi - lo)]
+        return self.index_select(1, torch.arange(a, b, device=self.data.device))
+
+    def __setitem__(self, key, value: torch.Tensor) -> None:
+        a, b = self._rows(key)
+        lo, hi = self.store.release_start, self.store.release_end
+        assert a >= hi or b <= lo, "released rows are read-only"
+        shift = 0 if b <= lo else hi - lo
+        self.data[:, a - shift: b - shift] = value
+
+    def index_select(self, dim: int, index: torch.Tensor) -> torch.Tensor:
+        assert dim == 1
+        lo, hi = self.store.release_start, self.store.release_end
+        if hi == lo:
+            return self.data.index_select(1, index)
+        index = index.to(self.data.device)
+        released = (index >= lo) & (index < hi)
+        physical = torch.where(index >= hi, index - (hi - lo), index)
+        if not bool(released.any()):
+            return self.data.index_select(1, physical)
+        out = self.data.new_empty(self.data.shape[0], index.numel(), self.data.shape[2])
+        kept = (~released).nonzero().squeeze(1)
+        out[:, kept] = self.data.index_select(1, physical[kept])
+        where = released.nonzero().squeeze(1)
+        out[:, where] = self.store.released_rows(self.layer, self.kind, index[where])
+        return out
+
+
+class _HorizonBuffer(_Buffer):
+    """A dense buffer whose rows can be released from the front (after the prefix)."""
+
+    def __init__(self, store: "HorizonStore", layers: int, heads: int, dim: int, dtype, device):
+        super().__init__(layers, heads, dim, dtype, device)
+        self.k = [_Rows(store, i, "k", t) for i, t in enumerate(self.k)]
+        self.v = [_Rows(store, i, "v", t) for i, t in enumerate(self.v)]
+
+    def reserve(self, n: int) -> None:
+        if n <= self.capacity:
+            return
+        physical = n - (self.capacity - self.k[0].data.shape[1])
+        physical = max(physical, 2 * self.k[0].data.shape[1])
+        for rows in self.k + self.v:
+            old = rows.data
+            rows.data = old.new_empty(old.shape[0], physical, old.shape[2])
+            rows.data[:, : old.shape[1]] = old
+
+    def drop(self, start: int, n: int, valid: int) -> None:
+        """Forget physical rows [start, start + n) of ``valid`` rows, moving the later ones down."""
+        for rows in self.k + self.v:
+            rows.data[:, start: valid - n] = rows.data[:, start + n: valid].clone()
+
+
+class HorizonStore(KVStore):
+    """A :class:`KVStore` that can release the dense KVs of its oldest groups (:meth:`release`), keeping their
+    sparse KVs. Pre-fill fills it like any store (``prefill(..., store=HorizonStore(...))``)."""
+
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device, pool: int = 4):
+        super().__init__(layers, kv_heads, head_dim, dtype, device, pool=pool)
+        self.dense = _HorizonBuffer(self, layers, kv_heads, head_dim, dtype, self.device)
+        self.release_start = self.release_end = 0  # absolute dense rows [start, end) released
+        self.released_groups = 0  # the first groups, whose dense KVs are gone
+        self.rope: Rope | None = None
+        self._starts = torch.empty(0, dtype=torch.long)
+
+    def add_groups(self, spans: list[tuple[int, int, int]], rope: Rope) -> None:
+        self.rope = rope
+        super().add_groups(spans, rope)
+        self._starts = torch.tensor([g.start for g in self.groups], dtype=torch.long)
+
+    @property
+    def resident_groups(self) -> int:
+        """Groups whose dense KVs are in memory."""
+        return len(self.groups) - self.released_groups
+
+    def release(self, groups: int) -> None:
+        """Release the dense KVs of the first ``groups`` groups (those already released stay so)."""
+        if groups <= self.released_groups:
+            return
+        assert groups <= len(self.groups)
+        first = self.groups[0].start  # the prefix ends here; it is never released
+        end = self.groups[groups - 1].end
+        lo, hi = self.release_start or first, self.release_end or first
+        physical_valid = self.length - (hi - lo)
+        self.dense.drop(first, end - hi, physical_valid)
+        self.release_start, self.release_end = first, end
+        self.released_groups = groups
+
+    def released_rows(self, layer: int, kind: str, rows: torch.Tensor) -> torch.Tensor:
+        """Released dense rows (heads, n, dim) read from their groups' sparse KVs: a timestamp row exactly, a
+        visual row as its pooled window's value, or key rotated from the window's mean position to the row's."""
+        rows = rows.cpu()
+        group = torch.searchsorted(self._starts, rows, right=True) - 1
+        starts = self._starts[group]
+        spans = [self.groups[g] for g in group.tolist()]
+        visual_start = torch.tensor([s.visual_start for s in spans], dtype=torch.long)
+        sparse_start = torch.tensor([s.sparse_start for s in spans], dtype=torch.long)
+        is_visual = rows >= visual_start
+        sparse_row = torch.where(is_visual, sparse_start + (visual_start - starts) + (rows - visual_start) // self.pool,
+                                 sparse_start + rows - starts)
+        buffer = self.sparse.k if kind == "k" else self.sparse.v
+        out = buffer[layer].index_select(1, sparse_row.to(self.device))
+        if kind == "k" and self.rope is not None:
+            out = self.rope.rotate(out, rows.double() - self.sparse_pos[sparse_row])
+        return out
+
+    def _resident(self, dense_groups) -> torch.Tensor:
+        dense = torch.as_tensor(dense_groups, dtype=torch.bool).cpu().clone()
+        dense[: self.released_groups] = False
+        return dense
+
+    def layout(self, dense_groups: torch.Tensor,
+               sparse_stamps: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`KVStore.layout`, with released groups sparse whatever ``dense_groups`` says."""
+        return super().layout(self._resident(dense_groups), sparse_stamps)
+
+    def mixed_tokens(self, dense_groups: torch.Tensor, sparse_stamps: bool = True) -> int:
+        return super().mixed_tokens(self._resident(dense_groups), sparse_stamps)
