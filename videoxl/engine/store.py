@@ -105,8 +105,10 @@ class KVStore:
     def add_groups(self, spans: list[tuple[int, int, int]], rope: Rope) -> None:
         """Register groups whose dense KVs are written, given as (start, timestamp_tokens, end), and compute their
         sparse KVs: all groups of a chunk in one pass per layer."""
-        ts_index, vis_index, windows, sparse_rows, pooled_pos, new_spans = [], [], [], [], [], []
-        n_sparse = self.sparse_length
+        # every index, divisor and position is worked out from the spans' Python ints: no tensor is read back
+        first = self.sparse_length
+        ts_index, vis_index, windows, sparse_rows, pooled, counts, positions, new_spans = ([] for _ in range(8))
+        n_sparse = first
         for start, timestamp_tokens, end in spans:
             visual_start = start + timestamp_tokens
             n_visual = end - visual_start
@@ -115,29 +117,28 @@ class KVStore:
             ts_index.append(torch.arange(start, visual_start))
             vis_index.append(torch.arange(visual_start, end))
             # pooled token w of this group lands on sparse row s0 + timestamp_tokens + w
-            windows.append(s0 + timestamp_tokens + torch.arange(n_visual) // self.pool)
-            sparse_rows.append(torch.arange(s0, s0 + timestamp_tokens))
-            pos = torch.arange(visual_start, end, dtype=torch.float64)
-            w = torch.arange(n_visual) // self.pool
-            pooled_pos.append(torch.cat([
-                torch.arange(start, visual_start, dtype=torch.float64),
-                torch.zeros(n_pooled, dtype=torch.float64).index_add_(0, w, pos) / torch.bincount(w).double()]))
+            windows.append(s0 - first + timestamp_tokens + torch.arange(n_visual) // self.pool)
+            sparse_rows.extend(range(s0 - first, s0 - first + timestamp_tokens))
+            positions.extend(float(p) for p in range(start, visual_start))
+            for w in range(n_pooled):
+                count = min(self.pool, n_visual - w * self.pool)
+                pooled.append(s0 - first + timestamp_tokens + w)
+                counts.append(count)
+                positions.append(visual_start + w * self.pool + (count - 1) / 2)  # the window's mean position
             n_sparse = s0 + timestamp_tokens + n_pooled
             new_spans.append(GroupSpan(start, visual_start, end, s0, n_sparse))
-        first = self.sparse_length
         self.sparse.reserve(n_sparse)
-        ts_index, vis_index = torch.cat(ts_index), torch.cat(vis_index)
-        windows, sparse_rows = torch.cat(windows), torch.cat(sparse_rows)
-        positions = torch.cat(pooled_pos)  # every new sparse row's position, in order
-        counts = torch.bincount(windows - first, minlength=n_sparse - first)
-        pooled = (counts > 0).nonzero().squeeze(1)
+        ts_index, vis_index, windows = torch.cat(ts_index), torch.cat(vis_index), torch.cat(windows)
+        positions = torch.tensor(positions, dtype=torch.float64)  # every new sparse row's position, in order
+        pooled = torch.tensor(pooled, dtype=torch.long)
         dev = self.device
         # indices, divisors and rotation tables built once per call on the store's device, and every layer's
         # arithmetic done at once on a (layers, kv_heads, tokens, dim) stack: a handful of kernels per chunk
         n_vis = vis_index.numel()
         gather = torch.cat([vis_index, ts_index]).to(dev)
-        win_d, rows_d, pooled_d = (t.to(dev) for t in (windows - first, sparse_rows - first, pooled))
-        divisor = counts[pooled].to(dev, self.dtype)[:, None]
+        win_d, pooled_d = windows.to(dev), pooled.to(dev)
+        rows_d = torch.tensor(sparse_rows, dtype=torch.long).to(dev)
+        divisor = torch.tensor(counts).to(dev, self.dtype)[:, None]
         unrotate = rope.table(-vis_index.double(), dev, self.dtype)
         rerotate = rope.table(positions[pooled], dev, self.dtype)
         k_all = torch.stack([k.index_select(1, gather) for k in self.dense.k])  # (L, Hkv, vis + ts, D)
