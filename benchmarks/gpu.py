@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from videoxl.engine.accounting import attention_flops, causal_pairs, linear_flops_per_token  # noqa: E402
 from videoxl.engine.decode import DecodeConfig, Decoder  # noqa: E402
+from videoxl.engine.dispatch import OpCounter  # noqa: E402
 from videoxl.engine.layout import Group  # noqa: E402
 from videoxl.engine.prefill import PrefillConfig, prefill  # noqa: E402
 
@@ -158,6 +159,22 @@ def measure(model, frames: int, dense: bool) -> dict:
     return row
 
 
+def host_counts(model, frames: int = 128) -> dict:
+    """ATen ops and host-synchronising ops the host issued on this device: per pre-fill forward, and per answer
+    (selection, question and generation) of ``NEW_TOKENS`` tokens (engine/dispatch.py; benchmarks/host.py has the
+    full breakdown at 7B structure)."""
+    prefix, groups, tokens = make_input(model, frames)
+    with OpCounter() as counter:
+        video = prefill(model, prefix, groups(), PREFILL, expected_tokens=tokens)
+    decoder = Decoder(model, video)
+    decoder.eos = set()
+    question = torch.randint(0, model.config.vocab_size, (QUESTION,), generator=torch.Generator().manual_seed(7))
+    with OpCounter() as answer:
+        decoder.answer(question, ANSWER)
+    return {"frames": frames, "prefill_ops_per_forward": counter.total / video.stats.forwards,
+            "prefill_syncs": dict(counter.syncs), "answer_ops": answer.total, "answer_syncs": dict(answer.syncs)}
+
+
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
@@ -184,6 +201,9 @@ def main() -> None:
     model = build_model(shape, device, dtype)
     print(f"{shape} on {device_name(device)}, {dtype}: built in {time.perf_counter() - started:.1f}s", flush=True)
     measure(model, 80, dense=True)  # warm-up: kernels, allocator, the attention hook, a chunk leaving the window
+    counts = host_counts(model)
+    print(f"host: {counts['prefill_ops_per_forward']:.0f} ops per pre-fill forward, syncs {counts['prefill_syncs']}; "
+          f"answer of {NEW_TOKENS} tokens {counts['answer_ops']} ops, syncs {counts['answer_syncs']}", flush=True)
 
     rows = []
     print(f"{'frames':>7} {'tokens':>8} {'dense s':>8} {'chunk s':>8} {'ratio':>6} {'TFLOP/s d/c':>12} "
@@ -193,6 +213,7 @@ def main() -> None:
             rows.append({"frames": n, "skipped": f"time budget of {args.budget_s:.0f}s spent"})
             continue
         row = measure(model, n, dense=n <= args.dense_max_frames)
+        row["host_counts"] = counts
         rows.append(row)
 
         def f(x, fmt):

@@ -109,13 +109,21 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def show(r: dict) -> None:
+    print(f"{r['loop']:<38} {r['ops_per_step']:>9.0f} {r['views_per_step']:>7.0f} {r['syncs_per_step']:>6.2f} "
+          f"{r['host_ms_per_step']:>8.2f} {r['est_launch_ms']:>9.2f} {r['est_gpu_ms']:>8.2f} "
+          f"{'yes' if r['host_bound'] else 'no':>10}", flush=True)
+
+
 def row(loop: str, steps: int, counter: OpCounter, seconds: float, gpu_s_per_step: float, **extra) -> dict:
     ops = counter.total / steps
     launch_ms = ops * LAUNCH_US / 1e3
-    return {"loop": loop, "ops_per_step": round(ops, 1), "views_per_step": round(counter.views / steps, 1),
+    r = {"loop": loop, "ops_per_step": round(ops, 1), "views_per_step": round(counter.views / steps, 1),
             "syncs_per_step": round(counter.sync_total / steps, 2), "host_ms_per_step": 1e3 * seconds / steps,
             "est_launch_ms": launch_ms, "est_gpu_ms": 1e3 * gpu_s_per_step, "host_bound": launch_ms > 1e3 * gpu_s_per_step,
             "syncs": dict(counter.syncs), "steps": steps, **extra}
+    show(r)
+    return r
 
 
 def dense_cache(model, video):
@@ -183,11 +191,12 @@ def measure(frames: int, new_tokens: int) -> list[dict]:
     rows.append(row("generate", new_tokens, per_token, seconds_many - seconds_one, gpu, cache_tokens=cache_tokens))
 
     cache = dense_cache(model, video)
-    ids = question[None]
+    # generate() reads only the ids past the cache, so the video's are placeholders
+    ids = torch.cat([torch.zeros(video.store.length, dtype=torch.long), question])[None]
 
     def dense_question():
         with torch.inference_mode():
-            model(ids, cache=cache, use_cache=True, logits_to_keep=1)
+            model(question[None], cache=cache, use_cache=True, logits_to_keep=1)
         cache.crop(video.store.length - cache.get_seq_length())
 
     _, ops = counted(dense_question)
@@ -221,13 +230,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    rows = measure(args.frames, args.new_tokens)
     print(f"{'loop':<38} {'ops/step':>9} {'views':>7} {'syncs':>6} {'host ms':>8} {'launch ms':>9} {'GPU ms':>8} "
-          f"{'host-bound':>10}")
-    for r in rows:
-        print(f"{r['loop']:<38} {r['ops_per_step']:>9.0f} {r['views_per_step']:>7.0f} {r['syncs_per_step']:>6.2f} "
-              f"{r['host_ms_per_step']:>8.2f} {r['est_launch_ms']:>9.2f} {r['est_gpu_ms']:>8.2f} "
-              f"{'yes' if r['host_bound'] else 'no':>10}")
+          f"{'host-bound':>10}", flush=True)
+    rows = measure(args.frames, args.new_tokens)
     print(f"{args.frames} frames, Qwen2.5-7B structure at tiny widths on the CPU ({torch.get_num_threads()} threads); "
           f"launch {LAUNCH_US:.0f} us per op; GPU: 7B bf16 on an H100 ({GPU_FLOPS / 1e12:.0f} TFLOP/s, "
           f"{GPU_BYTES / 1e12:.0f} TB/s)")

@@ -159,3 +159,16 @@ def test_videoxl2_ingest_and_ask_on_cuda(tiny_checkpoint):
     assert half.dtype == torch.bfloat16
     assert half.ingest(frames, prefill_config=pattern).ask(questions, DecodeConfig(topk=1, chunk=1,
                                                                                    max_new_tokens=3)).tokens
+
+
+@pytest.mark.parametrize("timestamps", ["global", "chunk"])
+def test_prefill_on_cuda_never_waits_for_the_device(timestamps):
+    from videoxl.engine.dispatch import OpCounter
+
+    gpu = tiny_qwen2(layers=2).to("cuda", torch.bfloat16)
+    prefix, groups = torch.arange(5), random_groups(14, hidden=64)
+    config = PrefillConfig(chunk=2, window=1, timestamps=timestamps)
+    prefill(gpu, prefix, groups, config)  # warm-up (the model's rotation is read once per model)
+    with OpCounter(strict=True) as counter:
+        video = prefill(gpu, prefix, groups, config)
+    assert counter.sync_total == 0 and video.store.device.type == "cuda"

@@ -81,6 +81,7 @@ class KVStore:
         self.sparse_length = 0
         self.prefix_length = 0
         self.groups: list[GroupSpan] = []
+        self._rows_memo: tuple | None = None  # the last layout's rows on the device (see _rows_of)
 
     # -- writing (pre-fill) ------------------------------------------------------------------------------------
     def reserve(self, tokens: int) -> None:
@@ -198,15 +199,23 @@ class KVStore:
         n = index.numel()
         k = self.dense.k[layer].new_empty(self.kv_heads, n, self.head_dim)
         v = torch.empty_like(k)
-        d_rows = from_dense.nonzero().squeeze(1).to(self.device)
-        s_rows = (~from_dense).nonzero().squeeze(1).to(self.device)
-        idx = index.to(self.device)
+        d_rows, s_rows, idx = self._rows_of(from_dense, index)
         k[:, d_rows] = self.dense.k[layer].index_select(1, idx[d_rows])
         v[:, d_rows] = self.dense.v[layer].index_select(1, idx[d_rows])
         if s_rows.numel():
             k[:, s_rows] = self.sparse.k[layer].index_select(1, idx[s_rows])
             v[:, s_rows] = self.sparse.v[layer].index_select(1, idx[s_rows])
         return k, v
+
+    def _rows_of(self, from_dense: torch.Tensor, index: torch.Tensor):
+        """The dense and sparse rows of a layout, and its index, on the store's device: worked out once per layout
+        (the host reads the layout's flags) and reused for every layer."""
+        memo = self._rows_memo
+        if memo is None or memo[0] is not from_dense or memo[1] is not index or memo[2] != self.device:
+            rows = (from_dense.nonzero().squeeze(1).to(self.device), (~from_dense).nonzero().squeeze(1).to(self.device),
+                    index.to(self.device))
+            memo = self._rows_memo = (from_dense, index, self.device, rows)
+        return memo[3]
 
     # -- accounting ---------------------------------------------------------------------------------------------
     @property
