@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from videoxl.engine.accounting import attention_flops, causal_pairs, linear_flops_per_token  # noqa: E402
-from videoxl.engine.decode import DecodeConfig, Decoder  # noqa: E402
+from videoxl.engine.decode import Decoder, configure  # noqa: E402
+from videoxl.engine.heads import retrieval_heads  # noqa: E402
 from videoxl.engine.layout import Group  # noqa: E402
 from videoxl.engine.prefill import PrefillConfig, prefill  # noqa: E402
 from videoxl.llm import load_smollm2  # noqa: E402
@@ -118,18 +119,19 @@ def worker(method: str, tokens: int, cases: int) -> dict:
             if i == 0:
                 result["peak_rss_mb"] = max_rss_mb() - base_rss
             result["pairs"] = video.stats.pairs
-            decoder = Decoder(model, video, tokenizer)
-            chunked = decoder.answer(question, DecodeConfig(max_new_tokens=8))
+            decoder = Decoder(model, video, tokenizer, heads=lambda: retrieval_heads(model, tokenizer).heads)
+            chunked = decoder.answer(question, **configure(dense=True, max_new_tokens=8))
             runs = {"chunked": chunked}
-            runs["bilevel"] = decoder.answer(question, DecodeConfig(**BILEVEL))  # default: contiguous positions
-            runs["bilevel_absolute"] = decoder.answer(question, DecodeConfig(positions="absolute", **BILEVEL))
+            runs["bilevel"] = decoder.answer(question, **configure(**BILEVEL))  # default: contiguous positions
+            runs["bilevel_absolute"] = decoder.answer(question, **configure(positions="absolute", **BILEVEL))
             for name, answer in runs.items():
                 result.setdefault(f"correct_{name}", []).append(case["key"] in answer.text)
             result["answers"].append(runs["bilevel"].text)
             result["kv_ratio"] = runs["bilevel"].kv_ratio
             result["store_mb"] = (video.store.dense_bytes + video.store.sparse_bytes) / 2**20
             for name, options in SCORERS.items():
-                _, dense, _ = decoder.select(question, DecodeConfig(**options, **BILEVEL))
+                kw = configure(**options, **{k: v for k, v in BILEVEL.items() if k != "max_new_tokens"})
+                dense = decoder.select(question, kw["selection"], ablation=kw["ablation"]).dense
                 result.setdefault(f"hit_{name}", []).append(case["needle_group"] in dense)
             del video, decoder
     result["attn_flops"] = attention_flops(result.get("pairs", causal_pairs(result["tokens"])), cfg)

@@ -4,7 +4,7 @@ pre-fill, then a bi-level answer, in one process so both see the same machine.
     python benchmarks/gpu.py --json $OUT/gpu.json            # Qwen2.5-7B shapes, bf16, CUDA (~5 min on an H100)
     python benchmarks/gpu.py --smoke --json /tmp/gpu.json    # a tiny config on the CPU, seconds (the test runs it)
 
-Setup (issue 13's table): a transformers ``Qwen2ForCausalLM`` with Qwen2.5-7B's shapes and random weights, a
+Setup: a transformers ``Qwen2ForCausalLM`` with Qwen2.5-7B's shapes and random weights, a
 20-token prefix, then groups of 9 timestamp + 144 visual tokens (Video-XL-2's 4 frames per group). Dense is one
 ``model.model(inputs_embeds=..., use_cache=True)`` with SDPA; chunked is ``videoxl.engine.prefill.prefill`` with
 chunks of 4 groups and a window of 3; the answer is ``Decoder.answer`` with ``topk=4, chunk=1`` (decoding chunks of
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from videoxl.engine.accounting import attention_flops, causal_pairs, linear_flops_per_token  # noqa: E402
-from videoxl.engine.decode import DecodeConfig, Decoder  # noqa: E402
+from videoxl.engine.decode import Decoder, configure  # noqa: E402
 from videoxl.engine.dispatch import OpCounter  # noqa: E402
 from videoxl.engine.layout import Group  # noqa: E402
 from videoxl.engine.prefill import PrefillConfig, prefill  # noqa: E402
@@ -42,7 +42,7 @@ SHAPES = {
 }
 PREFIX, TIMESTAMP, VISUAL, QUESTION, NEW_TOKENS = 20, 9, 144, 24, 16
 PREFILL = PrefillConfig(chunk=4, window=3)
-ANSWER = DecodeConfig(topk=4, chunk=1, max_new_tokens=NEW_TOKENS)
+ANSWER = configure(topk=4, chunk=1, max_new_tokens=NEW_TOKENS)
 
 
 def build_model(shape: str, device: torch.device, dtype: torch.dtype):
@@ -126,7 +126,7 @@ def measure(model, frames: int, dense: bool) -> dict:
         row["dense_tflops"] = (linear + attention_flops(causal_pairs(tokens), cfg)) / row["dense_s"] / 1e12
     else:
         row.update(dense_s=None, peak_gb_dense=None, dense_tflops=None,
-                   dense_skipped=f"dense pre-fill not run above --dense-max-frames (time); issue 13 measured it")
+                   dense_skipped=f"dense pre-fill not run above --dense-max-frames (time); 383k tokens dense took 68 s and 86 GB on an H200")
 
     reset_peak(device)
     sync(device)
@@ -146,7 +146,7 @@ def measure(model, frames: int, dense: bool) -> dict:
     question = torch.randint(0, cfg.vocab_size, (QUESTION,), generator=torch.Generator().manual_seed(7))
     sync(device)
     t0 = time.perf_counter()
-    answer = decoder.answer(question, ANSWER)
+    answer = decoder.answer(question, **ANSWER)
     sync(device)
     row["answer_s"] = time.perf_counter() - t0
     row["select_s"] = answer.seconds["select"]
@@ -170,7 +170,7 @@ def host_counts(model, frames: int = 128) -> dict:
     decoder.eos = set()
     question = torch.randint(0, model.config.vocab_size, (QUESTION,), generator=torch.Generator().manual_seed(7))
     with OpCounter() as answer:
-        decoder.answer(question, ANSWER)
+        decoder.answer(question, **ANSWER)
     return {"frames": frames, "prefill_ops_per_forward": counter.total / video.stats.forwards,
             "prefill_syncs": dict(counter.syncs), "answer_ops": answer.total, "answer_syncs": dict(answer.syncs)}
 
@@ -230,7 +230,7 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2))
     print(f"pre-fill: chunk {PREFILL.chunk} groups, window {PREFILL.window}, timestamps {PREFILL.timestamps}; "
-          f"answer: {ANSWER.topk} relevant chunks of {ANSWER.chunk} group, {QUESTION}-token question, "
+          f"answer: {ANSWER['selection'].topk} relevant chunks of {ANSWER['selection'].chunk} group, {QUESTION}-token question, "
           f"{NEW_TOKENS} tokens; total {time.perf_counter() - started:.0f}s", flush=True)
 
 

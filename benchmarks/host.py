@@ -37,11 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from videoxl.engine.accounting import attention_flops, causal_pairs, linear_flops_per_token  # noqa: E402
-from videoxl.engine.decode import DecodeConfig, Decoder  # noqa: E402
+from videoxl.engine.decode import Decoder, configure  # noqa: E402
 from videoxl.engine.dispatch import OpCounter  # noqa: E402
 from videoxl.engine.layout import Group  # noqa: E402
 from videoxl.engine.prefill import PrefillConfig, prefill  # noqa: E402
-from videoxl.engine.select import retrieval_heads  # noqa: E402
 
 LAUNCH_US = 6.0  # host time of one eager kernel launch (5-10 us measured on CUDA)
 GPU_FLOPS = 600e12  # sustained bf16 FLOP/s of an H100 on large matrix products
@@ -148,7 +147,7 @@ def measure(frames: int, new_tokens: int) -> list[dict]:
     question = torch.randint(0, cfg.vocab_size, (QUESTION,), generator=torch.Generator().manual_seed(7))
     decoder = Decoder(model, warm)
     decoder.eos = set()  # random weights: generate exactly the tokens asked for
-    decoder.answer(question, DecodeConfig(**SELECT, max_new_tokens=2))  # and retrieval-head discovery, cached
+    decoder.answer(question, **configure(**SELECT, max_new_tokens=2))  # and retrieval-head discovery, cached
     rows = []
 
     # -- pre-fill ----------------------------------------------------------------------------------------------
@@ -175,16 +174,16 @@ def measure(frames: int, new_tokens: int) -> list[dict]:
     # -- answering: selection + question pre-fill, then generation --------------------------------------------
     decoder = Decoder(model, video)
     decoder.eos = set()
-    one = DecodeConfig(**SELECT, max_new_tokens=1)
-    many = DecodeConfig(**SELECT, max_new_tokens=new_tokens + 1)
-    answer, ops_one = counted(lambda: decoder.answer(question, one))
-    seconds_one = timed(lambda: decoder.answer(question, one))
+    one = configure(**SELECT, max_new_tokens=1)
+    many = configure(**SELECT, max_new_tokens=new_tokens + 1)
+    answer, ops_one = counted(lambda: decoder.answer(question, **one))
+    seconds_one = timed(lambda: decoder.answer(question, **one))
     cache_tokens = round(answer.kv_ratio * video.store.length)
     read = weight_bytes(big) + kv_bytes(big, cache_tokens)
     gpu = max(read / GPU_BYTES, linear_flops_per_token(big) * QUESTION / GPU_FLOPS)
     rows.append(row("answer: selection + question", 1, ops_one, seconds_one, gpu, cache_tokens=cache_tokens))
-    _, ops_many = counted(lambda: decoder.answer(question, many))
-    seconds_many = timed(lambda: decoder.answer(question, many))
+    _, ops_many = counted(lambda: decoder.answer(question, **many))
+    seconds_many = timed(lambda: decoder.answer(question, **many))
     per_token = OpCounter()
     per_token.ops, per_token.syncs = ops_many.ops - ops_one.ops, ops_many.syncs - ops_one.syncs
     gpu = (weight_bytes(big) + kv_bytes(big, cache_tokens + QUESTION + new_tokens // 2)) / GPU_BYTES

@@ -1,6 +1,6 @@
 """End-to-end ingest of real 1080p H.264 files: decode, encode and pre-fill overlapped, against the decoder alone.
 
-    python benchmarks/ingest.py --json $OUT/ingest.json                 # Video-XL-2 sizes on CUDA (issue 13's rows)
+    python benchmarks/ingest.py --json $OUT/ingest.json                 # Video-XL-2 sizes on CUDA
     python benchmarks/ingest.py --quick --json /tmp/ingest.json         # tiny model on the CPU, short files
     python benchmarks/ingest.py --quick --decode-only --repeats 3       # the reader alone against ffmpeg, no model
 
@@ -11,7 +11,7 @@ copy (no re-encoding) to the length. Each is ingested through ``videoxl.pipeline
 seconds (decode + resize in the background thread, vision encoding, pre-fill), the wall time, and the time of the
 slowest stage alone, so the overlap shows as ``wall / slowest``. Beside it: decoding and preprocessing the same
 frames alone (no model), and the time the decoder itself takes for the whole file (``vs decoder`` is that time over
-ours; issue 13 asks for at least 0.8): ``ffmpeg -threads 0 -i FILE -f null -`` when the ffmpeg program is
+ours; the goal is at least 0.8): ``ffmpeg -threads 0 -i FILE -f null -`` when the ffmpeg program is
 installed, else PyAV decoding every frame without conversion. Weights are random: speed does not depend on them.
 
 ``--decode-only`` leaves the model out and times, alternating, ``repeats`` times each: ffmpeg's full decode, the
@@ -176,7 +176,7 @@ def compare_decoding(files: dict, budget: int, size: int, repeats: int, json_pat
         if json_path:
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(json.dumps(rows, indent=2))
-    print("seconds, medians; vs ffmpeg = ffmpeg's full decode / the variant (issue 13 asks >= 0.8 of the wall time); "
+    print("seconds, medians; vs ffmpeg = ffmpeg's full decode / the variant (the goal: >= 0.8 of the wall time); "
           "variants alternate within each round")
 
 

@@ -22,11 +22,11 @@ For every case the same haystack is answered by dense decoding (transformers, on
 the chunked pre-fill with every chunk dense, and by bi-level decoding (decoding chunks of one group, first and last
 dense, ``--topk`` more chosen by each relevance variant) for each variant side by side (``SCORERS``): the default
 (Quest-style bounds over the model's retrieval heads, the best 32 re-ranked by their exact attention mass divided by
-the chat template's own mass over them, ``calibrate``; the best chunk brings the one after it, within the same
+the chat template's own mass over them, ``template_prior``; the best chunk brings the one after it, within the same
 top-k, when a quarter of its attention falls on its last sixteenth, four times a uniform share:
 ``follow_tail=0.25``; sparse chunks decoded without their timestamp tokens, ``sparse_stamps=False``), the same
-with the sparse chunks' timestamps (``bounds-stamps``, the default before), without calibration too
-(``bounds-nocal``, the default before that), and ablations of that uncalibrated default, as their rows were measured
+with the sparse chunks' timestamps (``bounds-stamps``), without calibration too
+(``bounds-nocal``), and ablations of that uncalibrated default, as their rows were measured
 (with the sparse chunks' timestamps): without the tail (``bounds-notail``), with the best chunk
 always bringing the next (``bounds-follow``, ``follow=1``), over the question's content tokens only
 (``bounds-content``), and with content tokens too: without the re-ranking (``bounds-norefine``), over every head
@@ -48,7 +48,6 @@ task, index): the same haystack.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import random
@@ -63,7 +62,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from videoxl.engine.decode import DecodeConfig, Decoder  # noqa: E402
+from videoxl.engine.decode import Decoder, configure  # noqa: E402
+from videoxl.engine.heads import retrieval_heads  # noqa: E402
 from videoxl.engine.layout import Group, embed  # noqa: E402
 from videoxl.engine.prefill import PrefillConfig, prefill  # noqa: E402
 from videoxl.llm import load_smollm2  # noqa: E402
@@ -71,29 +71,29 @@ from videoxl.llm import load_smollm2  # noqa: E402
 GROUP_TEXT = 144
 PREFILL = PrefillConfig(chunk=4, window=3)
 TASKS = ("single", "multikey", "multivalue", "neighbours")
-# relevance variants side by side: DecodeConfig options (the default first); "exact" and "oracle" are the references
+# relevance variants side by side: decoding options (videoxl.engine.decode.configure) (the default first); "exact" and "oracle" are the references
 # below
 SCORERS = {
     # the default: the re-ranked chunks' mass calibrated by the chat template's; the best chunk brings the one after
     # it (within topk) when a quarter of its attention is on its last sixteenth; sparse chunks are decoded without
     # their timestamp tokens
-    "bounds": {"heads": "retrieval", "score_tokens": "all", "refine": 32, "calibrate": True, "follow_tail": 0.25,
+    "bounds": {"heads": "retrieval", "score_tokens": "all", "refine": 32, "template_prior": True, "follow_tail": 0.25,
                "sparse_stamps": False},
-    "bounds-stamps": {"sparse_stamps": True},  # sparse chunks with their timestamps (the default before)
-    "bounds-nocal": {"calibrate": False, "sparse_stamps": True},  # and without calibration (the default before it)
-    # the ablations below are of the default before calibration, as their rows were measured
-    "bounds-notail": {"follow_tail": None, "calibrate": False, "sparse_stamps": True},  # the top-k by relevance alone
-    "bounds-follow": {"follow": 1, "follow_tail": None, "calibrate": False,
+    "bounds-stamps": {"sparse_stamps": True},  # sparse chunks with their timestamps
+    "bounds-nocal": {"template_prior": False, "sparse_stamps": True},  # and without the template prior
+    # the ablations below are of the scorer without the template prior, as their rows were measured
+    "bounds-notail": {"follow_tail": None, "template_prior": False, "sparse_stamps": True},  # the top-k by relevance alone
+    "bounds-follow": {"follow": 1, "follow_tail": None, "template_prior": False,
                       "sparse_stamps": True},  # the best chunk always brings the next
-    "bounds-rel": {"min_relevance": 0.6, "calibrate": False,
+    "bounds-rel": {"min_relevance": 0.6, "template_prior": False,
                    "sparse_stamps": True},  # only chunks >= 0.6 x the best one's relevance
-    "bounds-content": {"score_tokens": "content", "refine": 16, "follow_tail": None, "calibrate": False,
+    "bounds-content": {"score_tokens": "content", "refine": 16, "follow_tail": None, "template_prior": False,
                        "sparse_stamps": True},
     # the variants below score content tokens only, as the default did when the published rows were measured
     "bounds-norefine": {"refine": 0, "score_tokens": "content", "follow_tail": None,
                         "sparse_stamps": True},  # bounds alone, not re-ranked
     "bounds-all": {"heads": "all", "score_tokens": "content", "refine": 16, "follow_tail": None,
-                   "calibrate": False, "sparse_stamps": True},  # every head
+                   "template_prior": False, "sparse_stamps": True},  # every head
     "mean": {"scorer": "mean", "score_tokens": "content", "follow_tail": None, "sparse_stamps": True},
     "sparse": {"scorer": "sparse", "score_tokens": "content", "follow_tail": None, "sparse_stamps": True},
     "dense": {"scorer": "dense", "score_tokens": "content", "follow_tail": None, "sparse_stamps": True},
@@ -255,26 +255,26 @@ def run_case(model, tokenizer, case: dict, topk: int, prefill_config: PrefillCon
         del cache
     t0 = time.perf_counter()
     video = prefill(model, prefix, groups, prefill_config, expected_tokens=ids.numel())
-    decoder = Decoder(model, video, tokenizer)
+    decoder = Decoder(model, video, tokenizer, heads=lambda: retrieval_heads(model, tokenizer).heads)
     if baselines:
-        chunked = decoder.answer(question, DecodeConfig(max_new_tokens=budget))
+        chunked = decoder.answer(question, **configure(dense=True, max_new_tokens=budget))
         row["chunked_s"] = time.perf_counter() - t0
         row["question_s"] = chunked.seconds["question"]  # the question's pre-fill over the dense cache: selection's bar
         row["answers"] = {"dense": dense_text, "chunked": chunked.text}
         row["acc_dense"] = correct(dense_text, case["answers"])
         row["acc_chunked"] = correct(chunked.text, case["answers"])
-    config = DecodeConfig(topk=topk, chunk=1, max_new_tokens=budget)
+    config = dict(topk=topk, chunk=1, max_new_tokens=budget)
     for scorer in scorers:
         t0 = time.perf_counter()
-        reference = dataclasses.replace(config, sparse_stamps=scorer.endswith("-stamps"))
+        reference = configure(**config, sparse_stamps=scorer.endswith("-stamps"))
         if scorer.startswith("exact"):
             ranges = [(g, g + 1) for g in range(len(groups))]
-            answer = decoder.answer(question, reference, chunk_scores=exact_scores(decoder, question, ranges))
+            answer = decoder.answer(question, **reference, chunk_scores=exact_scores(decoder, question, ranges))
         elif scorer.startswith("oracle"):  # the needle's groups, as an external scorer that knows them would give
             truth = [float(g in case["needle_groups"]) for g in range(len(groups))]
-            answer = decoder.answer(question, reference, chunk_scores=truth)
+            answer = decoder.answer(question, **reference, chunk_scores=truth)
         else:
-            answer = decoder.answer(question, dataclasses.replace(config, **SCORERS[scorer]))
+            answer = decoder.answer(question, **configure(**{**config, **SCORERS[scorer]}))
         hits = [g in answer.dense_chunks for g in case["needle_groups"]]
         row[scorer] = {"recall": sum(hits) / len(hits), "acc": correct(answer.text, case["answers"]),
                        "kv_ratio": answer.kv_ratio, "dense_chunks": answer.dense_chunks, "text": answer.text,

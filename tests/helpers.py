@@ -135,3 +135,23 @@ def write_audio(path, seconds: float = 1.0) -> None:
     for packet in stream.encode():
         container.mux(packet)
     container.close()
+
+
+def decoding(**options) -> dict:
+    """``Decoder.answer``'s (and ``Session.ask``'s) keyword arguments from option names of ``Selection``,
+    ``Generation`` and the internal ``Ablation``, mixed: every chunk dense over the pre-fill's own chunks, greedy,
+    64 tokens, unless the options say otherwise (``topk`` or ``kv_budget`` select)."""
+    from videoxl.engine.decode import DEFAULT, configure
+
+    out = configure(**{"topk": None, "chunk": None, "max_new_tokens": 64, **options})
+    if out["ablation"] == DEFAULT:
+        del out["ablation"]  # Session.ask takes none: the product's scorer
+    return out
+
+
+def heads_of(model, tokenizer=None):
+    """The retrieval-head finder a ``Session`` gives its decoder (found on first use, cached under
+    ``$VIDEOXL_CACHE``), for tests that build a ``Decoder`` themselves."""
+    from videoxl.engine.heads import retrieval_heads
+
+    return lambda: retrieval_heads(model, tokenizer).heads

@@ -4,11 +4,11 @@ import threading
 
 import pytest
 import torch
-from helpers import full_embeddings, random_groups, reference_mask, tiny_qwen2
+from helpers import full_embeddings, random_groups, reference_mask, tiny_qwen2, decoding, heads_of
 from transformers import DynamicCache
 
 from videoxl.engine.attention import ATTENTION_NAME, attend, attend_math, attend_split, merge, prepare
-from videoxl.engine.decode import DecodeConfig, Decoder
+from videoxl.engine.decode import Decoder
 from videoxl.engine.prefill import PrefillConfig, prefill
 
 
@@ -127,7 +127,7 @@ def test_steps_do_not_touch_the_shared_config():
     config.__class__ = Spy
     try:
         video = prefill(model, torch.arange(4), random_groups(6, hidden=64), PrefillConfig(chunk=2))
-        Decoder(model, video).answer(torch.arange(10, 14), DecodeConfig(topk=1, chunk=1, max_new_tokens=3))
+        Decoder(model, video, heads=heads_of(model)).answer(torch.arange(10, 14), **decoding(topk=1, chunk=1, max_new_tokens=3))
     finally:
         config.__class__ = Spy.__mro__[1]
     assert seen == []
@@ -141,7 +141,7 @@ def test_threads_sharing_one_model_get_serial_results():
     def run(i):
         prefix, groups, question = inputs[i]
         video = prefill(model, prefix, groups, PrefillConfig(chunk=2, window=1))
-        answer = Decoder(model, video).answer(question, DecodeConfig(topk=1, chunk=1, max_new_tokens=6))
+        answer = Decoder(model, video, heads=heads_of(model)).answer(question, **decoding(topk=1, chunk=1, max_new_tokens=6))
         return video.store.dense.k[2][:, : video.store.length].clone(), answer.tokens, answer.dense_chunks
 
     serial = [run(i) for i in range(2)]

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from helpers import random_groups, tiny_qwen2
+from helpers import random_groups, tiny_qwen2, decoding, heads_of
 
-from videoxl.engine.decode import DecodeConfig, Decoder
+from videoxl.engine.decode import Decoder
 from videoxl.engine.layout import Group
 from videoxl.engine.prefill import PrefillConfig, prefill
 
@@ -43,9 +43,9 @@ def test_all_dense_bilevel_equals_hf_generate(smollm2):
     groups = passkey_groups(tokenizer, 6, 3, "71932", per_group=60)
     prefix, question = ids(tokenizer, PREFIX), ids(tokenizer, QUESTION)
     video = prefill(model, prefix, groups, PrefillConfig(chunk=2, window=None))
-    decoder = Decoder(model, video, tokenizer)
+    decoder = Decoder(model, video, tokenizer, heads=heads_of(model, tokenizer))
     # every chunk selected dense through the selection path (k covers all candidates)
-    answer = decoder.answer(question, DecodeConfig(topk=10, max_new_tokens=12))
+    answer = decoder.answer(question, **decoding(topk=10, max_new_tokens=12))
     assert answer.dense_chunks == [0, 1, 2]
     full = torch.cat([prefix] + [torch.cat([g.timestamp, g.visual]) for g in groups] + [question])
     with torch.no_grad():
@@ -57,20 +57,20 @@ def test_all_dense_bilevel_equals_hf_generate(smollm2):
 
 def test_all_dense_selection_equals_plain_chunked_decoding(passkey_video):
     model, tokenizer, _, video = passkey_video
-    decoder = Decoder(model, video, tokenizer)
+    decoder = Decoder(model, video, tokenizer, heads=heads_of(model, tokenizer))
     question = ids(tokenizer, QUESTION)
-    plain = decoder.answer(question, DecodeConfig(max_new_tokens=8))
-    selected = decoder.answer(question, DecodeConfig(topk=100, max_new_tokens=8))
-    budget = decoder.answer(question, DecodeConfig(kv_budget=1.0, max_new_tokens=8))
-    contiguous = decoder.answer(question, DecodeConfig(topk=100, positions="contiguous", max_new_tokens=8))
+    plain = decoder.answer(question, **decoding(max_new_tokens=8))
+    selected = decoder.answer(question, **decoding(topk=100, max_new_tokens=8))
+    budget = decoder.answer(question, **decoding(kv_budget=1.0, max_new_tokens=8))
+    contiguous = decoder.answer(question, **decoding(topk=100, positions="contiguous", max_new_tokens=8))
     assert plain.tokens == selected.tokens == budget.tokens == contiguous.tokens
     assert plain.kv_bytes_used == plain.kv_bytes_dense == video.store.dense_bytes
 
 
 def test_model_scored_selection_finds_the_needle_and_answers(passkey_video):
     model, tokenizer, groups, video = passkey_video
-    decoder = Decoder(model, video, tokenizer)
-    answer = decoder.answer(ids(tokenizer, QUESTION), DecodeConfig(topk=1, max_new_tokens=8))
+    decoder = Decoder(model, video, tokenizer, heads=heads_of(model, tokenizer))
+    answer = decoder.answer(ids(tokenizer, QUESTION), **decoding(topk=1, max_new_tokens=8))
     needle_chunk = 9 // 2
     assert answer.dense_chunks == [0, needle_chunk, 7]
     assert max(range(1, 7), key=lambda c: answer.relevance[c]) == needle_chunk
@@ -81,9 +81,9 @@ def test_model_scored_selection_finds_the_needle_and_answers(passkey_video):
 
 def test_external_scores_pick_dense_chunks(passkey_video):
     model, tokenizer, _, video = passkey_video
-    decoder = Decoder(model, video, tokenizer)
+    decoder = Decoder(model, video, tokenizer, heads=heads_of(model, tokenizer))
     scores = [0.0, 0.1, 0.9, 0.2, 0.8, 0.0, 0.3, 0.0]
-    answer = decoder.answer(ids(tokenizer, QUESTION), DecodeConfig(topk=2, max_new_tokens=2), chunk_scores=scores)
+    answer = decoder.answer(ids(tokenizer, QUESTION), **decoding(topk=2, max_new_tokens=2), chunk_scores=scores)
     assert answer.dense_chunks == [0, 2, 4, 7]
     store = video.store
     dense_groups = torch.zeros(16, dtype=torch.bool)
@@ -91,24 +91,24 @@ def test_external_scores_pick_dense_chunks(passkey_video):
         dense_groups[2 * c: 2 * c + 2] = True
     # sparse chunks without their timestamps (the default), or with them
     assert answer.kv_bytes_used == store.mixed_tokens(dense_groups, sparse_stamps=False) * store.bytes_per_token
-    stamped = decoder.answer(ids(tokenizer, QUESTION), DecodeConfig(topk=2, max_new_tokens=2, sparse_stamps=True),
+    stamped = decoder.answer(ids(tokenizer, QUESTION), **decoding(topk=2, max_new_tokens=2, sparse_stamps=True),
                              chunk_scores=scores)
     assert stamped.dense_chunks == answer.dense_chunks
     assert stamped.kv_bytes_used == store.mixed_tokens(dense_groups) * store.bytes_per_token > answer.kv_bytes_used
     with pytest.raises(ValueError, match="8 decoding chunks"):
-        decoder.answer(ids(tokenizer, QUESTION), DecodeConfig(topk=2), chunk_scores=scores[:5])
+        decoder.answer(ids(tokenizer, QUESTION), **decoding(topk=2), chunk_scores=scores[:5])
     with pytest.raises(ValueError, match="topk or kv_budget"):
-        decoder.answer(ids(tokenizer, QUESTION), DecodeConfig(), chunk_scores=scores)
+        decoder.answer(ids(tokenizer, QUESTION), **decoding(), chunk_scores=scores)
 
 
 def test_kv_budget_bounds_the_mixed_cache(passkey_video):
     model, tokenizer, _, video = passkey_video
-    decoder = Decoder(model, video, tokenizer)
+    decoder = Decoder(model, video, tokenizer, heads=heads_of(model, tokenizer))
     for budget in (0.5, 0.6, 0.8):  # the always-dense first and last chunks alone take 48%
-        answer = decoder.answer(ids(tokenizer, QUESTION), DecodeConfig(kv_budget=budget, max_new_tokens=1))
+        answer = decoder.answer(ids(tokenizer, QUESTION), **decoding(kv_budget=budget, max_new_tokens=1))
         assert answer.kv_bytes_used <= budget * answer.kv_bytes_dense
     # decoding chunks are independent of the pre-fill chunks
-    fine = decoder.answer(ids(tokenizer, QUESTION), DecodeConfig(topk=1, chunk=1, max_new_tokens=1))
+    fine = decoder.answer(ids(tokenizer, QUESTION), **decoding(topk=1, chunk=1, max_new_tokens=1))
     assert fine.chunks == 16 and len(fine.dense_chunks) == 3
 
 
@@ -122,13 +122,13 @@ def test_stop_strings_callback_and_max_tokens():
             return "".join(chr(97 + t % 26) for t in tokens)
 
     video = prefill(model, torch.arange(4), random_groups(6, hidden=64), PrefillConfig(chunk=2))
-    decoder = Decoder(model, video, CharTokenizer())
+    decoder = Decoder(model, video, CharTokenizer(), heads=heads_of(model))
     question = torch.arange(10, 15)
-    free = decoder.answer(question, DecodeConfig(max_new_tokens=12))
+    free = decoder.answer(question, **decoding(max_new_tokens=12))
     assert len(free.tokens) == 12 and len(free.text) == 12
     stop = free.text[5:7]
     pieces = []
-    stopped = decoder.answer(question, DecodeConfig(max_new_tokens=12, stop=(stop,)), on_text=pieces.append)
+    stopped = decoder.answer(question, **decoding(max_new_tokens=12, stop=(stop,)), on_text=pieces.append)
     assert stopped.text == free.text[: free.text.find(stop)]
     assert "".join(pieces) == stopped.text
     assert stop not in "".join(pieces)
@@ -137,22 +137,34 @@ def test_stop_strings_callback_and_max_tokens():
 def test_sampling_is_seeded_and_top_k_one_is_greedy():
     model = tiny_qwen2()
     video = prefill(model, torch.arange(4), random_groups(6, hidden=64), PrefillConfig(chunk=2))
-    decoder = Decoder(model, video)
+    decoder = Decoder(model, video, heads=heads_of(model))
     q = torch.arange(10, 15)
-    greedy = decoder.answer(q, DecodeConfig(max_new_tokens=10)).tokens
-    a = decoder.answer(q, DecodeConfig(max_new_tokens=10, temperature=5.0, seed=1)).tokens
-    b = decoder.answer(q, DecodeConfig(max_new_tokens=10, temperature=5.0, seed=1)).tokens
-    c = decoder.answer(q, DecodeConfig(max_new_tokens=10, temperature=5.0, seed=2)).tokens
+    greedy = decoder.answer(q, **decoding(max_new_tokens=10)).tokens
+    a = decoder.answer(q, **decoding(max_new_tokens=10, temperature=5.0, seed=1)).tokens
+    b = decoder.answer(q, **decoding(max_new_tokens=10, temperature=5.0, seed=1)).tokens
+    c = decoder.answer(q, **decoding(max_new_tokens=10, temperature=5.0, seed=2)).tokens
     assert a == b and a != c
-    assert decoder.answer(q, DecodeConfig(max_new_tokens=10, temperature=1.0, top_k=1, seed=3)).tokens == greedy
-    assert decoder.answer(q, DecodeConfig(max_new_tokens=10, temperature=1.0, top_p=1e-6, seed=3)).tokens == greedy
+    assert decoder.answer(q, **decoding(max_new_tokens=10, temperature=1.0, top_k=1, seed=3)).tokens == greedy
+    assert decoder.answer(q, **decoding(max_new_tokens=10, temperature=1.0, top_p=1e-6, seed=3)).tokens == greedy
 
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"topk": -1}, "topk"), ({"kv_budget": 1.5}, "kv_budget"), ({"kv_budget": 0}, "kv_budget"),
-    ({"chunk": 0}, "chunk"), ({"scorer": "oracle"}, "scorer"), ({"positions": "rope"}, "positions"),
-    ({"max_new_tokens": 0}, "max_new_tokens"), ({"top_p": 0}, "top_p"), ({"sparse_stamps": "no"}, "sparse_stamps"),
+    ({"chunk": 0}, "chunk"), ({"max_new_tokens": 0}, "max_new_tokens"), ({"top_p": 0}, "top_p"),
+    ({"sparse_stamps": "no"}, "sparse_stamps"), ({"temperature": float("nan")}, "temperature"),
+    ({"seed": 10**30}, "seed"), ({"topk": 2.5}, "topk"), ({"stop": ("",)}, "stop"), ({"beams": 2}, "beams"),
 ])
-def test_invalid_decode_config(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        DecodeConfig(**kwargs)
+def test_invalid_decoding_options(kwargs, message):
+    from videoxl.decoding import options
+    from videoxl.errors import OptionError
+
+    with pytest.raises(OptionError, match=message):
+        options(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"scorer": "oracle"}, {"positions": "rope"}, {"refine": -1}])
+def test_invalid_ablation_is_an_internal_error(kwargs):
+    from videoxl.engine.decode import Ablation
+
+    with pytest.raises(AssertionError):  # benchmarks only: its invariants are asserted
+        Ablation(**kwargs)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from videoxl.pipeline import ingest
 from videoxl import DEFAULT_MODEL
 from videoxl.eval import benchmarks
 from videoxl.eval.commands import format_table, main
@@ -490,7 +491,7 @@ def test_a_single_image_is_time_zero(tmp_path):
 
     Image.new("RGB", (64, 64), "red").save(tmp_path / "red.png")
     model = VideoXL2.from_pretrained(DEFAULT_MODEL, device="cpu")
-    session = model.ingest(str(tmp_path / "red.png"))
+    session = ingest(model, str(tmp_path / "red.png"))
     assert session.group_times == [0.0]
     assert model.tokenizer.decode(model.timestamp_ids(session.group_times[0])) == "Time 0.0s:"
 

@@ -8,21 +8,22 @@ import copy
 import numpy as np
 import pytest
 import torch
-from helpers import random_groups, reference_mask, tiny_qwen2
+from helpers import random_groups, reference_mask, tiny_qwen2, decoding, heads_of
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from videoxl.engine.decode import DecodeConfig, Decoder
+from videoxl.engine.decode import Decoder
 from videoxl.engine.layout import Group
 from videoxl.engine.prefill import PrefillConfig, prefill
+from videoxl.pipeline import ingest
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 CONFIGS = {
-    "topk": DecodeConfig(topk=2, chunk=1, max_new_tokens=6),
-    "kv_budget": DecodeConfig(kv_budget=0.6, chunk=1, max_new_tokens=6),
-    "sparse_scorer": DecodeConfig(topk=2, chunk=1, scorer="sparse", max_new_tokens=6),
-    "absolute": DecodeConfig(topk=2, chunk=1, positions="absolute", max_new_tokens=6),
-    "all_dense": DecodeConfig(max_new_tokens=6),
+    "topk": decoding(topk=2, chunk=1, max_new_tokens=6),
+    "kv_budget": decoding(kv_budget=0.6, chunk=1, max_new_tokens=6),
+    "sparse_scorer": decoding(topk=2, chunk=1, scorer="sparse", max_new_tokens=6),
+    "absolute": decoding(topk=2, chunk=1, positions="absolute", max_new_tokens=6),
+    "all_dense": decoding(max_new_tokens=6),
 }
 
 
@@ -59,8 +60,8 @@ def test_bilevel_decoding_on_cuda_fp32_equals_cpu(name):
     cpu, gpu, ref, video = cuda_video(torch.float32)
     config = CONFIGS[name]
     q = torch.arange(10, 16)
-    want = Decoder(cpu, ref).answer(q, config)
-    got = Decoder(gpu, video).answer(q, config)
+    want = Decoder(cpu, ref, heads=heads_of(cpu)).answer(q, **config)
+    got = Decoder(gpu, video, heads=heads_of(gpu)).answer(q, **config)
     assert got.dense_chunks == want.dense_chunks
     assert got.tokens == want.tokens
     if want.relevance is not None:
@@ -71,16 +72,16 @@ def test_bilevel_decoding_on_cuda_fp32_equals_cpu(name):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_external_scores_sampling_and_budget_on_cuda(dtype):
     _, gpu, _, video = cuda_video(dtype)
-    decoder = Decoder(gpu, video)
+    decoder = Decoder(gpu, video, heads=heads_of(gpu))
     q = torch.arange(10, 16)
     n = len(video.store.groups)
     for scores in (list(range(n)), np.arange(n), torch.arange(n, device="cuda", dtype=torch.float16)):
-        answer = decoder.answer(q, DecodeConfig(topk=2, chunk=1, max_new_tokens=2), chunk_scores=scores)
+        answer = decoder.answer(q, **decoding(topk=2, chunk=1, max_new_tokens=2), chunk_scores=scores)
         assert answer.dense_chunks == [0, n - 3, n - 2, n - 1]
-    sample = DecodeConfig(topk=1, chunk=1, temperature=1.0, top_p=0.9, top_k=20, seed=7, max_new_tokens=8)
-    assert decoder.answer(q, sample).tokens == decoder.answer(q, sample).tokens
+    sample = decoding(topk=1, chunk=1, temperature=1.0, top_p=0.9, top_k=20, seed=7, max_new_tokens=8)
+    assert decoder.answer(q, **sample).tokens == decoder.answer(q, **sample).tokens
     for budget in (0.7, 0.9):  # the always-dense first and last chunks alone take 59%
-        answer = decoder.answer(q, DecodeConfig(kv_budget=budget, chunk=1, max_new_tokens=1))
+        answer = decoder.answer(q, **decoding(kv_budget=budget, chunk=1, max_new_tokens=1))
         assert answer.kv_bytes_used <= budget * answer.kv_bytes_dense
 
 
@@ -89,14 +90,14 @@ def test_store_moved_to_cpu_after_a_cuda_prefill_still_answers():
     video.store.to("cpu")
     q = torch.arange(10, 16)
     config = CONFIGS["topk"]
-    assert Decoder(gpu, video).answer(q, config).tokens == Decoder(cpu, ref).answer(q, config).tokens
+    assert Decoder(gpu, video, heads=heads_of(gpu)).answer(q, **config).tokens == Decoder(cpu, ref, heads=heads_of(cpu)).answer(q, **config).tokens
 
 
 def test_bf16_cuda_decoding_close_to_fp32_cpu():
     cpu, gpu, ref, video = cuda_video(torch.bfloat16)
     q = torch.arange(10, 16)
-    want = Decoder(cpu, ref).answer(q, CONFIGS["all_dense"])
-    got = Decoder(gpu, video).answer(q, CONFIGS["all_dense"])
+    want = Decoder(cpu, ref, heads=heads_of(cpu)).answer(q, CONFIGS["all_dense"])
+    got = Decoder(gpu, video, heads=heads_of(gpu)).answer(q, CONFIGS["all_dense"])
     assert got.tokens[:1] == want.tokens[:1]
 
 
@@ -137,27 +138,27 @@ def test_videoxl2_ingest_and_ask_on_cuda(tiny_checkpoint):
     cpu = VideoXL2.from_pretrained(tiny_checkpoint, device="cpu")
     gpu = VideoXL2.from_pretrained(tiny_checkpoint, device="cuda", dtype=torch.float32)
     pattern = PrefillConfig(chunk=2, window=1)
-    ref = cpu.ingest(frames, prefill_config=pattern)
-    session = gpu.ingest(frames, prefill_config=pattern, thumbnails=True)
+    ref = ingest(cpu, frames, prefill_config=pattern)
+    session = ingest(gpu, frames, prefill_config=pattern, thumbnails=True)
     assert session.video.store.device.type == "cuda"
     torch.testing.assert_close(session.video.store.dense.k[0][:, : ref.video.store.length].cpu(),
                                ref.video.store.dense.k[0][:, : ref.video.store.length], atol=2e-3, rtol=2e-3)
-    for config in (DecodeConfig(max_new_tokens=4), DecodeConfig(topk=1, chunk=1, max_new_tokens=4),
-                   DecodeConfig(kv_budget=0.7, chunk=1, max_new_tokens=4)):
-        got, want = session.ask(questions, config), ref.ask(questions, config)
+    for config in (decoding(max_new_tokens=4), decoding(topk=1, chunk=1, max_new_tokens=4),
+                   decoding(kv_budget=0.7, chunk=1, max_new_tokens=4)):
+        got, want = session.ask(questions, **config), ref.ask(questions, **config)
         assert len(got.dense_chunks) == len(want.dense_chunks) and got.kv_bytes_dense == want.kv_bytes_dense
         if want.relevance is not None:  # close ranks of a tiny random model may swap; the scores must agree
             np.testing.assert_allclose([r or 0.0 for r in got.relevance], [r or 0.0 for r in want.relevance],
                                        atol=1e-3)
-    n = session.decoder.select(torch.arange(3), DecodeConfig(topk=1, chunk=1))[0]
-    answer = session.ask(questions, DecodeConfig(topk=1, chunk=1, max_new_tokens=2),
+    n = session.decoder.select(torch.arange(3), decoding(topk=1, chunk=1)["selection"]).ranges
+    answer = session.ask(questions, **decoding(topk=1, chunk=1, max_new_tokens=2),
                          chunk_scores=torch.ones(len(n), device="cuda"))
     assert len(answer.dense_chunks) == 3
-    sampled = DecodeConfig(topk=1, chunk=1, temperature=0.8, seed=1, max_new_tokens=4)
-    assert session.ask(questions, sampled).tokens == session.ask(questions, sampled).tokens
+    sampled = decoding(topk=1, chunk=1, temperature=0.8, seed=1, max_new_tokens=4)
+    assert session.ask(questions, **sampled).tokens == session.ask(questions, **sampled).tokens
     half = VideoXL2.from_pretrained(tiny_checkpoint, device="cuda")  # the default on a GPU: bf16
     assert half.dtype == torch.bfloat16
-    assert half.ingest(frames, prefill_config=pattern).ask(questions, DecodeConfig(topk=1, chunk=1,
+    assert ingest(half, frames, prefill_config=pattern).ask(questions, **decoding(topk=1, chunk=1,
                                                                                    max_new_tokens=3)).tokens
 
 

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import write_video
+from helpers import write_video, decoding
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from videoxl.engine.decode import DecodeConfig
+from videoxl.pipeline import ingest
 from videoxl.engine.prefill import PrefillConfig
 from videoxl.model import TINY, CheckpointError, VideoXL2
 from videoxl.video import VideoError
@@ -106,15 +106,15 @@ def test_ingest_and_ask_answer_like_a_dense_one_shot_reference(tiny_checkpoint, 
     model = VideoXL2.from_pretrained(tiny_checkpoint, device="cpu")
     calls = []
     model.visual.vision_tower.register_forward_hook(lambda *a: calls.append(1))
-    session = model.ingest(clip, max_frames=16, prefill_config=PrefillConfig(chunk=2, window=None))
+    session = ingest(model, clip, max_frames=16, prefill_config=PrefillConfig(chunk=2, window=None))
     assert session.stats.frames == 16 and session.stats.groups == 4 and session.stats.chunks == 2
     # 5 s at 30 fps: 5 frames at 1 fps; 16 // 5 = 3 fps -> step 10 -> 15 frames (+1 pad); groups at 0, 40, 80, 120
     assert session.group_times == [0.0, 1.3, 2.7, 4.0]
     encoded = len(calls)
 
     question = "What colour is the square?"
-    answer = session.ask(question, DecodeConfig(max_new_tokens=6))
-    again = session.ask(question, DecodeConfig(max_new_tokens=6))
+    answer = session.ask(question, **decoding(max_new_tokens=6))
+    again = session.ask(question, **decoding(max_new_tokens=6))
     assert len(calls) == encoded  # answering never re-encodes the video
     assert again.tokens == answer.tokens
 
@@ -141,17 +141,17 @@ def test_ingest_and_ask_answer_like_a_dense_one_shot_reference(tiny_checkpoint, 
 def test_ingest_streams_chunk_by_chunk(tiny_checkpoint, clip):
     model = VideoXL2.from_pretrained(tiny_checkpoint, device="cpu")
     events = []
-    session = model.ingest(clip, max_frames=32, prefill_config=PrefillConfig(chunk=2, window=1, per_forward=1),
+    session = ingest(model, clip, max_frames=32, prefill_config=PrefillConfig(chunk=2, window=1, per_forward=1),
                            on_progress=lambda stage, done, total: events.append((stage, done)))
     # encoding of chunk k+1 happens after pre-fill of chunk k: never more than a chunk of frames at once
     # (19 frames at 4 fps, padded to 20: 5 groups in chunks of 2, 2, 1)
     assert events == [("encode", 8), ("prefill", 1), ("encode", 16), ("prefill", 2), ("encode", 20), ("prefill", 3)]
     # by default a forward takes window + 1 = 2 chunks: never more than those two chunks' frames at once
     events.clear()
-    model.ingest(clip, max_frames=32, prefill_config=PrefillConfig(chunk=2, window=1),
+    ingest(model, clip, max_frames=32, prefill_config=PrefillConfig(chunk=2, window=1),
                  on_progress=lambda stage, done, total: events.append((stage, done)))
     assert events == [("encode", 8), ("encode", 16), ("prefill", 1), ("prefill", 2), ("encode", 20), ("prefill", 3)]
-    answer = session.ask("What colour is the square?", DecodeConfig(topk=0, chunk=1, max_new_tokens=3))
+    answer = session.ask("What colour is the square?", **decoding(topk=0, chunk=1, max_new_tokens=3))
     assert answer.chunks == 5 and answer.dense_chunks == [0, 4]
     assert answer.kv_bytes_used < answer.kv_bytes_dense
 
@@ -160,15 +160,15 @@ def test_images_and_frame_lists(tiny_checkpoint, tmp_path):
     model = VideoXL2.from_pretrained(tiny_checkpoint, device="cpu")
     image = tmp_path / "still.png"
     Image.fromarray(np.full((40, 30, 3), 200, np.uint8)).save(image)
-    session = model.ingest(image)
+    session = ingest(model, image)
     assert session.group_times == [0.0] and session.stats.groups == 1  # "Time 0.0s:" as the published code
     prefix = model._prompt_prefix().numel()
     assert session.stats.tokens == prefix + model.timestamp_ids(0.0).numel() + TINY.tokens_per_group
 
     frames = [np.full((32, 32, 3), 10 * i, np.uint8) for i in range(6)]
-    session = model.ingest(frames, frame_times=[0, 0.5, 1.0, 1.5, 2.0, 2.5])
+    session = ingest(model, frames, frame_times=[0, 0.5, 1.0, 1.5, 2.0, 2.5])
     assert session.group_times == [0.0, 2.0]  # 6 frames padded to 8
-    assert session.ask("What colour?", DecodeConfig(max_new_tokens=2)).tokens
+    assert session.ask("What colour?", **decoding(max_new_tokens=2)).tokens
 
 
 def test_bad_inputs(tiny_checkpoint, tmp_path):
@@ -176,11 +176,11 @@ def test_bad_inputs(tiny_checkpoint, tmp_path):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00" * 1000)
     with pytest.raises(VideoError, match="broken.mp4"):
-        model.ingest(broken)
+        ingest(model, broken)
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"not a png")
     with pytest.raises(VideoError, match="corrupt.png: not a readable image"):
-        model.ingest(corrupt)
-    session = model.ingest([np.zeros((8, 8, 3), np.uint8)] * 4)
+        ingest(model, corrupt)
+    session = ingest(model, [np.zeros((8, 8, 3), np.uint8)] * 4)
     with pytest.raises(ValueError, match="empty"):
         session.ask("   ")

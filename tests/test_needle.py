@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from videoxl.engine.decode import DecodeConfig
+from videoxl.decoding import Selection
 from videoxl.eval import needle
 from videoxl.model import VideoXL2
 from videoxl.synth import render
@@ -19,7 +19,7 @@ from videoxl.video import decode_frames, probe
 def test_needle_rows_summary_and_heatmap(tiny_checkpoint, tmp_path):
     model = VideoXL2.from_pretrained(tiny_checkpoint, device="cpu")
     rows = needle.run(model, [32, 48], cases=2, depths=2, folder=tmp_path / "videos",
-                      bilevel=DecodeConfig(topk=1, chunk=1, max_new_tokens=2))
+                      bilevel=Selection(topk=1, chunk=1))
     assert len(rows) == 4 and {r["depth"] for r in rows} == {0.25, 0.75}
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 4  # real files, reused on a second run
     for r in rows:

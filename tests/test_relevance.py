@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import random_groups, tiny_qwen2
+from helpers import random_groups, tiny_qwen2, decoding, heads_of
 
-from videoxl.engine.decode import DecodeConfig, Decoder
+from videoxl.engine.decode import Decoder
 from videoxl.engine.layout import Group
 from videoxl.engine.prefill import PrefillConfig, prefill
-from videoxl.engine.select import RetrievalHeads, calibrate_heads, confidence, content_mask, retrieval_heads
+from videoxl.engine.decode import Ablation
+from videoxl.engine.heads import RetrievalHeads, find_retrieval_heads, retrieval_heads
+from videoxl.engine.select import confidence, content_mask
 from videoxl.errors import InputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -57,32 +59,32 @@ def test_low_confidence_falls_back_to_dense_and_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("VIDEOXL_CACHE", str(tmp_path))
     model = tiny_qwen2(layers=2)
     video = prefill(model, torch.arange(4), random_groups(10, hidden=64), PrefillConfig(chunk=2, window=1))
-    decoder = Decoder(model, video)
+    decoder = Decoder(model, video, heads=heads_of(model))
     question = torch.arange(10, 15)
-    picked = decoder.answer(question, DecodeConfig(topk=2, chunk=1, max_new_tokens=2, min_confidence=0.0))
+    picked = decoder.answer(question, **decoding(topk=2, chunk=1, max_new_tokens=2, min_confidence=0.0))
     assert picked.fallback is None and len(picked.dense_chunks) == 4 and picked.kv_ratio < 1
     assert 0 <= picked.confidence <= 1
-    unsure = decoder.answer(question, DecodeConfig(topk=2, chunk=1, max_new_tokens=2,
+    unsure = decoder.answer(question, **decoding(topk=2, chunk=1, max_new_tokens=2,
                                                    min_confidence=min(1.0, picked.confidence + 0.01)))
     assert unsure.fallback.startswith("dense: flat relevance") and f"{picked.confidence:.2f}" in unsure.fallback
     assert unsure.dense_chunks == list(range(10)) and unsure.kv_ratio == 1.0
     assert unsure.confidence == picked.confidence
     # no scoring, no confidence: all dense by request, or caller-given scores
-    assert decoder.answer(question, DecodeConfig(max_new_tokens=1)).confidence is None
-    given = decoder.answer(question, DecodeConfig(topk=1, chunk=1, max_new_tokens=1, min_confidence=1.0),
+    assert decoder.answer(question, **decoding(max_new_tokens=1)).confidence is None
+    given = decoder.answer(question, **decoding(topk=1, chunk=1, max_new_tokens=1, min_confidence=1.0),
                            chunk_scores=[0.0] * 10)
     assert given.confidence is None and given.fallback is None
 
 
 def scorer_of_twelve_groups(tmp_path, monkeypatch):
-    """(model, score(**DecodeConfig options)): relevance of a question over 12 one-group chunks, first and last
+    """(model, score(**Ablation options)): relevance of a question over 12 one-group chunks, first and last
     forced dense, with a retrieval-head cache of its own."""
     monkeypatch.setenv("VIDEOXL_CACHE", str(tmp_path))
     model = tiny_qwen2(layers=2)
     video = prefill(model, torch.arange(4), random_groups(12, hidden=64), PrefillConfig(chunk=2, window=1))
-    decoder = Decoder(model, video)
+    decoder = Decoder(model, video, heads=heads_of(model))
     question, ranges, forced = torch.arange(10, 16), [(g, g + 1) for g in range(12)], [0, 11]
-    return model, lambda **kw: decoder.score(question, DecodeConfig(topk=2, chunk=1, **kw), ranges, forced)
+    return model, lambda **kw: decoder.score(question, ranges, forced, ablation=Ablation(**kw))
 
 
 def test_refining_every_candidate_is_the_exact_mass_and_only_the_shortlist_moves(tmp_path, monkeypatch):
@@ -125,9 +127,9 @@ def prose_needle(smollm2):
 
 def test_retrieval_heads_find_the_needle_in_prose(prose_needle):
     model, tokenizer, case, video = prose_needle
-    decoder = Decoder(model, video, tokenizer)
+    decoder = Decoder(model, video, tokenizer, heads=heads_of(model, tokenizer))
     question = torch.tensor(case["question"])
-    answer = decoder.answer(question, DecodeConfig(topk=1, chunk=1, max_new_tokens=12))
+    answer = decoder.answer(question, **decoding(topk=1, chunk=1, max_new_tokens=12))
     assert case["needle_groups"][0] in answer.dense_chunks
     ranked = sorted((x, c) for c, x in enumerate(answer.relevance) if x is not None)
     assert ranked[-1][1] == case["needle_groups"][0]
@@ -143,7 +145,7 @@ def test_selection_runs_the_question_only_up_to_its_last_scoring_layer(prose_nee
     from videoxl.engine.select import chunk_ranges
 
     model, tokenizer, case, video = prose_needle
-    decoder = Decoder(model, video, tokenizer)
+    decoder = Decoder(model, video, tokenizer, heads=heads_of(model, tokenizer))
     question = torch.tensor(case["question"])
     ranges = chunk_ranges(len(video.store.groups), 1)
     forced = [0, len(ranges) - 1]
@@ -179,13 +181,14 @@ def test_follow_tail_brings_the_next_chunk_only_when_the_needle_runs_past_its_en
     for task in ("neighbours", "single"):
         case = make_case(tokenizer, task, 1200, 0, 3)
         groups = [Group(torch.tensor(s), torch.tensor(t)) for s, t in case["groups"]]
-        decoder = Decoder(model, prefill(model, torch.tensor(case["prefix"]), groups, PREFILL), tokenizer)
+        decoder = Decoder(model, prefill(model, torch.tensor(case["prefix"]), groups, PREFILL), tokenizer,
+                      heads=heads_of(model, tokenizer))
         question = torch.tensor(case["question"])
-        # without calibration (which here ranks the number's group second by itself): the tail's own effect
-        plain = decoder.answer(question, DecodeConfig(topk=2, chunk=1, max_new_tokens=16, follow_tail=None,
-                                                      calibrate=False))
-        tailed = decoder.answer(question, DecodeConfig(topk=2, chunk=1, max_new_tokens=16, follow_tail=0.25,
-                                                       calibrate=False))
+        # without the template prior (which here ranks the number's group second by itself): the tail's own effect
+        plain = decoder.answer(question, **decoding(topk=2, chunk=1, max_new_tokens=16, follow_tail=None,
+                                                      template_prior=False))
+        tailed = decoder.answer(question, **decoding(topk=2, chunk=1, max_new_tokens=16, follow_tail=0.25,
+                                                       template_prior=False))
         key = case["needle_groups"][0]
         ranges = chunk_ranges(len(groups), 1)
         heads = retrieval_heads(model, tokenizer).heads
@@ -215,13 +218,13 @@ def test_follow_tail_brings_the_next_chunk_only_when_the_needle_runs_past_its_en
         else:
             assert tailed.dense_chunks == plain.dense_chunks and tailed.text == plain.text
     assert shares["neighbours"] > 0.25 > 0.05 > shares["single"]
-    with pytest.raises(InputError, match="follow_tail"):
-        DecodeConfig(follow_tail=0.0)
+    with pytest.raises(AssertionError):  # an internal structure: its invariants are asserted
+        Ablation(follow_tail=0.0)
 
 
-def test_calibration_finds_few_heads_on_smollm2(smollm2, tmp_path, monkeypatch):
+def test_retrieval_head_discovery_finds_few_heads_on_smollm2(smollm2, tmp_path, monkeypatch):
     model, tokenizer = smollm2
-    found = calibrate_heads(model, tokenizer, cases=2, groups=6, group_tokens=48)
+    found = find_retrieval_heads(model, tokenizer, cases=2, groups=6, group_tokens=48)
     rates = torch.tensor(found.hit_rate)
     assert rates.shape == (30, 9)
     assert 0 < found.count < 30 * 9 // 4  # a minority of heads retrieves
@@ -338,18 +341,18 @@ def _mass(decoder, queries, heads, groups, group_size) -> torch.Tensor:
     return torch.cat(per).mean(0)
 
 
-def test_calibration_divides_the_question_mass_by_the_templates(prose_needle):
+def test_template_prior_divides_the_question_mass_by_the_templates(prose_needle):
     """Calibrated relevance over the re-ranked chunks is the question's exact attention mass on each, divided by the
     mass its chat template alone puts there, renormalized; the template's queries are computed once."""
     from videoxl.engine.select import chunk_ranges
 
     model, tokenizer, case, video = prose_needle
-    decoder = Decoder(model, video, tokenizer)
+    decoder = Decoder(model, video, tokenizer, heads=heads_of(model, tokenizer))
     question = torch.tensor(case["question"])
     ranges = chunk_ranges(len(video.store.groups), 1)
     forced, candidates = [0, len(ranges) - 1], list(range(1, len(ranges) - 1))  # fewer than refine: all re-ranked
-    calibrated = decoder.score(question, DecodeConfig(topk=1, chunk=1), ranges, forced)
-    plain = decoder.score(question, DecodeConfig(topk=1, chunk=1, calibrate=False), ranges, forced)
+    with_prior = decoder.score(question, ranges, forced)
+    plain = decoder.score(question, ranges, forced, ablation=Ablation(template_prior=False))
     heads = retrieval_heads(model, tokenizer).heads
     layers = tuple(sorted(heads))
     group_size = model.config.num_attention_heads // model.config.num_key_value_heads
@@ -362,29 +365,28 @@ def test_calibration_divides_the_question_mass_by_the_templates(prose_needle):
                        heads, candidates, group_size)
     torch.testing.assert_close(plain[candidates], m_question.to(plain), rtol=1e-4, atol=1e-6)
     ratio = m_question / m_template
-    torch.testing.assert_close(calibrated[candidates], (ratio / ratio.sum()).to(calibrated), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(with_prior[candidates], (ratio / ratio.sum()).to(with_prior), rtol=1e-4, atol=1e-6)
     assert len(decoder._template_queries) == 1
     other = torch.tensor(tokenizer("\nWhat is the first word of the text?<|im_end|>\n"
                                    "<|im_start|>assistant\n")["input_ids"])
-    decoder.score(other, DecodeConfig(topk=1, chunk=1), ranges, forced)
+    decoder.score(other, ranges, forced)
     assert len(decoder._template_queries) == 1  # the same template: its queries were reused
-    # nothing to calibrate with: without a tokenizer, or a question given as embeddings
-    bare = Decoder(model, video)
-    torch.testing.assert_close(bare.score(question, DecodeConfig(topk=1, chunk=1), ranges, forced), plain,
+    # no template to divide by: without a tokenizer, or a question given as embeddings
+    bare = Decoder(model, video, heads=heads_of(model))
+    torch.testing.assert_close(bare.score(question, ranges, forced), plain,
                                equal_nan=True)
     from videoxl.engine.layout import embed
 
     embedded = embed(model, question)
-    torch.testing.assert_close(decoder.score(embedded, DecodeConfig(topk=1, chunk=1), ranges, forced),
-                               decoder.score(embedded, DecodeConfig(topk=1, chunk=1, calibrate=False), ranges, forced),
+    torch.testing.assert_close(decoder.score(embedded, ranges, forced),
+                               decoder.score(embedded, ranges, forced, ablation=Ablation(template_prior=False)),
                                equal_nan=True)
-    with pytest.raises(InputError, match="calibrate"):
-        DecodeConfig(calibrate="yes")
+    assert Ablation().template_prior  # the default scorer divides by the template's mass
 
 
-def test_calibration_finds_more_of_several_equal_needles(smollm2):
-    """Four needles for one key (a held-out 2k multivalue case of the benchmark): without calibration two prose
-    groups, which draw any question's attention, outrank three of the four value groups; calibrated, two value
+def test_template_prior_finds_more_of_several_equal_needles(smollm2):
+    """Four needles for one key (a held-out 2k multivalue case of the benchmark): without the template prior two prose
+    groups, which draw any question's attention, outrank three of the four value groups; with the prior, two value
     groups are reloaded and the answer holds two of the four numbers instead of none (sparse chunks with their
     timestamps, as measured then)."""
     from relevance import PREFILL, correct, make_case
@@ -392,13 +394,14 @@ def test_calibration_finds_more_of_several_equal_needles(smollm2):
     model, tokenizer = smollm2
     case = make_case(tokenizer, "multivalue", 2048, 0, 30, 1)
     groups = [Group(torch.tensor(s), torch.tensor(t)) for s, t in case["groups"]]
-    decoder = Decoder(model, prefill(model, torch.tensor(case["prefix"]), groups, PREFILL), tokenizer)
+    decoder = Decoder(model, prefill(model, torch.tensor(case["prefix"]), groups, PREFILL), tokenizer,
+                      heads=heads_of(model, tokenizer))
     question = torch.tensor(case["question"])
     found = {}
-    for calibrate in (False, True):
-        answer = decoder.answer(question, DecodeConfig(topk=3, chunk=1, max_new_tokens=64, calibrate=calibrate,
+    for prior in (False, True):
+        answer = decoder.answer(question, **decoding(topk=3, chunk=1, max_new_tokens=64, template_prior=prior,
                                                        sparse_stamps=True))
-        found[calibrate] = (len(set(answer.dense_chunks) & set(case["needle_groups"])),
+        found[prior] = (len(set(answer.dense_chunks) & set(case["needle_groups"])),
                             correct(answer.text, case["answers"]))
     assert found[False] == (1, 0.0) and found[True] == (2, 0.5)
 
@@ -413,9 +416,10 @@ def test_sparse_chunks_without_timestamps_leave_the_model_reading_text(smollm2):
     model, tokenizer = smollm2
     case = make_case(tokenizer, "multivalue", 2048, 8, 30, 1)
     groups = [Group(torch.tensor(s), torch.tensor(t)) for s, t in case["groups"]]
-    decoder = Decoder(model, prefill(model, torch.tensor(case["prefix"]), groups, PREFILL), tokenizer)
+    decoder = Decoder(model, prefill(model, torch.tensor(case["prefix"]), groups, PREFILL), tokenizer,
+                      heads=heads_of(model, tokenizer))
     question = torch.tensor(case["question"])
-    answers = {stamps: decoder.answer(question, DecodeConfig(topk=3, chunk=1, max_new_tokens=64,
+    answers = {stamps: decoder.answer(question, **decoding(topk=3, chunk=1, max_new_tokens=64,
                                                              sparse_stamps=stamps))
                for stamps in (True, False)}
     assert answers[True].dense_chunks == answers[False].dense_chunks

@@ -30,11 +30,11 @@ def test_reduce_to_chunks_equals_a_loop_over_chunks(how):
 
 
 def test_summaries_built_during_prefill_equal_ones_built_afterwards():
-    from helpers import random_groups, tiny_qwen2
+    from helpers import heads_of, random_groups, tiny_qwen2
 
     from videoxl.engine.prefill import PrefillConfig, prefill
     from videoxl.engine.rope import Rope
-    from videoxl.engine.select import GroupSummaries
+    from videoxl.engine.summaries import GroupSummaries
 
     model = tiny_qwen2(layers=2)
     video = prefill(model, torch.arange(4), random_groups(9, hidden=64), PrefillConfig(chunk=2, window=1))
@@ -61,11 +61,12 @@ def test_summaries_built_during_prefill_equal_ones_built_afterwards():
 def test_summaries_and_scores_leave_timestamp_keys_out():
     """Timestamp KVs are verbatim in a chunk's sparse form, so reloading it dense adds only its visual tokens; scores
     must not move when only timestamp keys change."""
-    from helpers import random_groups, tiny_qwen2
+    from helpers import heads_of, random_groups, tiny_qwen2
 
     from videoxl.engine.prefill import PrefillConfig, prefill
     from videoxl.engine.rope import Rope
-    from videoxl.engine.select import GroupSummaries, score_groups
+    from videoxl.engine.select import score_groups
+    from videoxl.engine.summaries import GroupSummaries
 
     model = tiny_qwen2(layers=2)
     video = prefill(model, torch.arange(4), random_groups(6, hidden=64), PrefillConfig(chunk=2, window=1))
@@ -110,7 +111,7 @@ def test_tail_share_is_the_attention_on_the_last_sixteenth_even_when_it_cuts_a_t
     """Chunks of 5 to 11 tokens and of 18: the last n/16 tokens, the token that boundary cuts counted by its part.
     Uniform attention (zero queries) gives exactly 1/16 whatever the length; random queries match a hand sum over
     each token's overlap with the interval [n - n/16, n)."""
-    from helpers import random_groups, tiny_qwen2
+    from helpers import heads_of, random_groups, tiny_qwen2
 
     from videoxl.engine.decode import Decoder
     from videoxl.engine.prefill import PrefillConfig, prefill
@@ -118,7 +119,8 @@ def test_tail_share_is_the_attention_on_the_last_sixteenth_even_when_it_cuts_a_t
 
     model = tiny_qwen2(layers=2)
     groups = random_groups(6, hidden=64, vis_len=(5, 11)) + random_groups(2, hidden=64, seed=3, vis_len=(18, 18))
-    decoder = Decoder(model, prefill(model, torch.arange(4), groups, PrefillConfig(chunk=2, window=1)))
+    decoder = Decoder(model, prefill(model, torch.arange(4), groups, PrefillConfig(chunk=2, window=1)),
+                      heads=heads_of(model))
     store, summaries = decoder.video.store, decoder.summaries[False]
     g = torch.Generator().manual_seed(0)
     random = {layer: torch.randn(4, 3, 16, generator=g) * 3 for layer in range(2)}  # (heads, question tokens, D)
@@ -149,9 +151,8 @@ def test_min_relevance_reloads_only_chunks_near_the_best():
     assert choose_dense(rel, *args, min_relevance=0.5) == [0, 1, 3, 6]  # 0.15 < 0.5 x 0.40
     assert choose_dense(rel, *args, min_relevance=0.9) == [0, 1, 6]
     assert choose_dense(rel, *args, follow=1, min_relevance=0.9) == [0, 1, 2, 6]  # the best brings chunk 2 anyway
-    from videoxl.engine.decode import DecodeConfig
-    from videoxl.errors import InputError
+    from videoxl.engine.decode import Ablation
 
     for bad in (0, 1.5, True):
-        with pytest.raises(InputError, match="min_relevance"):
-            DecodeConfig(min_relevance=bad)
+        with pytest.raises(AssertionError):  # an internal structure: its invariants are asserted
+            Ablation(min_relevance=bad)

@@ -33,6 +33,9 @@ try:  # the HTTP client the openai package is built on
 except ModuleNotFoundError:
     import httpx
 
+from helpers import decoding
+from videoxl.decoding import Generation, Selection
+from videoxl.pipeline import ingest
 from videoxl.synth.demo import demo_script
 from videoxl.synth.video import write
 from videoxl.synth.world import Event, Script, make_scenes
@@ -252,18 +255,10 @@ def test_decoding_options(main):
     assert budget.videoxl["kv_bytes_used"] <= 0.6 * budget.videoxl["kv_bytes_dense"]
     top1 = ask(client, "clip0.mp4", extra_body={"topk": 1})
     assert top1.videoxl["dense_chunks"] == 3
-    best = next(c for c in top1.videoxl["dense_chunk_ids"] if c not in (0, top1.videoxl["chunks"] - 1))
-    followed = ask(client, "clip0.mp4", extra_body={"topk": 2, "follow": 1}).videoxl
-    assert followed["dense_chunks"] == 4 and best in followed["dense_chunk_ids"]
-    assert best + 1 < followed["chunks"] - 1 and best + 1 in followed["dense_chunk_ids"]  # brought by the best
-    tailed = ask(client, "clip0.mp4", extra_body={"topk": 2, "follow_tail": 1e-9}).videoxl  # any share brings it
-    assert tailed["dense_chunk_ids"] == followed["dense_chunk_ids"] and 0 < tailed["tail_share"] <= 1
-    assert top1.videoxl["tail_share"] == pytest.approx(tailed["tail_share"])  # on by default: the same best chunk
-    assert ask(client, "clip0.mp4", extra_body={"topk": 1, "follow_tail": None}).videoxl["tail_share"] is None  # off
-    uncalibrated = ask(client, "clip0.mp4", extra_body={"topk": 1, "calibrate": False}).videoxl
-    assert uncalibrated["dense_chunk_ids"] == top1.videoxl["dense_chunk_ids"]  # no retrieval heads: no calibration
+    assert 0 < top1.videoxl["tail_share"] <= 1 and top1.videoxl["profile"] == "videoxl"  # the bundled model's
+    assert ask(client, "clip0.mp4", extra_body={"topk": None}).videoxl["dense_chunks"] == 6  # null: the default, 4
     stamped = ask(client, "clip0.mp4", extra_body={"topk": 1, "sparse_stamps": True}).videoxl
-    assert stamped["dense_chunk_ids"] == top1.videoxl["dense_chunk_ids"]  # sparse chunks keep their timestamps:
+    assert stamped["dense_chunk_indices"] == top1.videoxl["dense_chunk_indices"]  # sparse chunks keep their stamps:
     assert stamped["kv_bytes_used"] > top1.videoxl["kv_bytes_used"]  # a larger cache than the default's
     unsure = ask(client, "clip0.mp4", extra_body={"topk": 1, "min_confidence": 1.0}).videoxl
     assert unsure["fallback"].startswith("dense: flat relevance") and unsure["dense_chunks"] == unsure["chunks"]
@@ -359,9 +354,9 @@ def test_error_statuses(main, media):
     assert _status(lambda: ask(client, "clip0.mp4", model="gpt-4o"))[0] == 404
     assert _status(lambda: ask(client, "clip0.mp4", temperature=5))[0] == 400
     assert _status(lambda: ask(client, "clip0.mp4", extra_body={"kv_budget": 2}))[0] == 400
-    assert _status(lambda: ask(client, "clip0.mp4", extra_body={"follow": -1}))[0] == 400
-    assert _status(lambda: ask(client, "clip0.mp4", extra_body={"follow_tail": 1.5}))[0] == 400
-    assert _status(lambda: ask(client, "clip0.mp4", extra_body={"calibrate": "yes"}))[0] == 400
+    assert _status(lambda: ask(client, "clip0.mp4", extra_body={"top_k": -1}))[0] == 400
+    assert _status(lambda: ask(client, "clip0.mp4", extra_body={"decode_chunk": 0}))[0] == 400
+    assert _status(lambda: ask(client, "clip0.mp4", extra_body={"dense": "yes"}))[0] == 400
     assert _status(lambda: ask(client, "clip0.mp4", extra_body={"sparse_stamps": 1}))[0] == 400
     assert _status(lambda: ask(client, "clip0.mp4", extra_body={"min_confidence": 1.5}))[0] == 400
     assert _status(lambda: ask(client, "clip0.mp4", frames=100_000))[0] == 400  # too many frames
@@ -595,8 +590,7 @@ def _fake_qa(pieces: int = 1):
 def test_worker_cancels_a_generation_whose_client_left():
     import asyncio
 
-    from videoxl.engine.decode import DecodeConfig
-    from videoxl.serve.service import Cancel, Cancelled
+        from videoxl.serve.service import Cancel, Cancelled
 
     qa, received = _fake_qa(pieces=200), []
     cancel = Cancel(time.monotonic() + 60)
@@ -608,11 +602,11 @@ def test_worker_cancels_a_generation_whose_client_left():
 
     started = time.perf_counter()
     with pytest.raises(Cancelled):
-        asyncio.run(qa.answer("k", "q", DecodeConfig(), cancel, on_text))
+        asyncio.run(qa.answer("k", "q", (Selection(), Generation()), cancel, on_text))
     assert len(received) == 3 and time.perf_counter() - started < 0.5
     assert qa.metrics.counter("videoxl_cancelled_total") == 1
     with pytest.raises(Cancelled):  # a cancelled request still in the queue never runs
-        asyncio.run(qa.answer("k", "q", DecodeConfig(), cancel))
+        asyncio.run(qa.answer("k", "q", (Selection(), Generation()), cancel))
     assert len(received) == 3
     qa.scheduler.stop()
 
@@ -620,8 +614,7 @@ def test_worker_cancels_a_generation_whose_client_left():
 def test_worker_answers_questions_between_ingest_chunks_and_ingests_once():
     import asyncio
 
-    from videoxl.engine.decode import DecodeConfig
-    from videoxl.serve.protocol import MediaRef
+        from videoxl.serve.protocol import MediaRef
     from videoxl.serve.service import Cancel, Sampling
 
     qa = _fake_qa()
@@ -637,7 +630,7 @@ def test_worker_answers_questions_between_ingest_chunks_and_ingests_once():
                 break
             await asyncio.sleep(0.01)
         assert qa.ingesting == 1
-        await qa.answer("ready", "q", DecodeConfig(), cancel)
+        await qa.answer("ready", "q", (Selection(), Generation()), cancel)
         still_ingesting = qa.ingesting
         results = await asyncio.gather(*ingests)
         return still_ingesting, results
@@ -662,7 +655,7 @@ def test_store_state_dict_round_trip(model, media):
 
     from videoxl.engine.store import KVStore
 
-    store = model.ingest(str(media / "clip0.mp4"), max_frames=32).video.store
+    store = ingest(model, str(media / "clip0.mp4"), max_frames=32).video.store
     copy = KVStore.from_state_dict(store.state_dict(), "cpu")
     assert copy.nbytes < store.nbytes  # no spare capacity
     a, b = store.state_dict(), copy.state_dict()
@@ -671,13 +664,12 @@ def test_store_state_dict_round_trip(model, media):
 
 
 def test_tiers_chain_gpu_cpu_disk_and_back_token_identical(model, media, tmp_path):
-    from videoxl.engine.decode import DecodeConfig
-    from videoxl.engine.store import KVStore
+        from videoxl.engine.store import KVStore
     from videoxl.serve.tiers import DiskStores, KVTiers
 
-    config = DecodeConfig(topk=4, chunk=1, max_new_tokens=16)
-    sessions = [model.ingest(str(media / f"clip{i}.mp4"), max_frames=32) for i in range(3)]
-    expected = [s.ask(QUESTIONS[0], config).tokens for s in sessions]
+    config = decoding(topk=4, chunk=1, max_new_tokens=16)
+    sessions = [ingest(model, str(media / f"clip{i}.mp4"), max_frames=32) for i in range(3)]
+    expected = [s.ask(QUESTIONS[0], **config).tokens for s in sessions]
     size = KVStore.from_state_dict(sessions[0].video.store.state_dict(), "cpu").nbytes
     events = []
     tiers = KVTiers(model, int(1.5 * size), int(1.5 * size), DiskStores(tmp_path, "fp"), 10 * size,
@@ -690,7 +682,7 @@ def test_tiers_chain_gpu_cpu_disk_and_back_token_identical(model, media, tmp_pat
     for i in (0, 0, 1, 2, 0, 2):
         session, tier = tiers.checkout(f"k{i}")
         found.append(tier)
-        assert session.ask(QUESTIONS[0], config).tokens == expected[i]
+        assert session.ask(QUESTIONS[0], **config).tokens == expected[i]
         tiers.release(f"k{i}")
         used = tiers.usage()
         assert used["gpu"] <= 1.5 * size and used["cpu"] <= 1.5 * size
@@ -700,7 +692,7 @@ def test_tiers_chain_gpu_cpu_disk_and_back_token_identical(model, media, tmp_pat
     again = KVTiers(model, size, size, DiskStores(tmp_path, "fp"), 10 * size)  # a restart finds the disk copies
     assert {k for k, e in again.entries.items() if e.memory is None} >= {"k0"}
     session, tier = again.checkout("k0")
-    assert tier == "disk" and session.ask(QUESTIONS[0], config).tokens == expected[0]
+    assert tier == "disk" and session.ask(QUESTIONS[0], **config).tokens == expected[0]
     assert KVTiers(model, size, size, DiskStores(tmp_path, "other model"), 10 * size).entries == {}
 
 

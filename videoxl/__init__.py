@@ -1,9 +1,9 @@
 """videoxl: question answering over very long videos with streaming chunked pre-fill and bi-level KV decoding.
 
-    from videoxl import VideoXL2, DecodeConfig
-    model = VideoXL2.from_pretrained("BAAI/Video-XL-2")      # or a local folder, or the bundled default model
-    session = model.ingest("movie.mp4", max_frames=2048)
-    print(session.ask("When does the dog appear?", DecodeConfig(topk=4)).text)
+    import videoxl
+    model = videoxl.load("BAAI/Video-XL-2")                   # or a local folder, or videoxl.DEFAULT_MODEL
+    session = videoxl.ingest(model, "movie.mp4", max_frames=2048)
+    print(session.ask("When does the dog appear?").text)     # options by name: session.ask(q, topk=8)
 
 Names are imported on first use, so ``import videoxl`` (and ``videoxl --help``) does not load torch.
 """
@@ -28,8 +28,9 @@ if "torch" not in sys.modules:
 
 _LAZY = {
     "VideoXL2": ".model", "VideoXL2Config": ".model", "Session": ".pipeline", "ingest": ".pipeline",
+    "load": ".pipeline", "Selection": ".decoding", "Generation": ".decoding",
     "PrefillConfig": ".engine.prefill", "PrefilledVideo": ".engine.prefill", "prefill": ".engine.prefill",
-    "DecodeConfig": ".engine.decode", "Answer": ".engine.decode", "Decoder": ".engine.decode",
+    "Answer": ".engine.decode", "Decoder": ".engine.decode",
     "Group": ".engine.layout", "KVStore": ".engine.store",
 }
 

@@ -1,6 +1,5 @@
-"""Every option's default and limit, in one place (the CLI, the library and the server read them from here).
-
-A plain module with no imports, so the CLI can build its parser without loading torch.
+"""Limits, and the few defaults that are not fields of an options dataclass (``decoding.py`` declares the decoding
+options). A plain module with no imports, so the CLI can build its parser without loading torch.
 """
 
 MAX_FRAMES = 512  # frame budget of a video (the reference sampling rule spreads it over the whole video)
@@ -9,14 +8,7 @@ MAX_FPS = 4.0  # highest rate for short videos
 FRAMES_LIMIT = 100_000  # the largest frame budget accepted: 25,000 groups, about 1.3 million LLM tokens
 
 QUESTION_TOKENS = 2048  # the longest question accepted, far inside every supported model's context
-MAX_NEW_TOKENS = 32  # answer length in tokens
-NEW_TOKENS_LIMIT = 4096
+NEW_TOKENS_LIMIT = 4096  # the longest answer accepted
 
-CHUNK = 4  # pre-fill chunk, in 4-frame groups (the published default)
-WINDOW = 3  # previous chunks a chunk attends to in full (the published default)
-TOPK = 4  # relevant decoding chunks reloaded dense besides the first and last
-DECODE_CHUNK = 1  # decoding chunk, in groups
-FOLLOW = 0  # best decoding chunks that bring the chunk after them, within TOPK (README: relevance, "follow")
-CALIBRATE = True  # re-ranked chunks scored over the chat template's own attention to them (README: relevance)
-FOLLOW_TAIL = 0.25  # the best chunk brings the next when this share of its attention is on its last 1/16 (None: never)
-SPARSE_STAMPS = False  # sparse chunks keep their timestamp tokens in decoding caches (README: relevance, stamps)
+CHUNK = 4  # pre-fill chunk, in 4-frame groups (engine.prefill.PrefillConfig; the published default)
+WINDOW = 3  # previous chunks a chunk attends to in full (engine.prefill.PrefillConfig; the published default)

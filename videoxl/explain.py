@@ -16,6 +16,7 @@ def _clock(seconds: float) -> str:
     return f"{int(m):02d}:{s:04.1f}" if m < 60 else f"{int(m // 60)}:{int(m % 60):02d}:{s:02.0f}"
 
 
+# long: one figure drawn top to bottom (timeline, relevance bars, thumbnails, labels)
 def render_explanation(path: str | Path, question: str, answer: Answer, group_times: list[float | None],
                        chunk_groups: int, thumbnails: list[np.ndarray] | None, frames: int, tokens: int,
                        top: int = 6) -> Path:

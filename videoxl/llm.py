@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
+from .cache import cache_dir
+
 log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    """Where videoxl keeps converted checkpoints and generated demo files."""
-    return Path(os.environ.get("VIDEOXL_CACHE", Path.home() / ".cache" / "videoxl"))
 
 
 def smollm2_gguf_path() -> Path:

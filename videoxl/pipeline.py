@@ -24,7 +24,9 @@ import torch
 from PIL import Image, ImageOps
 
 from . import defaults
-from .engine.decode import Answer, DecodeConfig, Decoder
+from .decoding import Generation, Selection, options
+from .engine.decode import Answer, Decoder
+from .engine.heads import retrieval_heads
 from .engine.layout import Group
 from .engine.prefill import PrefillConfig, PrefilledVideo, prefill
 from .errors import OptionError, VideoError
@@ -48,6 +50,10 @@ class IngestStats:
     seconds: dict = field(default_factory=lambda: {"decode": 0.0, "encode": 0.0, "prefill": 0.0})  # busy, per stage
     waited: float = 0.0  # time the model waited for decoded frames
 
+    def to_dict(self) -> dict:
+        return {"frames": self.frames, "groups": self.groups, "tokens": self.tokens, "chunks": self.chunks,
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
+
 
 class Session:
     """One ingested video: its KV store and decoder. Answers any number of questions without re-encoding."""
@@ -56,14 +62,59 @@ class Session:
                  thumbnails: list[np.ndarray] | None = None):
         self.model, self.video, self.group_times, self.stats = model, video, group_times, stats
         self.thumbnails = thumbnails
-        self.decoder = Decoder(model.llm, video, model.tokenizer)
+        self.decoder = Decoder(model.llm, video, model.tokenizer,
+                               heads=lambda: retrieval_heads(model.llm, model.tokenizer).heads)
 
-    def ask(self, question: str, config: DecodeConfig = DecodeConfig(), on_text: Callable[[str], None] | None = None,
-            chunk_scores: Sequence[float] | None = None, max_question_tokens: int = QUESTION_TOKENS) -> Answer:
-        """Answer a question about the video (bi-level decoding per ``config``); OptionError for an empty, non-UTF-8
-        or too long question."""
+    def report(self, answer: Answer, load_seconds: float | None = None) -> dict:
+        """What ``videoxl ask --json`` prints: the answer, how it was decoded, the ingest, and pre-fill's FLOPs
+        beside dense pre-fill's."""
+        flops = self.video.stats
+        seconds = {**({} if load_seconds is None else {"load": load_seconds}), **self.stats.seconds,
+                   "answer": sum(answer.seconds.values())}
+        tail = self.decoder.followed_tail(answer)
+        return {**answer.to_dict(), **self.stats.to_dict(), "chunks": answer.chunks, "profile": self.model.profile,
+                "followed_tail": tail, "prefill_attn_flops": flops.attn_flops,
+                "dense_attn_flops": flops.dense_attn_flops, "prefill_total_flops": flops.total_flops,
+                "dense_total_flops": flops.dense_total_flops, "seconds": {k: round(v, 3) for k, v in seconds.items()}}
+
+    def options(self, **given) -> tuple[Selection, Generation]:
+        """The decoding options for this model: its profile's defaults (``videoxl.decoding.PROFILES``) with the
+        ``given`` ones (any field of :class:`Selection` or :class:`Generation`, by name) over them."""
+        return options(self.model.profile, **given)
+
+    def ask(self, question: str, selection: Selection | None = None, generation: Generation | None = None, *,
+            on_text: Callable[[str], None] | None = None, chunk_scores: Sequence[float] | None = None,
+            max_question_tokens: int = QUESTION_TOKENS, **given) -> Answer:
+        """Answer a question about the video with bi-level decoding. The options are the model's profile's with
+        the ``given`` ones over them (``topk=2``, ``max_new_tokens=64``, ...: :meth:`options`), or exactly the
+        ``selection`` and ``generation`` passed. OptionError for an empty, non-UTF-8 or too long question, or a bad
+        option."""
+        default_selection, default_generation = self.options(**given)
         ids = self.model.question_ids(question, max_question_tokens)
-        return self.decoder.answer(ids, config, chunk_scores=chunk_scores, on_text=on_text)
+        return self.decoder.answer(ids, selection or default_selection, generation or default_generation,
+                                   chunk_scores=chunk_scores, on_text=on_text)
+
+
+def load(model: str | os.PathLike, device: str | None = None, dtype: str | None = None, question: str | None = None,
+         max_question_tokens: int = QUESTION_TOKENS) -> VideoXL2:
+    """Load a checkpoint (folder or hub id) on ``device`` (None: cuda when available); a ``question`` given is
+    checked against the tokenizer first, so a question too long is refused before the weights load."""
+    from .model import checkpoint
+    from .model.videoxl2 import question_ids, resolve_device
+
+    resolved = resolve_device(device)
+    folder = checkpoint.resolve(model)
+    tokenizer = checkpoint.load_tokenizer(folder)
+    if question is not None:
+        question_ids(tokenizer, question, max_question_tokens)
+    return VideoXL2.from_pretrained(folder, dtype=getattr(torch, dtype) if dtype else None, device=resolved,
+                                    tokenizer=tokenizer)
+
+
+def open_video(path: str | os.PathLike) -> str | VideoInfo:
+    """An image path as it is, or a video probed (VideoError for a file FFmpeg cannot read): bad input is refused
+    before the model loads."""
+    return str(path) if Path(path).suffix.lower() in IMAGE_SUFFIXES else probe(path)
 
 
 def ingest(model: VideoXL2, video: str | os.PathLike | Sequence | VideoInfo, *,
@@ -109,6 +160,7 @@ def encode_video(model: VideoXL2, video: str | os.PathLike | Sequence, *, max_fr
 _DONE = object()
 
 
+# long: the producer thread and the consumer share the queue, the stop event and the pool
 def _decoded_batches(frames: Iterator, group_times: list, batch_groups: int, size: int, thumbs: list | None,
                      pin: bool, stats: IngestStats, ahead: int = 2) -> Iterator[tuple[list, torch.Tensor]]:
     """(timestamps, preprocessed frames (4 * groups, 3, size, size)) per batch of ``batch_groups`` groups, decoded

@@ -15,7 +15,7 @@ returns the log-sum-exp of its scores, and the parts are merged exactly::
 
 (the merge of partial softmaxes that FlashAttention's split-KV "flash-decoding" uses, Dao et al. 2023). A mask-free
 call runs the flash kernels directly; a boolean mask whose shape changes every chunk sent SDPA to cuDNN attention,
-which spent ~1.25 ms of host time planning each call (issue 13's H200 profile).
+which spent ~1.25 ms of host time planning each call (measured on an H200: docs/performance.md).
 """
 
 from __future__ import annotations

@@ -15,112 +15,71 @@ of positions between the few dense chunks, a layout the models never saw). ``ben
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
 import torch
 
-from .. import defaults
+from ..decoding import Generation, Selection
 from ..errors import InputError
 from .attention import DecodeCache, DecodeStep, run_step
 from .layout import embed
 from .prefill import PrefilledVideo
 from .rope import Rope
-from .select import (SCORERS, GroupSummaries, choose_dense, chunk_ranges, confidence, content_mask, reduce_to_chunks,
-                     relevance, retrieval_heads, score_groups, tail_share)
+from .select import (SCORERS, choose_dense, chunk_ranges, confidence, content_mask, reduce_to_chunks, relevance,
+                     score_groups, tail_share)
+from .summaries import GroupSummaries
 
 
 @dataclass(frozen=True)
-class DecodeConfig:
-    """How a question is answered from a pre-filled video.
+class Ablation:
+    """How relevance is scored and positions laid out: the default scorer's parts and their alternatives, for the
+    ablations of ``benchmarks/relevance.py`` and ``benchmarks/engine.py`` only (not a user option; select.py).
 
-    Selection: ``topk`` relevant chunks (besides the always-dense first and last) and/or a ``kv_budget`` (fraction
-    of the dense KV) decide which chunks are reloaded dense; with neither, every chunk is dense. ``chunk`` is the
-    decoding chunk size in groups (None: the pre-fill chunk size). Relevance (select.py): ``scorer`` over the
-    ``heads`` ("retrieval": the model's retrieval heads, found once per model, or every head for a model where
-    none was found; "all") and the question's ``score_tokens`` ("content": without the chat template; needs the
-    tokenizer); with "bounds", the ``refine`` best chunks are re-ranked by the exact position-free attention mass
-    of those heads over their visual keys (0: not; a fixed number of chunks, so its cost does not grow with the
-    video; with ``heads="retrieval"`` only when the model has retrieval heads). With ``calibrate`` (the default),
-    that mass is divided by the chat template's own over the same chunks (the question's tokens left out: what the
-    question adds over any question, the pointwise mutual information of chunk and question; Zhao et al.,
-    "Calibrate Before Use", 2021, arXiv 2102.09690); needs the tokenizer and token ids. With ``follow``, each of the
-    ``follow`` best chunks brings the chunk after it, within ``topk`` (select.choose_dense); with ``follow_tail``,
-    the best chunk does so only when at least that share of the scoring heads' attention over it falls on its last
-    sixteenth (select.tail_share: what the question looks for runs past the chunk's end; 0.25 by default, None:
-    never; README: relevance, "follow_tail"). When the chosen chunks
-    stand out less than ``min_confidence`` (select.confidence), every chunk is decoded dense and the answer says so
-    (None, the default: never; confidence is on a scale of its own per model, see select.py). Sparse chunks enter
-    the caches (selection's and the answer's) as their pooled tokens alone unless ``sparse_stamps``, which keeps
-    their timestamp tokens as the published bi-level decoding does (a cache of pooled chunks behind verbatim stamps
-    leaves a small model reciting the stamps; README: relevance, "Sparse chunks without their timestamps").
-    Generation: greedy when ``temperature`` is 0.
+    ``scorer`` over the ``heads`` ("retrieval", or every head for a model without any; "all") and the question's
+    ``score_tokens`` ("content": without the chat template); with "bounds", the ``refine`` best chunks are re-ranked
+    by their exact position-free mass (0: not), divided by the chat template's own mass with ``template_prior``.
+    ``follow`` best chunks each bring the next; ``follow_tail``: the best one does when that share of its attention
+    sits on its last sixteenth (None: never). ``min_relevance``: reload only chunks at least that fraction as
+    relevant as the best. ``score_layers`` and ``score_positions`` (keep RoPE) change what is scored;
+    ``positions`` is the decoding cache's position layout.
     """
 
-    topk: int | None = None
-    kv_budget: float | None = None
-    chunk: int | None = None
     scorer: str = "bounds"
     heads: Literal["retrieval", "all"] = "retrieval"
     score_tokens: Literal["content", "all"] = "all"
-    min_confidence: float | None = None
     refine: int = 32
-    calibrate: bool = defaults.CALIBRATE
-    sparse_stamps: bool = defaults.SPARSE_STAMPS
-    follow: int = defaults.FOLLOW
-    follow_tail: float | None = defaults.FOLLOW_TAIL
-    min_relevance: float | None = None  # reload only chunks at least this fraction as relevant as the best (model
-    # relevance only; an ablation, README: relevance)
+    template_prior: bool = True
+    follow: int = 0
+    follow_tail: float | None = 0.25
+    min_relevance: float | None = None
     score_layers: tuple[int, ...] | None = None
-    score_positions: bool = False  # keep RoPE in relevance scores (an ablation: recency then dominates)
+    score_positions: bool = False
     positions: Literal["absolute", "contiguous"] = "contiguous"
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
 
     def __post_init__(self):
-        if self.topk is not None and (not isinstance(self.topk, int) or self.topk < 0):
-            raise InputError(f"topk must be a number of chunks >= 0, got {self.topk!r}")
-        if self.kv_budget is not None and not 0 < self.kv_budget <= 1:
-            raise InputError(f"kv_budget is a fraction of the dense KV in (0, 1], got {self.kv_budget!r}")
-        if self.chunk is not None and (not isinstance(self.chunk, int) or self.chunk < 1):
-            raise InputError(f"chunk must be a positive number of groups, got {self.chunk!r}")
-        if self.scorer not in SCORERS:
-            raise InputError(f"unknown scorer {self.scorer!r}; choose one of {', '.join(SCORERS)}")
-        if self.heads not in ("retrieval", "all"):
-            raise InputError(f"heads must be 'retrieval' or 'all', got {self.heads!r}")
-        if self.score_tokens not in ("content", "all"):
-            raise InputError(f"score_tokens must be 'content' or 'all', got {self.score_tokens!r}")
-        if not isinstance(self.refine, int) or self.refine < 0:
-            raise InputError(f"refine must be a number of chunks >= 0, got {self.refine!r}")
-        if not isinstance(self.calibrate, bool):
-            raise InputError(f"calibrate is True or False, got {self.calibrate!r}")
-        if not isinstance(self.sparse_stamps, bool):
-            raise InputError(f"sparse_stamps is True or False, got {self.sparse_stamps!r}")
-        if not isinstance(self.follow, int) or self.follow < 0:
-            raise InputError(f"follow must be a number of chunks >= 0, got {self.follow!r}")
-        if self.follow_tail is not None and (isinstance(self.follow_tail, bool) or not 0 < self.follow_tail <= 1):
-            raise InputError(f"follow_tail is a share of attention in (0, 1] or None, got {self.follow_tail!r}")
-        if self.min_relevance is not None and (isinstance(self.min_relevance, bool)
-                                               or not 0 < self.min_relevance <= 1):
-            raise InputError(f"min_relevance is a fraction of the best chunk's relevance in (0, 1] or None, got "
-                             f"{self.min_relevance!r}")
-        if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
-            raise InputError(f"min_confidence must be in [0, 1] or None, got {self.min_confidence!r}")
-        if self.positions not in ("absolute", "contiguous"):
-            raise InputError(f"positions must be 'absolute' or 'contiguous', got {self.positions!r}")
-        if self.max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise InputError("sampling needs temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
+        assert self.scorer in SCORERS and self.heads in ("retrieval", "all") and self.refine >= 0
+        assert self.score_tokens in ("content", "all") and self.positions in ("absolute", "contiguous")
+        for share in (self.follow_tail, self.min_relevance):
+            assert share is None or (not isinstance(share, bool) and 0 < share <= 1), share
 
-    @property
-    def selects(self) -> bool:
-        return self.topk is not None or self.kv_budget is not None
+
+DEFAULT = Ablation()
+
+
+def configure(**options) -> dict:
+    """Keyword arguments for :meth:`Decoder.answer` from option names of :class:`Selection`, :class:`Generation`
+    and :class:`Ablation` mixed (benchmarks and tests); the rest keep their defaults."""
+    parts = {"selection": Selection, "generation": Generation, "ablation": Ablation}
+    out = {}
+    for name, cls in parts.items():
+        names = {f.name for f in dataclasses.fields(cls)}
+        out[name] = cls(**{k: v for k, v in options.items() if k in names})
+    unknown = set(options) - {f.name for cls in parts.values() for f in dataclasses.fields(cls)}
+    assert not unknown, f"unknown decoding options {sorted(unknown)}"
+    return out
 
 
 @dataclass
@@ -137,18 +96,44 @@ class Answer:
     seconds: dict = field(default_factory=dict)
     confidence: float | None = None  # how much the chosen chunks stood out (select.confidence); None: no scoring
     fallback: str | None = None  # why selection was overridden (e.g. "dense: flat relevance ..."), else None
-    tail: float | None = None  # with follow_tail: the best chunk's select.tail_share (>= follow_tail: the next came)
+    tail: float | None = None  # the best chunk's select.tail_share (at least follow_tail: the next came too)
+    finish_reason: str = "stop"  # "length" when max_new_tokens ended it
 
     @property
     def kv_ratio(self) -> float:
         return self.kv_bytes_used / self.kv_bytes_dense
 
+    def to_dict(self) -> dict:
+        """The answer and its decoding, as ``--json`` and the server's ``videoxl`` field report them."""
+        return {"answer": self.text.strip(), "chunks": self.chunks, "dense_chunks": len(self.dense_chunks),
+                "dense_chunk_indices": self.dense_chunks, "kv_bytes_dense": self.kv_bytes_dense,
+                "kv_bytes_used": self.kv_bytes_used,
+                "confidence": None if self.confidence is None else round(self.confidence, 4),
+                "fallback": self.fallback, "tail_share": None if self.tail is None else round(self.tail, 4),
+                "finish_reason": self.finish_reason}
+
+
+@dataclass
+class Choice:
+    """What selection decided for one question."""
+
+    ranges: list[tuple[int, int]]  # decoding chunks as group ranges [start, end)
+    dense: list[int]  # the chunks reloaded dense (after any fallback)
+    relevance: torch.Tensor | None = None  # (chunks,), NaN for the forced ones; None without scoring
+    confidence: float | None = None
+    fallback: str | None = None
+    tail: float | None = None
+
 
 class Decoder:
     """Answers questions about one pre-filled video; summaries for chunk scoring are shared across questions."""
 
-    def __init__(self, model: torch.nn.Module, video: PrefilledVideo, tokenizer=None):
+    def __init__(self, model: torch.nn.Module, video: PrefilledVideo, tokenizer=None,
+                 heads: Callable[[], dict[int, list[int]]] | dict[int, list[int]] | None = None):
+        """``heads``: the model's retrieval heads per layer (heads.py), or a function that finds them on first use;
+        None or empty: every head scores."""
         self.model, self.video, self.tokenizer = model, video, tokenizer
+        self._heads = heads
         self.rope = Rope.of(model)
         # position-free summaries (the default), and rotated ones for the score_positions ablation
         self.summaries = {False: video.summaries or GroupSummaries(video.store, self.rope),
@@ -234,25 +219,36 @@ class Decoder:
                 out[layer] = reduce_to_chunks(per_group, how, local, counts[subset])[..., order]
         return out
 
-    def score(self, question: torch.Tensor, config: DecodeConfig, ranges: list[tuple[int, int]],
-              forced: list[int]) -> torch.Tensor:
-        """Relevance (chunks,) of each decoding chunk to the question, computed by the model (see select.py);
-        the always-dense ``forced`` chunks are not scored (NaN)."""
-        return self._score(question, config, ranges, forced)[0]
+    @staticmethod
+    def followed_tail(answer: Answer, ablation: Ablation = DEFAULT) -> bool:
+        """Whether the best chunk's tail share brought the chunk after it."""
+        return answer.tail is not None and ablation.follow_tail is not None and answer.tail >= ablation.follow_tail
 
-    def _score(self, question: torch.Tensor, config: DecodeConfig, ranges: list[tuple[int, int]],
-               forced: list[int]) -> tuple[torch.Tensor, float | None]:
-        """:meth:`score`, and with ``config.follow_tail`` the best chunk's :func:`select.tail_share` (else None)."""
+    def retrieval_heads(self) -> dict[int, list[int]] | None:
+        """The retrieval heads per layer, found on first use; None: score with every head."""
+        if callable(self._heads):
+            self._heads = self._heads()
+        return self._heads or None
+
+    def score(self, question: torch.Tensor, ranges: list[tuple[int, int]], forced: list[int],
+              sparse_stamps: bool = False, ablation: Ablation = DEFAULT) -> torch.Tensor:
+        """Relevance (chunks,) of each decoding chunk to the question, computed by the model (see select.py);
+        the always-dense ``forced`` chunks are not scored (NaN). The question runs over a cache where the other
+        chunks are sparse (with their timestamps if ``sparse_stamps``)."""
+        return self._score(question, ranges, forced, sparse_stamps, ablation)[0]
+
+    def _score(self, question: torch.Tensor, ranges: list[tuple[int, int]], forced: list[int], sparse_stamps: bool,
+               ablation: Ablation) -> tuple[torch.Tensor, float | None]:
+        """:meth:`score`, and with ``follow_tail`` the best chunk's :func:`select.tail_share` (else None)."""
+        config = ablation
         store = self.video.store
         scores = torch.full((len(ranges),), float("nan"))
         candidates = [c for c in range(len(ranges)) if c not in forced]
         if not candidates:
             return scores, None
-        heads = None
-        if config.heads == "retrieval":
-            heads = retrieval_heads(self.model, self.tokenizer).heads or None  # none found: every head
+        heads = self.retrieval_heads() if config.heads == "retrieval" else None
         # re-ranking by exact mass needs heads that retrieve: averaged over every head the mass follows sinks and
-        # recency (README: the relevance table's "exact" column), so a model without retrieval heads keeps its bounds
+        # recency (docs/relevance.md: the "exact" column), so a model without retrieval heads keeps its bounds
         refine = config.refine if (config.heads == "all" or heads is not None) else 0
         layers = config.score_layers or (tuple(sorted(heads)) if heads else tuple(range(store.layers)))
         if heads is not None:
@@ -261,14 +257,13 @@ class Decoder:
                 heads = None
             else:
                 layers = tuple(layer for layer in layers if heads[layer])
-        calibrate = config.calibrate and config.scorer == "bounds" and refine > 0
+        prior = config.template_prior and config.scorer == "bounds" and refine > 0
         content = None  # the question's content tokens, when there are ids to read them from
-        if (config.score_tokens == "content" or calibrate) and self.tokenizer is not None \
+        if (config.score_tokens == "content" or prior) and self.tokenizer is not None \
                 and not question.is_floating_point():
             content = content_mask(question, self.tokenizer)
         tokens = content if config.score_tokens == "content" else None
-        queries = self.question_queries(question, ranges, forced, layers, config.score_positions,
-                                        config.sparse_stamps)
+        queries = self.question_queries(question, ranges, forced, layers, config.score_positions, sparse_stamps)
         rel = relevance(self.chunk_scores(queries, config.scorer, ranges, candidates, heads, config.score_positions),
                         tokens)
         if config.scorer == "bounds" and refine and len(candidates) > 1:
@@ -277,16 +272,16 @@ class Decoder:
             short = rel.topk(min(refine, len(candidates))).indices.tolist()
             chunks = [candidates[i] for i in short]
             template = None
-            if calibrate and content is not None and 0 < int(content.sum()) < question.numel():
+            if prior and content is not None and 0 < int(content.sum()) < question.numel():
                 template = self._template_queries_of(question[~content], ranges, forced, layers,
-                                                     config.score_positions, config.sparse_stamps)
+                                                     config.score_positions, sparse_stamps)
             # the template's queries ride along with the question's: the chunks' keys are read once
             n = question.shape[0]
             both = queries if template is None else {layer: torch.cat([q, template[layer]], dim=1)
                                                      for layer, q in queries.items()}
             exact_both = self.chunk_scores(both, "dense", ranges, chunks, heads, config.score_positions)
             exact = relevance({layer: s[:, :n] for layer, s in exact_both.items()}, tokens)
-            if template is not None:  # calibrated: over the template's own mass on the same chunks
+            if template is not None:  # over the template's own mass on the same chunks (the prior)
                 prior = relevance({layer: s[:, n:] for layer, s in exact_both.items()})
                 exact = exact / prior.to(exact).clamp_min(torch.finfo(exact.dtype).tiny)
                 exact = exact / exact.sum()
@@ -314,88 +309,93 @@ class Decoder:
                                                                           sparse_stamps)
         return queries
 
-    def select(self, question: torch.Tensor, config: DecodeConfig, chunk_scores: Sequence[float] | None = None):
-        """(ranges, dense chunk indices, relevance or None) for a question (after any fallback to dense)."""
-        return self._select(question, config, chunk_scores)[:3]
-
-    def _select(self, question: torch.Tensor, config: DecodeConfig, chunk_scores: Sequence[float] | None = None):
-        """:meth:`select`, then the confidence (None without model scores), the fallback note (None) and the best
-        chunk's tail share (None without ``follow_tail``)."""
+    def select(self, question: torch.Tensor, selection: Selection = Selection(),
+               chunk_scores: Sequence[float] | None = None, ablation: Ablation = DEFAULT) -> Choice:
+        """The decoding chunks, which are reloaded dense, and why, for a question (after any fallback to dense)."""
         store = self.video.store
-        ranges = chunk_ranges(len(store.groups), config.chunk or self.video.config.chunk)
+        ranges = chunk_ranges(len(store.groups), selection.chunk or self.video.config.chunk)
         n = len(ranges)
         if chunk_scores is not None:
-            if not config.selects:
+            if not selection.selects:
                 raise InputError("chunk_scores need topk or kv_budget to say how many chunks to reload dense")
             scores = _external_scores(chunk_scores, n)
-        elif not config.selects:
-            return ranges, list(range(n)), None, None, None, None
+        elif not selection.selects:
+            return Choice(ranges, list(range(n)))
         forced = sorted({0, n - 1})
-        follow, tail = config.follow, None
+        follow, tail = ablation.follow, None
         if chunk_scores is None:
-            scores, tail = self._score(question, config, ranges, forced)
-            if tail is not None and tail >= config.follow_tail:
+            scores, tail = self._score(question, ranges, forced, selection.sparse_stamps, ablation)
+            if tail is not None and tail >= ablation.follow_tail:
                 follow = max(follow, 1)
         dense_tok = [sum(store.groups[g].end - store.groups[g].start for g in range(s, e)) for s, e in ranges]
-        sparse_tok = [sum(store.groups[g].sparse_end - store.sparse_first(store.groups[g], config.sparse_stamps)
+        sparse_tok = [sum(store.groups[g].sparse_end - store.sparse_first(store.groups[g], selection.sparse_stamps)
                           for g in range(s, e)) for s, e in ranges]
-        budget = None if config.kv_budget is None else int(config.kv_budget * store.length) - store.prefix_length
+        budget = None if selection.kv_budget is None else int(selection.kv_budget * store.length) - store.prefix_length
         candidates = [c for c in range(n) if c not in forced]
-        dense = choose_dense(scores, candidates, forced, config.topk, budget, dense_tok, sparse_tok, follow,
-                             config.min_relevance if chunk_scores is None else None)
-        sure, note = None, None
+        dense = choose_dense(scores, candidates, forced, selection.limit, budget, dense_tok, sparse_tok, follow,
+                             ablation.min_relevance if chunk_scores is None else None)
+        choice = Choice(ranges, dense, scores, tail=tail)
         if candidates and chunk_scores is None:
             chosen = [i for i, c in enumerate(candidates) if c in dense]
-            sure = confidence(scores[candidates], chosen)
-            if config.min_confidence is not None and sure < config.min_confidence:
-                dense = list(range(n))
-                note = f"dense: flat relevance (confidence {sure:.2f} < {config.min_confidence:.2f})"
-        return ranges, dense, scores, sure, note, tail
+            choice.confidence = confidence(scores[candidates], chosen)
+            if selection.min_confidence is not None and choice.confidence < selection.min_confidence:
+                choice.dense = list(range(n))
+                choice.fallback = (f"dense: flat relevance (confidence {choice.confidence:.2f} < "
+                                   f"{selection.min_confidence:.2f})")
+        return choice
 
     # -- answering --------------------------------------------------------------------------------------------
-    def answer(self, question: torch.Tensor, config: DecodeConfig = DecodeConfig(),
-               chunk_scores: Sequence[float] | None = None,
-               on_text: Callable[[str], None] | None = None) -> Answer:
+    def answer(self, question: torch.Tensor, selection: Selection = Selection(), generation: Generation = Generation(),
+               *, chunk_scores: Sequence[float] | None = None, on_text: Callable[[str], None] | None = None,
+               ablation: Ablation = DEFAULT) -> Answer:
         """Answer ``question`` (token ids, or embeddings) about the video; ``on_text`` streams text pieces."""
         store = self.video.store
         t0 = time.perf_counter()
-        ranges, dense, scores, sure, note, tail = self._select(question, config, chunk_scores)
+        choice = self.select(question, selection, chunk_scores, ablation)
         t1 = time.perf_counter()
         dense_groups = torch.zeros(len(store.groups), dtype=torch.bool)
-        for c in dense:
-            dense_groups[ranges[c][0]:ranges[c][1]] = True
-        cache, position = self._cache(dense_groups, config.positions, question.shape[0] + config.max_new_tokens,
-                                      sparse_stamps=config.sparse_stamps)
+        for c in choice.dense:
+            dense_groups[choice.ranges[c][0]:choice.ranges[c][1]] = True
+        cache, position = self._cache(dense_groups, ablation.positions, question.shape[0] + generation.max_new_tokens,
+                                      sparse_stamps=selection.sparse_stamps)
         used_bytes = cache.nbytes
         hidden, _ = self._step(cache, embed(self.model, question), position)
         position += question.shape[0]
         t2 = time.perf_counter()
+        tokens, text = self._generate(cache, hidden, position, generation, on_text)
+        t3 = time.perf_counter()
+        scores = choice.relevance
+        return Answer(text, tokens, len(choice.ranges), choice.dense,
+                      None if scores is None else [None if x != x else x for x in scores.tolist()],
+                      store.dense_bytes, used_bytes,
+                      {"select": t1 - t0, "question": t2 - t1, "generate": t3 - t2}, choice.confidence,
+                      choice.fallback, choice.tail,
+                      "length" if len(tokens) >= generation.max_new_tokens else "stop")
 
+    def _generate(self, cache: DecodeCache, hidden: torch.Tensor, position: int, generation: Generation,
+                  on_text: Callable[[str], None] | None) -> tuple[list[int], str]:
+        """Tokens after the question's last hidden state, until EOS, a stop string or the token limit."""
         lm_head = self.model.get_output_embeddings()
         generator = None
-        if config.temperature > 0:
+        if generation.temperature > 0:
             generator = torch.Generator(device=lm_head.weight.device)  # where the logits are
-            generator.manual_seed(config.seed if config.seed is not None else torch.seed())
-        text = _TextStream(self.tokenizer, config.stop, on_text)
+            generator.manual_seed(generation.seed if generation.seed is not None else torch.seed())
+        text = _TextStream(self.tokenizer, generation.stop, on_text)
         tokens: list[int] = []
-        for i in range(config.max_new_tokens):
+        for i in range(generation.max_new_tokens):
             with torch.inference_mode():
                 logits = lm_head(hidden[-1:]).float()[0]
-            token = _sample(logits, config, generator)
+            token = _sample(logits, generation, generator)
             if token in self.eos:
                 break
             tokens.append(token)
             if text.push(tokens):
                 break
-            if i + 1 < config.max_new_tokens:
+            if i + 1 < generation.max_new_tokens:
                 hidden, _ = self._step(cache, embed(self.model, torch.tensor([token])), position)
                 position += 1
         text.flush()
-        t3 = time.perf_counter()
-        return Answer(text.text, tokens, len(ranges), dense,
-                      None if scores is None else [None if x != x else x for x in scores.tolist()],
-                      store.dense_bytes, used_bytes,
-                      {"select": t1 - t0, "question": t2 - t1, "generate": t3 - t2}, sure, note, tail)
+        return tokens, text.text
 
 
 def _external_scores(chunk_scores, n: int) -> torch.Tensor:
@@ -412,7 +412,7 @@ def _external_scores(chunk_scores, n: int) -> torch.Tensor:
     return scores
 
 
-def _sample(logits: torch.Tensor, config: DecodeConfig, generator) -> int:
+def _sample(logits: torch.Tensor, config: Generation, generator) -> int:
     if config.temperature == 0:
         return int(logits.argmax())
     logits = logits / config.temperature

@@ -27,12 +27,13 @@ from typing import Callable, Iterable, Iterator, Literal
 
 import torch
 
+from .. import defaults
 from ..errors import InputError
 from .accounting import attention_flops, causal_pairs, linear_flops_per_token
 from .attention import Anchors, PrefillStep, run_step
 from .layout import Group, embed
 from .rope import Rope
-from .select import GroupSummaries
+from .summaries import GroupSummaries
 from .store import KVStore
 
 SUPPORTED_FAMILIES = ("llama", "qwen2")
@@ -51,8 +52,8 @@ class PrefillConfig:
     full; None (the default) takes that many, up to 8 chunks and :data:`FORWARD_TOKENS` tokens.
     """
 
-    chunk: int = 4
-    window: int | None = 3
+    chunk: int = defaults.CHUNK
+    window: int | None = defaults.WINDOW
     timestamps: Literal["global", "chunk"] = "global"
     pool: int = 4
     per_forward: int | None = None

@@ -2,221 +2,51 @@
 
 The question is first run over a cheap cache (every candidate chunk sparse), keeping its queries at the scoring
 layers. Each candidate chunk is then scored by how strongly those queries match its keys, with RoPE removed from
-both: relevance is about content, not recency. With positions left in, the question (at the very end) prefers
-nearby chunks through RoPE's long-range decay, and that bias swamps the signal: on the passkey benchmark at 8k
-tokens, needles in the first third ranked 12th-24th of 52 candidates with rotated keys and 1st without
-(``benchmarks/engine.py`` measures it). Queries and keys are un-rotated exactly (RoPE is a rotation).
+both: relevance is about content, not recency (with positions left in, the question at the very end prefers nearby
+chunks through RoPE's long-range decay; ``docs/relevance.md``). Queries and keys are un-rotated exactly.
 
-Scorers, compared by the benchmark by how often the needle's chunk is selected:
+The default scorer:
 
-* ``"bounds"`` (default): Quest-style upper bounds. Keys are cut into pages of 16; a page keeps the box of its keys
-  (element-wise min and max), and ``sum_d max(q_d*min_d, q_d*max_d) = q.centre + |q|.radius`` bounds every q.k
-  in the page. A chunk scores its best page, so one lone relevant token (a needle) lifts its chunk where a mean
-  would drown it. Summaries are question-independent, computed once per video; a question then costs
-  (question tokens x pages) multiply-adds, no attention matrix, so fused attention kernels stay usable.
-* ``"mean"``: q . (mean key of the chunk). The cheapest summary, and the weakest (averaging hides needles).
-* ``"sparse"``: log-sum-exp of q.k over the chunk's sparse (pooled) keys: its attention mass in the sparse cache.
-* ``"dense"``: the same over all dense keys: the exact (position-free) attention mass, an expensive reference.
+1. **Page bounds** (Quest-style; ``summaries.py``): a page of 16 keys keeps the box of its keys, and
+   ``q.centre + |q|.radius`` bounds every q.k in the page. A chunk scores its best page, so one lone relevant token
+   (a needle) lifts its chunk where a mean would drown it. A question costs (question tokens x pages)
+   multiply-adds, no attention matrix.
+2. **Retrieval heads only** (``heads.py``): each (layer, head, question token) turns its chunk scores into a
+   distribution over the candidates (softmax); relevance is the average of these distributions.
+3. **Re-ranking**: the 32 chunks with the best bounds are re-ranked by their exact position-free attention mass at
+   the retrieval heads (a fixed number of chunks: the cost does not grow with the video).
+4. **Template prior**: that mass is divided by the mass the question's chat template alone puts on the same chunks,
+   ``p(chunk | question) / p(chunk | template)`` (contextual calibration; Zhao et al., "Calibrate Before Use",
+   2021), so chunks that draw any question's attention do not outrank the ones this question asks about.
+5. **Follow the tail**: when the best chunk's attention sits on its last sixteenth (:func:`tail_share`), what the
+   question looks for runs past its end, and the chunk after it is reloaded too.
 
-Each (layer, head, question token) turns its chunk scores into a distribution over the candidate chunks
-(softmax); relevance is the average of these distributions, so heads that look everywhere contribute little and
-retrieval heads decide. The lse scorers work slab by slab, never holding (queries x all keys).
-
-Three refinements, measured on natural-prose haystacks (``benchmarks/relevance.py``):
-
-* **Timestamp keys are left out of every score.** A chunk's timestamp KVs are kept verbatim in its sparse form, so
-  reloading it dense adds only its visual (content) tokens; and stamps are alike across chunks, so a question that
-  matches them ("what *number*...", "at what *time*...") would pick chunks by their stamps.
-* **Optionally, only the question's content tokens score** (:func:`content_mask`, ``score_tokens="content"``):
-  without the chat template around the question (``<|im_end|>``, the ``assistant`` header, newlines). Not the
-  default: it changed nothing on SmolLM2's prose haystacks, and on the bundled video model the template's last
-  tokens are the ones that find the needle (needle group selected in 1 of 10 cases at 2,048 frames without them,
-  9 of 10 with them).
-* **Retrieval heads only** (:func:`retrieval_heads`): most heads look at sinks, recency or syntax; a few copy from
-  the context (Wu et al., "Retrieval Head Mechanistically Explains Long-Context Factuality", 2024). They are found
-  once per model on synthetic needle haystacks of random tokens (:func:`calibrate_heads`: which (layer, head)
-  pairs put their best score on the needle's group) and cached on disk, keyed by the model's config and a sample
-  of its weights.
-
-With ``"bounds"``, the ``DecodeConfig.refine`` (32) chunks with the best bounds are then re-ranked by their exact
-position-free attention mass at the retrieval heads (a model without any keeps its bounds: over every head the mass
-follows sinks and recency): bounds are loose (a page's box bounds 16 keys at once), the
-mass is not, and reading the dense keys of a fixed number of chunks costs the same at any video length. On the
-prose haystacks at 8k tokens the needle's group of ``multikey`` was outside the best 16 bounds in both cases and
-inside the best 32.
-
-**Calibrated by the chat template** (``DecodeConfig.calibrate``, on by default; decode.py): some chunks draw any
-question's attention (prose about values and numbers, groups near an instruction to memorize them), and with
-several needles that look alike they outrank all but the first needle. The re-ranked chunks' mass is therefore
-divided by the mass the question's chat template alone (its non-content tokens: ``<|im_end|>``, the ``assistant``
-header) puts on the same chunks, and renormalized: ``p(chunk | question) / p(chunk | template)``, the pointwise
-mutual information of chunk and question, as contextual calibration does for few-shot labels (Zhao et al.,
-"Calibrate Before Use", 2021). Dividing bounds instead fails (a box's bound is no probability): only the exact
-masses of the short list are calibrated. The template's queries are computed once per video, and read the
-short list's keys in the same pass as the question's.
+Timestamp keys are left out of every score: stamps are alike across chunks, and a question about "time" would pick
+chunks by their stamps. The other scorers (``"mean"``, ``"sparse"``, ``"dense"``) and switches exist for the
+ablations of ``benchmarks/relevance.py`` only (``decode.Ablation``).
 
 :func:`confidence` says how much the chosen chunks stand out; decoding falls back to dense when it is low
-(``DecodeConfig.min_confidence``), and says so. Its scale depends on how peaked the scoring heads are and on
-calibration: 0.22-0.47 on SmolLM2's retrieval heads with the needle found before calibration, lower with it
-(calibrated relevance is flatter; README: relevance, the fallback), 0.01-0.07 on the bundled video model, where
-every head scores.
+(``Selection.min_confidence``). Its scale depends on how peaked the scoring heads are: about 0.2-0.5 on SmolLM2's
+retrieval heads, 0.01-0.07 on the bundled video model, where every head scores.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import math
-import random
-import threading
-import weakref
-from dataclasses import dataclass
 
 import torch
 
 from ..errors import InputError
-from .rope import Rope
 from .store import KVStore
+from .summaries import GroupSummaries
 
 SCORERS = ("bounds", "mean", "sparse", "dense")
-PAGE = 16
 TAIL = 16  # tail_share: the last sixteenth of a chunk's visual tokens
-log = logging.getLogger(__name__)
 
 
 def chunk_ranges(num_groups: int, chunk: int) -> list[tuple[int, int]]:
     """Group ranges [start, end) of decoding chunks of ``chunk`` groups."""
     return [(s, min(s + chunk, num_groups)) for s in range(0, num_groups, chunk)]
-
-
-class GroupSummaries:
-    """Question-independent, position-free summaries of one store's keys, kept for every later question.
-
-    Pre-fill calls :meth:`extend` after each chunk, so the page boxes of the default scorer are built once,
-    incrementally, while the video streams in; the first question pays nothing. Summaries not extended during
-    pre-fill (the ``"mean"`` ablation, a store loaded from elsewhere) are brought up to date on first use.
-    """
-
-    def __init__(self, store: KVStore, rope: Rope):
-        self.store, self.rope = store, rope
-        self._means: _Growing | None = None
-        self._pages: tuple[_Growing, _Growing, list[int]] | None = None
-        self._mean_groups = 0  # groups summarized so far, per summary kind
-        self._page_groups = 0
-        self._owner: torch.Tensor | None = None
-
-    def raw_dense(self, layer: int, start: int, end: int) -> torch.Tensor:
-        """Un-rotated dense keys (Hkv, end - start, D) of tokens [start, end)."""
-        k = self.store.dense.k[layer][:, start:end]
-        return self.rope.rotate(k, -torch.arange(start, end, dtype=torch.float64))
-
-    def raw_sparse(self, layer: int, start: int, end: int) -> torch.Tensor:
-        """Un-rotated sparse keys of sparse rows [start, end)."""
-        return self.rope.rotate(self.store.sparse.k[layer][:, start:end], -self.store.sparse_pos[start:end])
-
-    def _segments(self, first_group: int, index: torch.Tensor, n: int,
-                  reductions: tuple[str, ...]) -> list[list[torch.Tensor]]:
-        """Reduce each layer's un-rotated keys from group ``first_group`` to the end per segment id ``index``
-        (one per token) -> [reduction][layer] (Hkv, n, D). One rotation table for all layers."""
-        store = self.store
-        start, end = store.groups[first_group].start, store.length
-        idx = index.to(store.device)
-        table = None if self.rope.is_identity else self.rope.table(
-            -torch.arange(start, end, dtype=torch.float64), store.device, store.dtype)
-        out: list[list[torch.Tensor]] = [[] for _ in reductions]
-        for layer in range(store.layers):
-            k = store.dense.k[layer][:, start:end]
-            if table is not None:
-                k = self.rope.apply(k, table)
-            where = idx[None, :, None].expand_as(k)
-            for r, reduce in enumerate(reductions):
-                seg = k.new_zeros(k.shape[0], n, k.shape[2])
-                out[r].append(seg.scatter_reduce_(1, where, k, reduce, include_self=False))
-        return out
-
-    def means(self) -> list[torch.Tensor]:
-        """Per layer (Hkv, groups, D): the mean un-rotated visual key of each group."""
-        store = self.store
-        done, total = self._mean_groups, len(store.groups)
-        if done < total:
-            # timestamp tokens go to a scratch segment (n = groups), dropped: the means are of visual keys only
-            owner = torch.cat([torch.cat([torch.full((s.visual_start - s.start,), total - done),
-                                          torch.full((s.end - s.visual_start,), g)])
-                               for g, s in enumerate(store.groups[done:])]).long()
-            new = [m[:, : total - done] for m in self._segments(done, owner, total - done + 1, ("mean",))[0]]
-            self._means = self._means or _Growing(store.layers)
-            self._means.append(new)
-            self._mean_groups = total
-        return self._means.views()
-
-    def extend(self) -> None:
-        """Summarize the groups added to the store since the last call (page boxes of the default scorer)."""
-        store = self.store
-        done, total = self._page_groups, len(store.groups)
-        if done == total:
-            return
-        if self._pages is None:
-            self._pages = (_Growing(store.layers), _Growing(store.layers), [])
-        centre, radius, owner = self._pages
-        # each page as PAGE token indices, a short last page padded with its own last token (min and max ignore
-        # repeats): one gather and two reductions per layer instead of scatters
-        first = store.groups[done].start
-        rows, new_owner = [], []
-        for g in range(done, total):
-            span = store.groups[g]  # visual tokens only: timestamps stay verbatim in the sparse form
-            n = span.end - span.visual_start
-            pages = -(-n // PAGE)
-            rows.append(span.visual_start - first
-                        + torch.clamp(torch.arange(pages * PAGE).view(pages, PAGE), max=n - 1))
-            new_owner += [g] * pages
-        index = torch.cat(rows).flatten().to(store.device)
-        table = None if self.rope.is_identity else self.rope.table(
-            -torch.arange(first, store.length, dtype=torch.float64), store.device, store.dtype)
-        # every layer at once: (layers, Hkv, tokens, D) -> (layers, Hkv, pages, PAGE, D)
-        k = torch.stack([keys[:, first : store.length] for keys in store.dense.k])
-        if table is not None:
-            k = self.rope.apply(k, table)
-        paged = k.index_select(2, index).unflatten(2, (-1, PAGE))
-        low, high = paged.amin(3), paged.amax(3)
-        centre.append(list(((high + low) / 2).unbind(0)))
-        radius.append(list(((high - low) / 2).unbind(0)))
-        owner.extend(new_owner)
-        self._owner = None
-        self._page_groups = total
-
-    def pages(self) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-        """Per layer (Hkv, pages, D) centre and radius of the box of each page of PAGE un-rotated visual keys (pages
-        never cross groups), and the group of each page."""
-        self.extend()
-        centre, radius, owner = self._pages
-        if self._owner is None:
-            self._owner = torch.tensor(owner)
-        return centre.views(), radius.views(), self._owner
-
-
-class _Growing:
-    """Per-layer (Hkv, rows, D) tensors appended to along the rows, with doubling capacity (no quadratic copying)."""
-
-    def __init__(self, layers: int):
-        self.layers, self.rows = layers, 0
-        self.bufs: list[torch.Tensor] | None = None
-
-    def append(self, parts: list[torch.Tensor]) -> None:
-        n = parts[0].shape[1]
-        if self.bufs is None or self.rows + n > self.bufs[0].shape[1]:
-            capacity = max(self.rows + n, 2 * (0 if self.bufs is None else self.bufs[0].shape[1]))
-            grown = [p.new_empty(p.shape[0], capacity, p.shape[2]) for p in parts]
-            if self.bufs is not None:
-                for new, old in zip(grown, self.bufs):
-                    new[:, : self.rows] = old[:, : self.rows]
-            self.bufs = grown
-        for buf, p in zip(self.bufs, parts):
-            buf[:, self.rows : self.rows + n] = p
-        self.rows += n
-
-    def views(self) -> list[torch.Tensor]:
-        return [b[:, : self.rows] for b in self.bufs]
 
 
 def _group_lse(q: torch.Tensor, keys, spans: list[tuple[int, int]], scale: float, slab: int = 4096) -> torch.Tensor:
@@ -415,136 +245,3 @@ def choose_dense(relevance: torch.Tensor, candidates: list[int], forced: list[in
     return sorted(dense)
 
 
-# -- retrieval heads ----------------------------------------------------------------------------------------------
-CALIBRATION = "needle-random-v3"  # changes when the calibration haystacks change, so cached lists are redone
-
-
-@dataclass(frozen=True)
-class RetrievalHeads:
-    """The (layer, query head) pairs whose own scores find a needle, found once per model by :func:`calibrate_heads`.
-
-    ``hit_rate[layer][head]`` is the fraction of calibration haystacks in which that head alone ranked the needle's
-    group first among the candidates; ``heads`` maps each layer to its selected heads (layers without any absent).
-    """
-
-    heads: dict[int, list[int]]
-    hit_rate: list[list[float]]
-    cases: int
-
-    @property
-    def count(self) -> int:
-        return sum(len(h) for h in self.heads.values())
-
-    def to_json(self) -> str:
-        return json.dumps({"calibration": CALIBRATION, "cases": self.cases, "hit_rate": self.hit_rate,
-                           "heads": {str(k): v for k, v in self.heads.items()}})
-
-    @classmethod
-    def from_json(cls, text: str) -> "RetrievalHeads":
-        data = json.loads(text)
-        return cls({int(k): list(v) for k, v in data["heads"].items()}, data["hit_rate"], data["cases"])
-
-
-def model_key(model: torch.nn.Module) -> str:
-    """A short hash of a model's architecture and a sample of its weights (the first values of every tensor)."""
-    config = {k: v for k, v in model.config.to_dict().items()
-              if not k.startswith("_") and k not in ("transformers_version", "torch_dtype", "dtype")}
-    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    h.update(CALIBRATION.encode())
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            h.update(name.encode())
-            h.update(p.detach().flatten()[:16].double().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def calibrate_heads(model: torch.nn.Module, tokenizer=None, cases: int = 8, groups: int = 10,
-                    group_tokens: int = 64, min_hit: float = 0.75, seed: int = 0,
-                    scorer: str = "dense") -> RetrievalHeads:
-    """Find the retrieval heads of ``model`` on synthetic needle haystacks of random tokens.
-
-    Each haystack is ``groups`` groups of ``group_tokens`` random ids (a ``Time {t}s:`` stamp before each when a
-    tokenizer is given); one group, at a depth that sweeps the haystack, hides a random 6-token key followed by a
-    4-token value; the question is 4 random tokens and the key. The haystack is pre-filled as a video is (chunked,
-    default :class:`PrefillConfig`) and the question scored as in decoding (no RoPE, visual keys, one group per
-    chunk, first and last forced dense) by ``scorer``: by default the exact position-free attention mass, affordable
-    on these short haystacks and a sharper test of what a head attends to than the bounds used at decoding time
-    (with bounds no SmolLM2 head reached 40%; with the mass 11 of 270 reached 100%). A head hits when its scores,
-    averaged over the question tokens, put the needle's group first. Heads hitting in at least ``min_hit`` of the
-    cases are kept; if none does, the list is empty and decoding scores with every head (the bundled video model:
-    its best head hit 25%). Random tokens keep the haystacks unlike any evaluation text and make this work for any
-    vocabulary.
-    """
-    from .decode import Decoder
-    from .layout import Group
-    from .prefill import prefill
-
-    if cases < 1 or groups < 3 or group_tokens < 12:
-        raise InputError("calibration needs cases >= 1, groups >= 3 and group_tokens >= 12")
-    rng = random.Random(seed)
-    special = set(getattr(tokenizer, "all_special_ids", None) or [])
-    size = len(tokenizer) if tokenizer is not None else model.config.vocab_size
-    vocab = [i for i in range(min(size, model.config.vocab_size)) if i not in special]
-
-    def ids(n: int) -> list[int]:
-        return [rng.choice(vocab) for _ in range(n)]
-
-    cfg = model.config
-    layers, n_heads = cfg.num_hidden_layers, cfg.num_attention_heads
-    hits = torch.zeros(layers, n_heads)
-    for case in range(cases):
-        target = 1 + case % (groups - 2)
-        key, value = ids(6), ids(4)
-        parts = []
-        for g in range(groups):
-            body = ids(group_tokens)
-            if g == target:
-                at = rng.randrange(group_tokens - 10)
-                body[at: at + 10] = key + value
-            stamp = (tokenizer(f"Time {4.0 * g:.1f}s:", add_special_tokens=False)["input_ids"] if tokenizer
-                     is not None else ids(3))
-            parts.append(Group(torch.tensor(stamp), torch.tensor(body)))
-        video = prefill(model, torch.tensor(ids(8)), parts)
-        decoder = Decoder(model, video, tokenizer)
-        ranges = chunk_ranges(groups, 1)
-        queries = decoder.question_queries(torch.tensor(ids(4) + key), ranges, [0, groups - 1], tuple(range(layers)))
-        per_layer = decoder.chunk_scores(queries, scorer, ranges, list(range(1, groups - 1)))
-        for layer, s in per_layer.items():  # (H, Q, candidates): groups 1 .. groups-2
-            best = torch.softmax(s.float(), -1).mean(1).argmax(-1) + 1
-            hits[layer] += (best == target).float().cpu()
-    rate = hits / cases
-    keep = rate >= min_hit
-    if not keep.any():
-        log.info("no head found the needle in %d%% of the calibration cases: scoring with every head",
-                    round(100 * min_hit))
-    heads = {layer: keep[layer].nonzero().flatten().tolist() for layer in range(layers) if keep[layer].any()}
-    return RetrievalHeads(heads, [[round(float(x), 4) for x in row] for row in rate], cases)
-
-
-_found: "weakref.WeakKeyDictionary[torch.nn.Module, RetrievalHeads]" = weakref.WeakKeyDictionary()
-_found_lock = threading.Lock()
-
-
-def retrieval_heads(model: torch.nn.Module, tokenizer=None) -> RetrievalHeads:
-    """The retrieval heads of ``model``: from memory, from the disk cache (``cache_dir()/retrieval-heads``, keyed by
-    :func:`model_key`), or calibrated now (seconds for small models) and cached."""
-    from ..llm import cache_dir
-
-    with _found_lock:
-        if model in _found:
-            return _found[model]
-        path = cache_dir() / "retrieval-heads" / f"{model_key(model)}.json"
-        try:
-            found = RetrievalHeads.from_json(path.read_text())
-        except (OSError, ValueError, KeyError):
-            log.info("finding the retrieval heads of this model (once; cached in %s)", path.parent)
-            found = calibrate_heads(model, tokenizer)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
-                tmp.write_text(found.to_json())
-                tmp.replace(path)
-            except OSError as e:  # a read-only cache: still usable, found again next time
-                log.warning("could not cache the retrieval heads in %s (%s)", path, e)
-        _found[model] = found
-        return found

@@ -78,8 +78,9 @@ class Evaluator:
             return {**base, "skipped": f"failed: {type(e).__name__}: {e}"}
 
     def _row(self, sample: Sample, base: dict) -> dict:
-        from ..engine.decode import DecodeConfig
+        from ..decoding import Generation, Selection
         from ..engine.prefill import PrefillConfig
+        from ..pipeline import ingest
 
         started = time.perf_counter()
         if self._probed is None or self._probed[0] != sample.video:
@@ -93,15 +94,17 @@ class Evaluator:
             s = self.task.settings
             config = PrefillConfig(**plan.prefill)
             if texts is None:
-                session = self.model.ingest(info, max_frames=self.max_frames, fps=s.fps, max_fps=s.max_fps,
+                session = ingest(self.model, info, max_frames=self.max_frames, fps=s.fps, max_fps=s.max_fps,
                                             prefill_config=config)
             else:
                 session = ingest_with_text(self.model, info, texts, s, self.max_frames, config)
             self._cached = (key, session)
         session = self._cached[1]
         decode = {k: v for k, v in plan.decode.items() if v is not None}
-        config = DecodeConfig(**decode, max_new_tokens=self.task.settings.max_new_tokens, stop=STOP)
-        answer = session.ask(question, config, chunk_scores=plan.chunk_scores, max_question_tokens=QUESTION_TOKENS)
+        selection = Selection(**decode) if decode else Selection(dense=True)
+        generation = Generation(max_new_tokens=self.task.settings.max_new_tokens, stop=STOP)
+        answer = session.ask(question, selection, generation, chunk_scores=plan.chunk_scores,
+                             max_question_tokens=QUESTION_TOKENS)
         pred = answer.text.strip()
         row = {**base, "video": Path(sample.video).name, "gold": sample.gold, "categories": sample.categories,
                "doc": sample.doc, "pred": pred}
@@ -124,10 +127,10 @@ def ingest_with_text(model: VideoXL2, info: VideoInfo, texts: list[str], setting
 
     from ..engine.layout import Group
     from ..engine.prefill import prefill
-    from ..pipeline import Session
+    from ..pipeline import Session, encode_video
 
-    visual, group_times, stats = model.encode_video(info, max_frames=max_frames, fps=settings.fps,
-                                                    max_fps=settings.max_fps)  # (G, T, hidden)
+    visual, group_times, stats = encode_video(model, info, max_frames=max_frames, fps=settings.fps,
+                                              max_fps=settings.max_fps)  # (G, T, hidden)
     assert len(texts) == len(group_times), (len(texts), len(group_times))
 
     def stamp(text: str, t: float) -> torch.Tensor:
@@ -200,6 +203,7 @@ def _worker(wid: int, model: str, task_name: str, run_: Run, device, dtype, max_
         outbox.put((wid, index, evaluator.row(sample)))
 
 
+# long: one supervision loop: hand out samples, collect rows, restart dead workers, shut down
 def _run_workers(model, task, samples, run_, n, on_row, device, dtype, max_frames) -> list[dict]:
     import multiprocessing
 

@@ -1,5 +1,6 @@
-"""``videoxl eval mlvu|videomme|longvideobench|lvbench|charades-sta|rescore``: the published benchmarks from the
-command line. Wired into ``videoxl/cli.py`` by ``add_parsers(tasks)`` under ``videoxl eval``.
+"""``videoxl eval``: videoxl's own benchmarks on synthetic videos (``needle``, ``families``) and the published ones
+(``mlvu|videomme|longvideobench|lvbench|charades-sta``, ``rescore``). Wired into ``videoxl/cli.py`` by
+``add_parsers(tasks)`` under ``videoxl eval``.
 
 Building the parser imports nothing heavy (no torch, no numpy), so ``videoxl --help`` stays instant; the
 benchmark code is imported when a command runs. Progress bars, tables and pictures live here, not in the library.
@@ -8,12 +9,14 @@ benchmark code is imported when a command runs. Progress bars, tables and pictur
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
+from .. import decoding
 from ..errors import InputError, OptionError
-from ..options import device_name, fraction, whole
+from ..options import device_name, fraction, lengths, whole
 
 TASK_NAMES = {"mlvu": "MLVU dev (M-Avg over the multiple-choice tasks)",
               "videomme": "Video-MME (accuracy per duration, domain and task type)",
@@ -30,6 +33,7 @@ def _topk(text: str):
 
 def add_parsers(tasks) -> None:
     """Add the benchmark commands to ``videoxl eval``'s subparsers."""
+    _add_needle(tasks)
     for name, title in TASK_NAMES.items():
         p = tasks.add_parser(name, help=title, description=(
             f"{title}, with the published prompts, frame caps and scoring. Reads the benchmark's own files from "
@@ -77,6 +81,114 @@ def add_parsers(tasks) -> None:
     r.add_argument("--json", metavar="PATH", help="write the summary here")
     r.add_argument("--plot", metavar="PNG", help="write a per-category bar chart here")
     r.set_defaults(run=rescore)
+
+
+def _add_needle(tasks) -> None:
+    n = tasks.add_parser("needle", help="needle in a video: dense vs chunked vs chunked + bi-level")
+    n.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
+    n.add_argument("--quick", action="store_true", help="256 and 2,048 frames, 10 cases each (< 5 minutes)")
+    n.add_argument("--lengths", type=lengths, help="comma-separated haystack lengths in frames "
+                                                    "(default 256,512,1024,2048,4096,8192)")
+    n.add_argument("--cases", type=whole(1), help="cases per length (default 50; --quick: 10)")
+    n.add_argument("--haystack", choices=["plain", "lookalike"], default="plain",
+                   help="plain: scene cuts, moving shapes and stars (default); lookalike: the same videos full of "
+                        "glyphs drawn like the object icons, so only the needle's shape tells it apart")
+    n.add_argument("--json", type=str, help="write one row per length here")
+    n.add_argument("--heatmap", type=str, help="write the depth x length accuracy heatmap here (PNG)")
+    n.add_argument("--rows", type=str, help="keep one JSON line per case here; cases already in it are not run "
+                                            "again (resume), and --json/--heatmap cover every row in it (merge)")
+    n.add_argument("--workers", type=whole(1, 64), default=1, help="cases in parallel processes, the CPU threads "
+                                                                    "shared among them (default 1)")
+    n.add_argument("--device", type=device_name)
+    decoding.add_arguments(n, (decoding.Selection,))  # bi-level decoding's options, recorded in every row
+    n.set_defaults(run=run_needle)
+    f = tasks.add_parser("families", help="accuracy per question family (needle, grounding, order, count, detail)")
+    f.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
+    f.add_argument("--cases", type=whole(1), default=20, help="clips per family (default 20)")
+    f.add_argument("--groups", type=whole(2), default=16, help="4-frame groups per clip (default 16)")
+    f.add_argument("--json", type=str, help="write {family: accuracy %%} here")
+    f.add_argument("--device", type=device_name)
+    f.set_defaults(run=run_families)
+
+
+def _needle_rows(args, selection) -> tuple[Path | None, list[dict]]:
+    """The rows kept from earlier runs; refused when they were decoded with other options (rows without an option
+    predate it: its default then)."""
+    from . import needle
+
+    rows_path = Path(args.rows) if args.rows else None
+    kept = needle.read_rows(rows_path, repair=True) if rows_path else []
+    before = {"sparse_stamps": True}  # rows from before the option kept the stamps
+    for name, value in dataclasses.asdict(selection).items():
+        other = sorted({str(r.get(name, before.get(name, value))) for r in kept} - {str(value)})
+        if other:
+            raise InputError(f"{rows_path} holds rows decoded with {name} {', '.join(other)}, not {value}: keep "
+                             "each decoding's rows in a file of its own")
+    return rows_path, kept
+
+
+def run_needle(args) -> int:
+    from .. import DEFAULT_MODEL
+    from . import needle
+
+    heatmap = _out_path(args.heatmap, "--heatmap", ".png")
+    selection = dataclasses.replace(needle.BILEVEL, **decoding.given(args))
+    lengths_ = args.lengths or ([256, 2048] if args.quick else [256, 512, 1024, 2048, 4096, 8192])
+    cases = args.cases or (10 if args.quick else 50)
+    rows_path, kept = _needle_rows(args, selection)
+    planned = {needle.key(case) for case in needle.plan(lengths_, cases, haystack=args.haystack)}
+    done_before = {needle.key(r) for r in kept} & planned
+    if done_before:
+        print(f"{rows_path}: {len(done_before)} of {len(planned)} cases already measured; running the rest")
+    print(f"{'haystack':>9} {'frames':>6} {'cases':>5} {'tokens':>7} {'dense':>6} {'chunked':>7} {'bilevel':>7} "
+          f"{'found':>5} {'KV':>5} {'dense s':>7} {'chunk s':>7} {'bilev s':>7}")
+    rows: list[dict] = [r for r in kept if needle.key(r) in planned]
+    everything = lambda: needle.read_rows(rows_path) if rows_path else rows  # noqa: E731 (--json, --heatmap)
+
+    def on_case(row):
+        rows.append(row)
+        if rows_path:
+            needle.append_row(rows_path, row)
+        if sum(r["frames"] == row["frames"] for r in rows) == cases:
+            _needle_line(needle.summarize([r for r in rows if r["frames"] == row["frames"]])[0])
+            if args.json:  # after every length, so a long run keeps what it measured
+                needle.write_json(everything(), Path(args.json))
+
+    for frames in lengths_:
+        if sum(r["frames"] == frames for r in rows) == cases:
+            _needle_line(needle.summarize([r for r in rows if r["frames"] == frames])[0])
+    needle.run(args.model or str(DEFAULT_MODEL), lengths_, cases, on_case=on_case, skip=done_before,
+               workers=args.workers, device=args.device, haystack=args.haystack, bilevel=selection)
+    print("accuracy in %; found: cases whose needle chunk was dense in bi-level decoding; KV: bi-level cache over "
+          "dense; seconds per case after encoding (pre-fill + answer)"
+          + (f"; {args.workers} worker processes sharing the CPU" if args.workers > 1 else ""))
+    if args.json:  # every haystack kept in --rows, one row per haystack and length
+        needle.write_json(everything(), Path(args.json))
+    if heatmap:
+        needle.heatmap([r for r in everything() if needle.haystack_of(r) == args.haystack], heatmap)
+    return 0
+
+
+def _needle_line(s: dict) -> None:
+    print(f"{s['haystack']:>9} {s['frames']:>6} {s['cases']:>5} {s['tokens']:>7} {s['acc_dense']:>6.0f} "
+          f"{s['acc_chunked']:>7.0f} {s['acc_bilevel']:>7.0f} {s['needle_selected']:>5.0f} {s['kv_ratio']:>5.2f} "
+          f"{s['dense_s']:>7.2f} {s['chunked_s']:>7.2f} {s['bilevel_s']:>7.2f}", flush=True)
+
+
+def run_families(args) -> int:
+    from .. import DEFAULT_MODEL
+    from ..model import VideoXL2
+    from .families import family_accuracy
+
+    model = VideoXL2.from_pretrained(args.model or str(DEFAULT_MODEL), device=args.device)
+    scores = family_accuracy(model, cases=args.cases, groups=args.groups)
+    print(f"{'family':<10} {'accuracy %':>10}   ({args.cases} held-out clips of {args.groups * 4} frames each)")
+    for family, acc in scores.items():
+        print(f"{family:<10} {acc:>10.0f}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(scores, indent=2))
+    return 0
 
 
 def _out_path(text: str | None, option: str, suffix: str | None = None) -> Path | None:

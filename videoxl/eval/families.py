@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import random
 
-from ..engine.decode import DecodeConfig
+from ..decoding import Generation, Selection
 from ..engine.prefill import PrefillConfig
 from ..model.videoxl2 import VideoXL2
+from ..pipeline import ingest
 from ..synth import FAMILIES, is_correct, make_qa, render
 
 
 def family_accuracy(model: VideoXL2, cases: int = 20, groups: int = 16, seed: int = 0,
                     prefill_config: PrefillConfig = PrefillConfig(),
-                    decode_config: DecodeConfig = DecodeConfig(max_new_tokens=8)) -> dict[str, float]:
-    """Percent correct per family over ``cases`` clips of ``groups`` 4-frame groups each (4 fps)."""
+                    selection: Selection = Selection(dense=True),
+                    generation: Generation = Generation(max_new_tokens=8)) -> dict[str, float]:
+    """Percent correct per family over ``cases`` clips of ``groups`` 4-frame groups each (4 fps), decoded dense
+    unless ``selection`` says otherwise."""
     scores = {}
     for family in FAMILIES:
         right = 0
@@ -21,8 +24,8 @@ def family_accuracy(model: VideoXL2, cases: int = 20, groups: int = 16, seed: in
             rng = random.Random(f"eval/{seed}/{family}/{i}")
             script, qa = make_qa(rng, groups * 4, family=family)
             frames = [render(script, k) for k in range(script.frames)]
-            session = model.ingest(frames, frame_times=[k / script.fps for k in range(script.frames)],
+            session = ingest(model, frames, frame_times=[k / script.fps for k in range(script.frames)],
                                    prefill_config=prefill_config)
-            right += is_correct(qa, session.ask(qa.question, decode_config).text)
+            right += is_correct(qa, session.ask(qa.question, selection, generation).text)
         scores[family] = 100.0 * right / cases
     return scores

@@ -49,15 +49,18 @@ from typing import Callable
 
 import torch
 
-from ..engine.decode import DecodeConfig
+from ..cache import cache_dir
+from ..decoding import Generation, Selection
+from ..engine.decode import DEFAULT, Ablation
 from ..engine.prefill import PrefillConfig
-from ..llm import cache_dir
 from ..model.videoxl2 import VideoXL2
+from ..pipeline import encode_video, ingest_tokens
 from ..synth import is_correct, make_qa, write
 from ..synth.haystack import HAYSTACKS, fill_lookalikes
 
 FPS = 4.0
-BILEVEL = DecodeConfig(topk=4, chunk=1, max_new_tokens=4)  # bi-level decoding's settings: 4 groups dense (16 frames)
+BILEVEL = Selection(topk=4, chunk=1)  # bi-level decoding's settings: 4 groups dense (16 frames)
+ANSWER = Generation(max_new_tokens=4)
 
 
 @dataclass(frozen=True)
@@ -85,17 +88,17 @@ class NeedleCase:
 
 
 def run_case(model: VideoXL2, case: NeedleCase, folder: Path, prefill_config: PrefillConfig,
-             bilevel: DecodeConfig) -> dict:
+             bilevel: Selection) -> dict:
     script, qa = case.make()
     path = case.video(folder)
     t0 = time.perf_counter()
-    visual, times, stats = model.encode_video(path, max_frames=case.frames)
+    visual, times, stats = encode_video(model, path, max_frames=case.frames)
     encode_s = time.perf_counter() - t0
     assert stats.frames == case.frames, "the haystack is sampled at its native rate"
     row = {"haystack": case.haystack, "frames": case.frames, "depth": case.depth, "index": case.index,
            "seed": case.seed, "answer": qa.answer,
-           "threads": torch.get_num_threads(), "encode_s": encode_s, "follow_tail": bilevel.follow_tail,
-           "calibrate": bilevel.calibrate, "sparse_stamps": bilevel.sparse_stamps}
+           "threads": torch.get_num_threads(), "encode_s": encode_s,
+           **dataclasses.asdict(bilevel), "follow_tail": DEFAULT.follow_tail, "calibrate": DEFAULT.template_prior}
 
     t0 = time.perf_counter()
     ids = model.prompt_ids(times, qa.question)
@@ -103,7 +106,7 @@ def run_case(model: VideoXL2, case: NeedleCase, folder: Path, prefill_config: Pr
         embeds = model.embed_prompt(ids, visual)
         ones = torch.ones(1, ids.numel(), dtype=torch.long, device=embeds.device)  # the mask beside the embeddings
         out = model.llm.generate(inputs_embeds=embeds[None], attention_mask=ones,
-                                 max_new_tokens=bilevel.max_new_tokens, do_sample=False,
+                                 max_new_tokens=ANSWER.max_new_tokens, do_sample=False,
                                  pad_token_id=model.tokenizer.pad_token_id,
                                  eos_token_id=model.tokenizer.convert_tokens_to_ids("<|im_end|>"))
     dense_text = model.tokenizer.decode(out[0], skip_special_tokens=True)
@@ -111,22 +114,22 @@ def run_case(model: VideoXL2, case: NeedleCase, folder: Path, prefill_config: Pr
                tokens=ids.numel())
 
     t0 = time.perf_counter()
-    session = model.ingest_tokens(visual, times, prefill_config)
+    session = ingest_tokens(model, visual, times, prefill_config)
     prefill_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    chunked = session.ask(qa.question, DecodeConfig(max_new_tokens=bilevel.max_new_tokens))
+    chunked = session.ask(qa.question, Selection(dense=True), ANSWER)
     row.update(chunked=is_correct(qa, chunked.text), chunked_text=chunked.text,
                chunked_s=prefill_s + time.perf_counter() - t0)
     t0 = time.perf_counter()
-    answer = session.ask(qa.question, bilevel)
+    answer = session.ask(qa.question, bilevel, ANSWER)
     needle_chunk = (qa.meta["frame"] // 4) // (bilevel.chunk or prefill_config.chunk)
     row.update(bilevel=is_correct(qa, answer.text), bilevel_text=answer.text,
                bilevel_s=prefill_s + time.perf_counter() - t0, kv_ratio=answer.kv_ratio,
                tail=answer.tail,
                needle_chunk_dense=needle_chunk in answer.dense_chunks)
     # the other position mode of bi-level decoding, for choosing the default by measurement
-    other = "contiguous" if bilevel.positions == "absolute" else "absolute"
-    alt = session.ask(qa.question, dataclasses.replace(bilevel, positions=other))
+    other = "contiguous" if DEFAULT.positions == "absolute" else "absolute"
+    alt = session.decoder.answer(model.question_ids(qa.question), bilevel, ANSWER, ablation=Ablation(positions=other))
     row[f"bilevel_{other}"] = is_correct(qa, alt.text)
     return row
 
@@ -259,7 +262,7 @@ def _run_in_worker(job: tuple) -> dict:
 
 
 def run(model: VideoXL2 | str, lengths: list[int], cases: int, depths: int = 10, seed: int = 0,
-        prefill_config: PrefillConfig = PrefillConfig(), bilevel: DecodeConfig | None = None,
+        prefill_config: PrefillConfig = PrefillConfig(), bilevel: Selection | None = None,
         folder: Path | None = None, on_case: Callable[[dict], None] | None = None,
         skip: set[tuple[str, int, int, int]] = frozenset(), workers: int = 1, device: str | None = None,
         haystack: str = "plain") -> list[dict]:

@@ -131,7 +131,7 @@ class Plan:
     """How one sample is pre-filled and decoded in a run."""
 
     prefill: dict  # PrefillConfig fields: chunk, window (None: full attention), pool
-    decode: dict  # DecodeConfig fields besides generation: topk, chunk
+    decode: dict  # videoxl.decoding.Selection fields: topk, chunk (empty: every chunk dense)
     chunk_scores: list[float] | None = None
     dense_blocks: list[int] | None = None  # the published numbering (0 = prefix), oracle runs only
     note: str = ""

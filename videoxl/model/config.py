@@ -60,8 +60,13 @@ class VideoXL2Config:
     pool_stride: int = 2  # average pooling of the projected grid (after the projector)
     dts_max_relative: int = 64
     system_prompt: str = "You are a helpful assistant."
+    profile: str = "published"  # the decoding defaults it gets (videoxl.decoding.PROFILES)
 
     def __post_init__(self):
+        from ..decoding import PROFILES
+
+        if self.profile not in PROFILES:
+            raise ValueError(f"unknown decoding profile {self.profile!r}; choose one of {', '.join(PROFILES)}")
         v = self.vision
         if v.hidden_size % 32:
             raise ValueError(f"vision hidden_size must be a multiple of 32 (DTS GroupNorm), got {v.hidden_size}")
@@ -87,7 +92,8 @@ class VideoXL2Config:
             "mm_spatial_pool_mode": "average", "mm_resampler_type": "spatial_pool", "mm_patch_merge_type": "unires",
             "mm_use_im_start_end": False, "mm_use_im_patch_token": False,
             "vision_config": asdict(self.vision),
-            "videoxl": {"dts_max_relative": self.dts_max_relative, "system_prompt": self.system_prompt},
+            "videoxl": {"dts_max_relative": self.dts_max_relative, "system_prompt": self.system_prompt,
+                        "profile": self.profile},
         }
 
     @classmethod
@@ -112,7 +118,8 @@ class VideoXL2Config:
         extra = d.get("videoxl", {})
         return cls(vision=vision, llm=llm, pool_stride=d.get("mm_spatial_pool_stride", 2),
                    dts_max_relative=extra.get("dts_max_relative", 64),
-                   system_prompt=extra.get("system_prompt", "You are a helpful assistant."))
+                   system_prompt=extra.get("system_prompt", "You are a helpful assistant."),
+                   profile=extra.get("profile", "published"))
 
 
 # The released Video-XL-2 (SigLIP-SO400M minus its last layer, DTS at 1152, Qwen2.5-7B-Instruct).
@@ -133,6 +140,7 @@ SYNTH = VideoXL2Config(
                         patch_size=8, grid=8),
     llm=LLMConfig(vocab_size=640, hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
                   num_kv_heads=2, rope_theta=100000.0, max_position_embeddings=131072),
+    profile="videoxl",
 )
 
 PRESETS = {"video-xl-2": VIDEO_XL_2, "tiny": TINY, "synth": SYNTH}

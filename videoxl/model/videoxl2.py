@@ -1,17 +1,13 @@
 """The Video-XL-2 model: vision tower + DTS + projector (:class:`VisualEncoder`), a Qwen2 LLM, the ChatML prompt
 with ``Time {t}s:`` tokens, and checkpoints in the official layout. Turning a video into a pre-filled session is the
-pipeline's job (``videoxl/pipeline.py``); ``ingest`` here is a shortcut to it.
-
-    model = VideoXL2.from_pretrained("path/or/BAAI/Video-XL-2")
-    session = model.ingest("video.mp4")          # decode, encode and pre-fill, chunk by chunk
-    print(session.ask("What happens at the end?").text)   # many questions, no re-encoding
+pipeline's job (``videoxl.pipeline.ingest``).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -19,15 +15,12 @@ from transformers import Qwen2ForCausalLM
 
 from .. import defaults
 from ..engine.attention import prepare
-from ..engine.prefill import PrefillConfig
 from ..errors import CheckpointError, OptionError
 from ..question import check_question_text
 from . import checkpoint
 from .config import VideoXL2Config
 from .vision import VisualEncoder
 
-if TYPE_CHECKING:
-    from ..pipeline import IngestStats, Session
 
 
 
@@ -73,6 +66,13 @@ def checkpoint_dtype(config: dict) -> torch.dtype | None:
     return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else None
 
 
+def _profile_dtype(profile: str) -> torch.dtype | None:
+    from ..decoding import PROFILES
+
+    name = PROFILES[profile].gpu_dtype
+    return getattr(torch, name) if name else None
+
+
 def question_ids(tokenizer, question: str, max_tokens: int = QUESTION_TOKENS) -> torch.Tensor:
     """The text after the video (question and ChatML assistant header) as ids; OptionError if the question is
     empty, not UTF-8, or longer than ``max_tokens`` tokens."""
@@ -108,6 +108,11 @@ class VideoXL2(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    @property
+    def profile(self) -> str:
+        """The decoding profile (videoxl.decoding.PROFILES): ``published`` for the released weights."""
+        return self.config.profile
+
     # -- loading and saving ---------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, dtype: torch.dtype | None = None,
@@ -115,8 +120,9 @@ class VideoXL2(nn.Module):
         """Load a checkpoint in the official layout from a folder or a hub id (strict; CheckpointError if not).
 
         Weights are read from safetensors only, and no code from the folder is ever run. ``tokenizer`` reuses one
-        loaded earlier with :func:`checkpoint.load_tokenizer`. ``dtype`` defaults to the checkpoint's own
-        (config.json ``torch_dtype``, as the official evaluation loads the release), else bf16 on GPU, fp32 on CPU.
+        loaded earlier with :func:`checkpoint.load_tokenizer`. ``dtype`` defaults, on a GPU, to the profile's
+        (float16 for the released weights, as every published run loads them), else to the checkpoint's own
+        (config.json ``torch_dtype``), else bf16 on GPU and fp32 on CPU.
         """
         import json
 
@@ -131,7 +137,8 @@ class VideoXL2(nn.Module):
         except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{config_file}: not a usable Video-XL-2 config ({type(e).__name__}: {e})") from None
         tokenizer = tokenizer if tokenizer is not None else checkpoint.load_tokenizer(folder)
-        dtype = dtype or checkpoint_dtype(raw) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        dtype = dtype or (device.type == "cuda" and _profile_dtype(config.profile)) or checkpoint_dtype(raw) \
+            or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         files = checkpoint.shards(folder)
         with torch.device("meta"):
             model = cls(config, tokenizer)
@@ -190,23 +197,3 @@ class VideoXL2(nn.Module):
         if t is None:  # images carry no timestamp
             return torch.empty(0, dtype=torch.long)
         return self._ids(f"Time {t}s:")
-
-    # -- ingesting (the pipeline, videoxl/pipeline.py, does it; these are shortcuts) ---------------------------
-    def ingest(self, video, **options) -> "Session":
-        """Decode, encode and pre-fill a video chunk by chunk; see :func:`videoxl.pipeline.ingest`."""
-        from ..pipeline import ingest
-
-        return ingest(self, video, **options)
-
-    def ingest_tokens(self, visual: torch.Tensor, group_times: Sequence[float | None],
-                      prefill_config: PrefillConfig = PrefillConfig()) -> "Session":
-        """Pre-fill visual tokens encoded earlier; see :func:`videoxl.pipeline.ingest_tokens`."""
-        from ..pipeline import ingest_tokens
-
-        return ingest_tokens(self, visual, group_times, prefill_config)
-
-    def encode_video(self, video, **options) -> tuple[torch.Tensor, list[float | None], "IngestStats"]:
-        """All visual tokens of a video at once; see :func:`videoxl.pipeline.encode_video`."""
-        from ..pipeline import encode_video
-
-        return encode_video(self, video, **options)

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .. import defaults
+from .. import decoding, defaults
 from ..options import device_name, non_negative, positive, rate, whole
 from .service import ServeConfig
 
@@ -42,9 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model = p.add_argument_group("pre-fill and decoding")
     model.add_argument("--chunk", type=whole(1), default=DEFAULTS.prefill.chunk, help="pre-fill chunk, in groups")
     model.add_argument("--window", type=whole(-1), default=DEFAULTS.prefill.window, help="-1: all earlier chunks")
-    model.add_argument("--topk", type=whole(0), default=DEFAULTS.topk, help="default dense chunks per question")
-    model.add_argument("--decode-chunk", type=whole(1), default=DEFAULTS.decode_chunk)
-    model.add_argument("--max-tokens", type=whole(1, defaults.NEW_TOKENS_LIMIT), default=DEFAULTS.max_tokens, help="default completion length")
+    decoding.add_arguments(p)  # the server's defaults for every request, over the model's profile
     model.add_argument("--max-tokens-limit", type=whole(1, defaults.NEW_TOKENS_LIMIT), default=DEFAULTS.max_tokens_limit)
     model.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     model.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
@@ -88,15 +86,17 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("videoxl.serve")
     try:
-        if args.max_frames < 1 or args.max_queue < 1 or args.max_tokens > args.max_tokens_limit:
-            raise InputError("--max-frames and --max-queue must be >= 1, and --max-tokens <= --max-tokens-limit")
+        given = decoding.given(args)
+        decoding.options(**given)
+        if given.get("max_new_tokens", 0) > args.max_tokens_limit:
+            raise InputError("--max-new-tokens must be <= --max-tokens-limit")
         root = args.allowed_local_media_path
         if root is not None and not Path(root).is_dir():
             raise InputError(f"--allowed-local-media-path {root}: not a folder")
         config = ServeConfig(
             max_frames=args.max_frames, fps=args.fps, max_fps=args.max_fps,
             prefill=PrefillConfig(chunk=args.chunk, window=None if args.window == -1 else args.window),
-            topk=args.topk, decode_chunk=args.decode_chunk, max_tokens=args.max_tokens,
+            decoding=given,
             max_tokens_limit=args.max_tokens_limit, max_question_chars=args.max_question_chars,
             max_queue=args.max_queue, request_timeout_s=args.request_timeout,
             max_media_bytes=int(args.max_media_mb * 2**20))

@@ -21,7 +21,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..engine.decode import Answer, DecodeConfig
+from ..decoding import Generation, Selection, options
+from ..engine.decode import Answer
 from ..errors import InputError
 from .protocol import ChatRequest, ServeError, chunk, completion, completion_id, error_body, parse_chat
 from .service import Cancel, Cancelled, Sampling, StoreGone, VideoQA
@@ -52,20 +53,14 @@ def _sse(obj) -> str:
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
 
 
-def _finish_reason(answer: Answer, config: DecodeConfig) -> str:
-    return "length" if len(answer.tokens) >= config.max_new_tokens else "stop"
-
-
-def _report(key: str, video: dict, answer: Answer, info: dict, total: float) -> tuple[dict, dict]:
+def _report(key: str, video: dict, answer: Answer, info: dict, total: float, profile: str) -> tuple[dict, dict]:
     """The ``usage`` object and videoxl's own ``videoxl`` field of a completion."""
     prompt = info["video_tokens"] + info["question_tokens"]
     usage = {"prompt_tokens": prompt, "completion_tokens": len(answer.tokens),
              "total_tokens": prompt + len(answer.tokens)}
     seconds = {**video["seconds"], **info["seconds"], **answer.seconds, "total": total}
-    return usage, {"key": key, "frames": info["frames"], "groups": info["groups"], "chunks": answer.chunks,
-                   "dense_chunks": len(answer.dense_chunks), "dense_chunk_ids": answer.dense_chunks,
-                   "kv_bytes_used": answer.kv_bytes_used, "kv_bytes_dense": answer.kv_bytes_dense,
-                   "confidence": answer.confidence, "fallback": answer.fallback, "tail_share": answer.tail,
+    decoded = {k: v for k, v in answer.to_dict().items() if k not in ("answer", "finish_reason")}
+    return usage, {"key": key, "frames": info["frames"], "groups": info["groups"], **decoded, "profile": profile,
                    "reused": video["reused"], "shared_ingest": video["shared"], "tier": info["tier"],
                    "seconds": {k: round(v, 6) for k, v in seconds.items()}}
 
@@ -129,19 +124,12 @@ def create_app(qa: VideoQA, api_key: str | None = None) -> FastAPI:
                              code="model_not_found")
         return {"id": qa.name, "object": "model", "created": created, "owned_by": "videoxl"}
 
-    def decode_config(req: ChatRequest) -> DecodeConfig:
-        topk = None if req.dense or req.kv_budget is not None else (req.topk if req.topk is not None
-                                                                    else config.topk)
-        try:
-            return DecodeConfig(topk=topk, kv_budget=None if req.dense else req.kv_budget,
-                                chunk=req.decode_chunk or config.decode_chunk,
-                                follow=req.follow, follow_tail=req.follow_tail, calibrate=req.calibrate,
-                                sparse_stamps=req.sparse_stamps,
-                                min_confidence=None if req.dense else req.min_confidence,
-                                max_new_tokens=req.max_tokens or config.max_tokens, temperature=req.temperature,
-                                top_p=req.top_p, seed=req.seed, stop=req.stop)
-        except ValueError as e:
-            raise ServeError(400, str(e)) from None
+    def decode_config(req: ChatRequest) -> tuple[Selection, Generation]:
+        given = {**config.decoding, **req.decoding}  # the request's over the server's over the model's profile
+        if given.get("max_new_tokens", 0) > config.max_tokens_limit:
+            raise ServeError(400, f"'max_tokens' must be at most {config.max_tokens_limit} on this server",
+                             param="max_tokens")
+        return options(qa.model.profile, **given)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -176,8 +164,8 @@ def create_app(qa: VideoQA, api_key: str | None = None) -> FastAPI:
             watcher.cancel()
         total = time.perf_counter() - started
         metrics.observe("videoxl_request_seconds", total, stage="total")
-        usage, report = _report(key, video, answer, info, total)
-        return completion(cid, qa.name, answer.text, _finish_reason(answer, decoding), usage, report)
+        usage, report = _report(key, video, answer, info, total, qa.model.profile)
+        return completion(cid, qa.name, answer.text, answer.finish_reason, usage, report)
 
     return app
 
@@ -222,7 +210,7 @@ async def _watch(request: Request, cancel: Cancel) -> None:
     cancel.event.set()
 
 
-async def _answer(qa: VideoQA, key: str, video: dict, req: ChatRequest, sampling: Sampling, decoding: DecodeConfig,
+async def _answer(qa: VideoQA, key: str, video: dict, req: ChatRequest, sampling: Sampling, decoding: tuple[Selection, Generation],
                   cancel: Cancel, on_text=None) -> tuple[str, dict, Answer, dict]:
     """Answer from the store ``key``; if that store vanished meanwhile (its file broken, or deleted to keep the
     disk budget), pre-fill the video again once and answer from the new store."""
@@ -237,7 +225,7 @@ async def _answer(qa: VideoQA, key: str, video: dict, req: ChatRequest, sampling
         raise ServeError(503, "the video's KV store was evicted twice while the request waited; retry") from None
 
 
-async def _stream(qa: VideoQA, key: str, video: dict, req: ChatRequest, sampling: Sampling, decoding: DecodeConfig,
+async def _stream(qa: VideoQA, key: str, video: dict, req: ChatRequest, sampling: Sampling, decoding: tuple[Selection, Generation],
                   cancel: Cancel, cid: str, started: float):
     """SSE chunks as OpenAI sends them: the role, content deltas, the finish reason (with videoxl's report),
     optionally a usage chunk, then ``[DONE]``. Leaving early (the client went away) cancels the generation."""
@@ -263,8 +251,8 @@ async def _stream(qa: VideoQA, key: str, video: dict, req: ChatRequest, sampling
         else:
             total = time.perf_counter() - started
             qa.metrics.observe("videoxl_request_seconds", total, stage="total")
-            usage, report = _report(key, video, answer, info, total)
-            yield _sse(chunk(cid, qa.name, created, {}, _finish_reason(answer, decoding), videoxl=report))
+            usage, report = _report(key, video, answer, info, total, qa.model.profile)
+            yield _sse(chunk(cid, qa.name, created, {}, answer.finish_reason, videoxl=report))
             if req.include_usage:
                 yield _sse(chunk(cid, qa.name, created, None, usage=usage))
         yield "data: [DONE]\n\n"

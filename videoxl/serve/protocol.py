@@ -2,19 +2,21 @@
 
 Requests follow vLLM's conventions for video: a user message holds ``text`` parts and one ``video_url`` (or
 ``image_url``) part, ``{"type": "video_url", "video_url": {"url": ...}, "uuid": ...}``; frame sampling goes in
-``media_io_kwargs = {"video": {"num_frames": N, "fps": F}}``; videoxl's own options (``topk``, ``kv_budget``,
-``decode_chunk``, ``follow``, ``follow_tail``, ``calibrate``, ``sparse_stamps``, ``min_confidence``, ``dense``) come
-as extra top-level fields (the ``openai`` client's ``extra_body``); ``"follow_tail": null`` and ``"calibrate": false``
-turn those defaults off, ``"sparse_stamps": true`` keeps the timestamps of sparse chunks.
+``media_io_kwargs = {"video": {"num_frames": N, "fps": F}}``. The decoding options are the fields of
+``videoxl.decoding.Selection`` and ``Generation`` (``decoding.request_fields``): OpenAI's own (``max_tokens``,
+``temperature``, ``top_p``, ``seed``, ``stop``) and videoxl's as extra top-level fields (the ``openai`` client's
+``extra_body``: ``topk``, ``kv_budget``, ``decode_chunk``, ``dense``, ``sparse_stamps``, ``min_confidence``,
+``top_k``); a field left out or ``null`` takes the model's profile default.
 """
 
 from __future__ import annotations
 
 import time
 import uuid as uuidlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .. import defaults
+from .. import decoding
+from ..errors import OptionError
 
 
 class ServeError(Exception):
@@ -54,23 +56,10 @@ class ChatRequest:
     media: MediaRef | None
     stream: bool = False
     include_usage: bool = False
-    max_tokens: int | None = None
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
     num_frames: int | None = None
     fps: float | None = None
     max_fps: float | None = None
-    topk: int | None = None
-    kv_budget: float | None = None
-    decode_chunk: int | None = None
-    follow: int = 0
-    follow_tail: float | None = defaults.FOLLOW_TAIL
-    calibrate: bool = defaults.CALIBRATE
-    sparse_stamps: bool = defaults.SPARSE_STAMPS
-    min_confidence: float | None = None
-    dense: bool = False
+    decoding: dict = field(default_factory=dict)  # the decoding options the request states, by field name
 
 
 def _number(body: dict, name: str, kind: type, low: float | None = None, high: float | None = None,
@@ -156,21 +145,12 @@ def parse_chat(body: object, max_question_chars: int, max_tokens_limit: int) -> 
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise ServeError(400, "'model' must be a string", param="model")
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is not None and (not isinstance(stop, list) or len(stop) > 4
-                             or not all(isinstance(s, str) and s for s in stop)):
-        raise ServeError(400, "'stop' must be a string or a list of up to 4 non-empty strings", param="stop")
-    for flag in ("stream", "dense", "calibrate", "sparse_stamps"):
-        if body.get(flag) is not None and not isinstance(body[flag], bool):
-            raise ServeError(400, f"'{flag}' must be true or false", param=flag)
+    if body.get("stream") is not None and not isinstance(body["stream"], bool):
+        raise ServeError(400, "'stream' must be true or false", param="stream")
     stream_options = body.get("stream_options") or {}
     if not isinstance(stream_options, dict):
         raise ServeError(400, "'stream_options' must be an object", param="stream_options")
-    max_tokens = _number(body, "max_completion_tokens", int, 1, max_tokens_limit)
-    if max_tokens is None:
-        max_tokens = _number(body, "max_tokens", int, 1, max_tokens_limit)
+    decoding = _decoding(body)
     media_kwargs = body.get("media_io_kwargs") or {}
     video_kwargs = media_kwargs.get("video", {}) if isinstance(media_kwargs, dict) else None
     if not isinstance(video_kwargs, dict):
@@ -184,25 +164,34 @@ def parse_chat(body: object, max_question_chars: int, max_tokens_limit: int) -> 
     return ChatRequest(
         model=model, question=question, media=media[0] if media else None,
         stream=bool(body.get("stream", False)), include_usage=bool(stream_options.get("include_usage", False)),
-        max_tokens=max_tokens,
-        temperature=_number(body, "temperature", float, 0.0, 2.0) or 0.0,
-        top_p=_number(body, "top_p", float, 1e-6, 1.0) or 1.0,
-        seed=_number(body, "seed", int, 0, 2**63 - 1),
-        stop=tuple(stop or ()),
         num_frames=_number(video_kwargs, "num_frames", int, 1, None, where + "num_frames")
         or _number(body, "max_frames", int, 1, None),
         fps=_number(video_kwargs, "fps", float, 1e-3, 240, where + "fps") or _number(body, "fps", float, 1e-3, 240),
         max_fps=_number(video_kwargs, "max_fps", float, 1e-3, 240, where + "max_fps"),
-        topk=_number(body, "topk", int, 0, None),
-        kv_budget=_number(body, "kv_budget", float, 1e-9, 1.0),
-        decode_chunk=_number(body, "decode_chunk", int, 1, None),
-        follow=_number(body, "follow", int, 0, None) or 0,
-        follow_tail=_number(body, "follow_tail", float, 1e-9, 1.0) if "follow_tail" in body else defaults.FOLLOW_TAIL,
-        calibrate=defaults.CALIBRATE if body.get("calibrate") is None else body["calibrate"],
-        sparse_stamps=defaults.SPARSE_STAMPS if body.get("sparse_stamps") is None else body["sparse_stamps"],
-        min_confidence=_number(body, "min_confidence", float, 0.0, 1.0),
-        dense=bool(body.get("dense", False)),
+        decoding=decoding,
     )
+
+
+def _decoding(body: dict) -> dict:
+    """The decoding options a request states, checked by their declarations (videoxl.decoding)."""
+    given = decoding.from_mapping(body)
+    if body.get("max_completion_tokens") is not None:  # OpenAI's newer name for max_tokens
+        given["max_new_tokens"] = body["max_completion_tokens"]
+    if isinstance(given.get("stop"), (str, list)):
+        given["stop"] = (given["stop"],) if isinstance(given["stop"], str) else tuple(given["stop"])
+    for name, value in given.items():  # JSON has one number type: 4.0 is the whole number 4
+        if isinstance(value, float) and value.is_integer() and name in _WHOLE:
+            given[name] = int(value)
+    try:
+        decoding.options(**given)
+    except OptionError as e:
+        field_name = str(e).split(" ")[0]
+        param = {v: k for k, v in decoding.request_fields().items()}.get(field_name, field_name)
+        raise ServeError(400, f"'{param}'{str(e)[len(field_name):]}", param=param) from None
+    return given
+
+
+_WHOLE = {"topk", "chunk", "max_new_tokens", "top_k", "seed"}
 
 
 def completion_id() -> str:

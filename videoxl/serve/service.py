@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Callable
 
 from .. import defaults
-from ..engine.decode import Answer, DecodeConfig
+from ..decoding import Generation, Selection
+from ..engine.decode import Answer
 from ..engine.prefill import PrefillConfig
+from ..pipeline import ingest
 from .media import Media, MediaResolver
 from .metrics import Metrics
 from .protocol import MediaRef, ServeError
@@ -39,10 +41,8 @@ class ServeConfig:
     fps: float = defaults.FPS
     max_fps: float = defaults.MAX_FPS
     prefill: PrefillConfig = PrefillConfig()
-    topk: int = defaults.TOPK  # chunks reloaded dense besides the first and last, unless a request says otherwise
-    decode_chunk: int = defaults.DECODE_CHUNK
-    max_tokens: int = defaults.MAX_NEW_TOKENS  # default completion length
     max_tokens_limit: int = defaults.NEW_TOKENS_LIMIT
+    decoding: dict = field(default_factory=dict)  # decoding options for every request, over the model's profile
     max_question_chars: int = 8192  # checked before tokenizing; the library then limits tokens
     max_queue: int = 16
     request_timeout_s: float = 600.0
@@ -177,7 +177,7 @@ class VideoQA:
         """On the worker: decode, encode and pre-fill; questions about ready videos run between chunks."""
         self.ingesting += 1
         try:
-            session = self.model.ingest(str(media.path), max_frames=sampling.max_frames, fps=sampling.fps,
+            session = ingest(self.model, str(media.path), max_frames=sampling.max_frames, fps=sampling.fps,
                                         max_fps=sampling.max_fps, prefill_config=self.config.prefill,
                                         on_progress=lambda *_: self.scheduler.serve_questions())
         finally:
@@ -190,7 +190,7 @@ class VideoQA:
         return dict(session.stats.seconds)
 
     # -- questions ------------------------------------------------------------------------------------------------
-    async def answer(self, key: str, question: str, config: DecodeConfig, cancel: Cancel,
+    async def answer(self, key: str, question: str, config: tuple[Selection, Generation], cancel: Cancel,
                      on_text: Callable[[str], None] | None = None) -> tuple[Answer, dict]:
         """Answer a question about a pre-filled video on the worker; ``on_text`` gets text pieces there."""
         submitted = time.perf_counter()
@@ -209,7 +209,7 @@ class VideoQA:
                 raise StoreGone(key) from None
             try:
                 loaded = time.perf_counter()
-                answer = session.ask(question, config, on_text=stream)
+                answer = session.ask(question, *config, on_text=stream)
                 question_tokens = int(self.model.question_ids(question).numel())
             finally:
                 self.tiers.release(key)

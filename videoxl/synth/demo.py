@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from ..llm import cache_dir
+from ..cache import cache_dir
 from .questions import QA
 from .video import write
 from .world import Event, Script, make_scenes

@@ -63,6 +63,7 @@ def _multiple_choice(rng: random.Random, question: str, answer: str, pool: tuple
     return f"{question} {listed}", LETTERS[options.index(answer)], tuple(options)
 
 
+# long: one short branch per question family; apart they would scatter the families
 def make_qa(rng: random.Random, frames: int, fps: float = 4.0, size: int = 64, family: str | None = None,
             multiple_choice: bool | None = None, depth: float | None = None,
             hold: int | None = None, needle: str = "object") -> tuple[Script, QA]:

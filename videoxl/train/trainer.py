@@ -119,6 +119,7 @@ class Trainer:
         tmp.replace(log)
 
     # -- the loop --------------------------------------------------------------------------------------------
+    # long: the training loop reads top to bottom: stages, steps, evaluation, checkpoints
     def run(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         self.resume()

@@ -1,0 +1,144 @@
+"""Question-independent summaries of a KV store's keys, built while the video streams in and kept beside the store.
+
+The default relevance scorer (``select.py``) ranks chunks by Quest-style page bounds: keys are cut into pages of
+``PAGE`` tokens, and a page keeps the box of its position-free keys (element-wise min and max). Pre-fill extends
+the boxes after each chunk, so the first question pays nothing for them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .rope import Rope
+from .store import KVStore
+
+PAGE = 16
+
+
+class GroupSummaries:
+    """Question-independent, position-free summaries of one store's keys, kept for every later question.
+
+    Pre-fill calls :meth:`extend` after each chunk, so the page boxes of the default scorer are built once,
+    incrementally, while the video streams in; the first question pays nothing. Summaries not extended during
+    pre-fill (the ``"mean"`` ablation, a store loaded from elsewhere) are brought up to date on first use.
+    """
+
+    def __init__(self, store: KVStore, rope: Rope):
+        self.store, self.rope = store, rope
+        self._means: _Growing | None = None
+        self._pages: tuple[_Growing, _Growing, list[int]] | None = None
+        self._mean_groups = 0  # groups summarized so far, per summary kind
+        self._page_groups = 0
+        self._owner: torch.Tensor | None = None
+
+    def raw_dense(self, layer: int, start: int, end: int) -> torch.Tensor:
+        """Un-rotated dense keys (Hkv, end - start, D) of tokens [start, end)."""
+        k = self.store.dense.k[layer][:, start:end]
+        return self.rope.rotate(k, -torch.arange(start, end, dtype=torch.float64))
+
+    def raw_sparse(self, layer: int, start: int, end: int) -> torch.Tensor:
+        """Un-rotated sparse keys of sparse rows [start, end)."""
+        return self.rope.rotate(self.store.sparse.k[layer][:, start:end], -self.store.sparse_pos[start:end])
+
+    def _segments(self, first_group: int, index: torch.Tensor, n: int,
+                  reductions: tuple[str, ...]) -> list[list[torch.Tensor]]:
+        """Reduce each layer's un-rotated keys from group ``first_group`` to the end per segment id ``index``
+        (one per token) -> [reduction][layer] (Hkv, n, D). One rotation table for all layers."""
+        store = self.store
+        start, end = store.groups[first_group].start, store.length
+        idx = index.to(store.device)
+        table = None if self.rope.is_identity else self.rope.table(
+            -torch.arange(start, end, dtype=torch.float64), store.device, store.dtype)
+        out: list[list[torch.Tensor]] = [[] for _ in reductions]
+        for layer in range(store.layers):
+            k = store.dense.k[layer][:, start:end]
+            if table is not None:
+                k = self.rope.apply(k, table)
+            where = idx[None, :, None].expand_as(k)
+            for r, reduce in enumerate(reductions):
+                seg = k.new_zeros(k.shape[0], n, k.shape[2])
+                out[r].append(seg.scatter_reduce_(1, where, k, reduce, include_self=False))
+        return out
+
+    def means(self) -> list[torch.Tensor]:
+        """Per layer (Hkv, groups, D): the mean un-rotated visual key of each group."""
+        store = self.store
+        done, total = self._mean_groups, len(store.groups)
+        if done < total:
+            # timestamp tokens go to a scratch segment (n = groups), dropped: the means are of visual keys only
+            owner = torch.cat([torch.cat([torch.full((s.visual_start - s.start,), total - done),
+                                          torch.full((s.end - s.visual_start,), g)])
+                               for g, s in enumerate(store.groups[done:])]).long()
+            new = [m[:, : total - done] for m in self._segments(done, owner, total - done + 1, ("mean",))[0]]
+            self._means = self._means or _Growing(store.layers)
+            self._means.append(new)
+            self._mean_groups = total
+        return self._means.views()
+
+    def extend(self) -> None:
+        """Summarize the groups added to the store since the last call (page boxes of the default scorer)."""
+        store = self.store
+        done, total = self._page_groups, len(store.groups)
+        if done == total:
+            return
+        if self._pages is None:
+            self._pages = (_Growing(store.layers), _Growing(store.layers), [])
+        centre, radius, owner = self._pages
+        # each page as PAGE token indices, a short last page padded with its own last token (min and max ignore
+        # repeats): one gather and two reductions per layer instead of scatters
+        first = store.groups[done].start
+        rows, new_owner = [], []
+        for g in range(done, total):
+            span = store.groups[g]  # visual tokens only: timestamps stay verbatim in the sparse form
+            n = span.end - span.visual_start
+            pages = -(-n // PAGE)
+            rows.append(span.visual_start - first
+                        + torch.clamp(torch.arange(pages * PAGE).view(pages, PAGE), max=n - 1))
+            new_owner += [g] * pages
+        index = torch.cat(rows).flatten().to(store.device)
+        table = None if self.rope.is_identity else self.rope.table(
+            -torch.arange(first, store.length, dtype=torch.float64), store.device, store.dtype)
+        # every layer at once: (layers, Hkv, tokens, D) -> (layers, Hkv, pages, PAGE, D)
+        k = torch.stack([keys[:, first : store.length] for keys in store.dense.k])
+        if table is not None:
+            k = self.rope.apply(k, table)
+        paged = k.index_select(2, index).unflatten(2, (-1, PAGE))
+        low, high = paged.amin(3), paged.amax(3)
+        centre.append(list(((high + low) / 2).unbind(0)))
+        radius.append(list(((high - low) / 2).unbind(0)))
+        owner.extend(new_owner)
+        self._owner = None
+        self._page_groups = total
+
+    def pages(self) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Per layer (Hkv, pages, D) centre and radius of the box of each page of PAGE un-rotated visual keys (pages
+        never cross groups), and the group of each page."""
+        self.extend()
+        centre, radius, owner = self._pages
+        if self._owner is None:
+            self._owner = torch.tensor(owner)
+        return centre.views(), radius.views(), self._owner
+
+
+class _Growing:
+    """Per-layer (Hkv, rows, D) tensors appended to along the rows, with doubling capacity (no quadratic copying)."""
+
+    def __init__(self, layers: int):
+        self.layers, self.rows = layers, 0
+        self.bufs: list[torch.Tensor] | None = None
+
+    def append(self, parts: list[torch.Tensor]) -> None:
+        n = parts[0].shape[1]
+        if self.bufs is None or self.rows + n > self.bufs[0].shape[1]:
+            capacity = max(self.rows + n, 2 * (0 if self.bufs is None else self.bufs[0].shape[1]))
+            grown = [p.new_empty(p.shape[0], capacity, p.shape[2]) for p in parts]
+            if self.bufs is not None:
+                for new, old in zip(grown, self.bufs):
+                    new[:, : self.rows] = old[:, : self.rows]
+            self.bufs = grown
+        for buf, p in zip(self.bufs, parts):
+            buf[:, self.rows : self.rows + n] = p
+        self.rows += n
+
+    def views(self) -> list[torch.Tensor]:
+        return [b[:, : self.rows] for b in self.bufs]
