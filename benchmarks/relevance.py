@@ -74,12 +74,14 @@ TASKS = ("single", "multikey", "multivalue", "neighbours")
 # relevance variants side by side: decoding options (videoxl.engine.decode.configure) (the default first); "exact" and "oracle" are the references
 # below
 SCORERS = {
-    # the default: the re-ranked chunks' mass calibrated by the chat template's; the best chunk brings the one after
+    # the default before the template prior was turned off (docs/calibration.md; "bounds-nocal-nostamps" is the
+    # default now): the re-ranked chunks' mass calibrated by the chat template's; the best chunk brings the one after
     # it (within topk) when a quarter of its attention is on its last sixteenth; sparse chunks are decoded without
     # their timestamp tokens
     "bounds": {"heads": "retrieval", "score_tokens": "all", "refine": 32, "template_prior": True, "follow_tail": 0.25,
                "sparse_stamps": False},
     "bounds-stamps": {"sparse_stamps": True},  # sparse chunks with their timestamps
+    "bounds-nocal-nostamps": {"template_prior": False, "sparse_stamps": False},  # the default: "bounds" uncalibrated
     "bounds-nocal": {"template_prior": False, "sparse_stamps": True},  # and without the template prior
     # the ablations below are of the scorer without the template prior, as their rows were measured
     "bounds-notail": {"follow_tail": None, "template_prior": False, "sparse_stamps": True},  # the top-k by relevance alone

@@ -8,6 +8,7 @@ the selection-file mapping with the published rule worked out by hand.
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,8 @@ from videoxl import DEFAULT_MODEL
 from videoxl.eval import benchmarks
 from videoxl.eval.commands import format_table, main
 from videoxl.eval.selection import Run, published_dense_blocks, oracle_scores, read_selection
-from videoxl.eval.tasks import TASKS, convert_times
+from videoxl.eval.tasks import TASKS, Sample
+from videoxl.question import convert_times
 from videoxl.eval.tasks.charades import PRE_PROMPT, extract_time
 from videoxl.synth import make_qa, write
 
@@ -159,8 +161,8 @@ def test_prompts_only_match_the_published_prompts(mlvu, videomme, longvideobench
         "longvideobench": (longvideobench, {
             "lvb-1": f"{STEM}\nA. {b[0]}\nB. {b[1]}\nC. {b[2]}\nD. {b[3]}\n"
                      "Answer with the option's letter from the given choices directly.\n"}),
-        "lvbench": (lvbench, {
-            "vid_a-1": f"{STEM}\nA. {a[0]}\nB. {a[1]}\nC. {a[2]}\nD. {a[3]}\n"
+        "lvbench": (lvbench, {  # the candidates keep their letters, as in the published copy of LVBench
+            "vid_a-1": f"{STEM}\nA. (A) {a[0]}\nB. (B) {a[1]}\nC. (C) {a[2]}\nD. (D) {a[3]}\n"
                        "Answer with the option's letter from the given choices directly."}),
         "charades-sta": (charades, {
             "CHA>>>person sees an object>>>[1.0, 2.5]": PRE_PROMPT + "person sees an object. Please return its start "
@@ -177,7 +179,7 @@ def test_prompts_only_match_the_published_prompts(mlvu, videomme, longvideobench
                                         f"<image>\n{question}<|im_end|>\n<|im_start|>assistant\n")
             # 4 s at 4 fps: 1 fps gives 4 frames, the 4 fps ceiling all 16 (frame cap far above)
             assert record["sampling"]["frames"] == 16 and record["sampling"]["group_times"] == [0.0, 1.0, 2.0, 3.0]
-            assert record["decoding"]["stop"] == ["\n\n"] and record["decoding"]["greedy"]
+            assert record["decoding"]["stop"] == [] and record["decoding"]["greedy"]  # <|im_end|>, EOS, the limit
         assert any("skipped" in r for r in records.values()), f"{task}: the bad rows are listed"
     assert TASKS["mlvu"].settings.max_frames == 256 and TASKS["videomme"].settings.max_frames == 400
     assert TASKS["longvideobench"].settings.max_frames == 400 and TASKS["lvbench"].settings.max_frames == 600
@@ -191,11 +193,6 @@ def test_selection_keys_are_the_published_ones(mlvu, videomme, longvideobench, l
     assert keys["000-1"] == f"vid0.mp4_{STEM}"
     assert keys["lvb-0"] == f"a.mp4_{STEM}"
     assert keys["vid_a-1"] == f"vid_a_{STEM}"
-
-
-def test_time_rewrite_is_the_published_one():
-    assert convert_times("from 01:30 to 12:05, again 01:30") == "from 90 seconds to 725 seconds, again 90 seconds"
-    assert convert_times("at 1:30") == "at 1:30"  # two digits each side, as published
 
 
 # -- scoring, against hand computations -------------------------------------------------------------------------
@@ -323,6 +320,91 @@ def test_selection_mapping_by_hand(tmp_path):
     assert auto.decode == {"topk": 1, "chunk": 6} and auto.chunk_scores is None
     assert Run("bilevel", selection).label == "bilevel-oracle" and Run("bilevel", selection, "auto").label == \
         "bilevel-model-auto"
+
+
+PUBLISHED = Path(__file__).parent / "data" / "published"  # excerpts of VectorSpaceLab/Video-XL (see its README)
+
+
+@pytest.mark.parametrize("task,log", [("videomme", "videomme_long_log.json"), ("lvbench", "lvbench_cartoon_log.json")])
+def test_questions_equal_the_published_logs(task, log, tmp_path):
+    from videoxl.eval.published import prompt_check
+
+    entries = json.loads((PUBLISHED / log).read_text())["logs"]
+    result = prompt_check(task, entries, tmp_path)
+    assert result["samples"] == len(entries) >= 3 and result["mismatches"] == [], result["mismatches"]
+    # by hand, the first LVBench entry as logged: both letters, "A. (A) 1636"
+    if task == "lvbench":
+        assert entries[0]["arguments"][0].split("\n")[1] == "A. (A) 1636"
+    # each excerpt holds a logged prompt with mm:ss times, which reach the model (and this harness's question) in
+    # seconds
+    timed = [e["arguments"][0] for e in entries if re.search(r"\d\d:\d\d", e["arguments"][0])]
+    assert timed and all(not re.search(r"\d\d:\d\d", convert_times(t)) for t in timed)
+
+
+def test_published_selection_with_null_topk_loads_and_decodes_as_published(tmp_path):
+    selection = read_selection(PUBLISHED / "videomme_medium_selection.json")
+    mmvid = [e for e in selection.entries.values() if e.category == "Object Recognition"]
+    assert len(mmvid) == 2 and all(e.topk is None and e.chunk == 6 for e in mmvid)
+    key = "K64wRD8eaus.mp4_Why does this video mention Victor Garber?"
+    # units 1, 2, 3, 8, 9, 10, 28, 29, 30 with chunks of 6 groups: u // 3 + 1 -> blocks 1, 1, 2, 3, 4, 4, 10, 10, 11;
+    # 100 groups make 17 blocks, so the dense blocks are 0, 1, 17 and those: [0, 1, 2, 3, 4, 10, 11, 17], i.e. 5
+    # chunks besides videoxl's always-dense first and last
+    plan = Run("bilevel", selection).plan(key, 100, (4, 3), (4, 3))
+    assert plan.dense_blocks == [0, 1, 2, 3, 4, 10, 11, 17] and plan.decode == {"topk": 5, "chunk": 6}
+    # --topk auto with a null selected_topk: the question's own number of chosen chunks
+    assert Run("bilevel", selection, topk="auto").plan(key, 100, (4, 3), (4, 3)).decode == {"topk": 5, "chunk": 6}
+
+
+def test_selection_run_keeps_every_sparse_groups_timestamps(clips, monkeypatch):
+    """The oracle run's decoding cache, counted by hand: the published bi-level code keeps the timestamp tokens of
+    every sparse group (w_chunk_bilevel/.../llava_qwen.py), whatever this package's default."""
+    from videoxl.engine.decode import Decoder
+    from videoxl.eval.benchmarks import Evaluator, load_model
+
+    sizes = []
+    real = Decoder._cache
+
+    def measured(self, dense_groups, positions, room, layers=None, sparse_stamps=True):
+        cache, position = real(self, dense_groups, positions, room, layers, sparse_stamps)
+        if layers is None:  # the answer's cache (selection reads only the first layers)
+            sizes.append(cache.length)
+        return cache, position
+
+    monkeypatch.setattr(Decoder, "_cache", measured)
+    choices, answer = clips[1]["long.mp4"]
+    sample = Sample("mlvu", "long", str(clips[0] / "long.mp4"), STEM, answer, {"question_type": "needle"},
+                    selection_key=f"long.mp4_{STEM}")
+    selection_file = clips[0] / "selection.json"
+    selection_file.write_text(json.dumps(SELECTION))
+    model = load_model(str(DEFAULT_MODEL), "cpu")
+    row = Evaluator(model, TASKS["mlvu"], Run("bilevel", read_selection(selection_file))).row(sample)
+    assert row["dense_chunks"] == [0, 2, 4, 5] and len(sizes) == 1
+    # 24 groups at 0, 1, ..., 23 s in 6 chunks of 4; chunks 1 and 3 (groups 4-7, 12-15) sparse: their visual tokens
+    # pooled by 4, their "Time {t}s:" tokens kept
+    per_group, prefix = model.config.tokens_per_group, model._prompt_prefix().numel()
+    stamps = [model.timestamp_ids(float(g)).numel() for g in range(24)]
+    sparse = set(range(4, 8)) | set(range(12, 16))
+    expected = prefix + sum(stamps[g] + (per_group // 4 if g in sparse else per_group) for g in range(24))
+    assert sizes[0] == expected
+    assert sizes[0] - expected == 0 and sum(stamps[g] for g in sparse) > 0  # the stamps are in, not left out
+
+
+def test_eval_stops_only_at_the_published_stop(clips):
+    """No stop string ("\\n\\n", lmms-eval's default ``until``, is removed by the published harness): an answer ends
+    at <|im_end|> (the tokenizer's EOS), EOS or the token limit."""
+    from videoxl.engine.decode import _TextStream
+    from videoxl.eval.benchmarks import decode_options, load_model
+    from videoxl.pipeline import ingest
+
+    task = TASKS["mlvu"]
+    selection, config = decode_options(task, Run("dense"), Run("dense").plan(None, 4, (4, 3), (4, 3)))
+    assert config.stop == () and config.max_new_tokens == task.settings.max_new_tokens and selection.dense
+    model = load_model(str(DEFAULT_MODEL), "cpu")
+    session = ingest(model, str(clips[0] / "a.mp4"))
+    assert model.tokenizer.convert_tokens_to_ids("<|im_end|>") in session.decoder.eos
+    ids = model.tokenizer("A\n\nB", add_special_tokens=False)["input_ids"]
+    stream = _TextStream(model.tokenizer, config.stop, None)
+    assert not stream.push(ids) and stream.text == "A\n\nB"  # a blank line does not end the answer
 
 
 def test_selection_runs_end_to_end_with_exactly_the_published_dense_chunks(clips, tmp_path):

@@ -351,7 +351,7 @@ def test_template_prior_divides_the_question_mass_by_the_templates(prose_needle)
     question = torch.tensor(case["question"])
     ranges = chunk_ranges(len(video.store.groups), 1)
     forced, candidates = [0, len(ranges) - 1], list(range(1, len(ranges) - 1))  # fewer than refine: all re-ranked
-    with_prior = decoder.score(question, ranges, forced)
+    with_prior = decoder.score(question, ranges, forced, ablation=Ablation(template_prior=True))
     plain = decoder.score(question, ranges, forced, ablation=Ablation(template_prior=False))
     heads = retrieval_heads(model, tokenizer).heads
     layers = tuple(sorted(heads))
@@ -381,7 +381,7 @@ def test_template_prior_divides_the_question_mass_by_the_templates(prose_needle)
     torch.testing.assert_close(decoder.score(embedded, ranges, forced),
                                decoder.score(embedded, ranges, forced, ablation=Ablation(template_prior=False)),
                                equal_nan=True)
-    assert Ablation().template_prior  # the default scorer divides by the template's mass
+    assert not Ablation().template_prior  # off by default (test_default_decoding_reloads_a_needle_the_prompt_announced)
 
 
 def test_template_prior_finds_more_of_several_equal_needles(smollm2):
@@ -427,3 +427,25 @@ def test_sparse_chunks_without_timestamps_leave_the_model_reading_text(smollm2):
     assert answers[True].text.strip().startswith("Time") and correct(answers[True].text, case["answers"]) == 0
     assert correct(answers[False].text, case["answers"]) == 0.75
     assert answers[False].kv_bytes_used < answers[True].kv_bytes_used
+
+
+def test_default_decoding_reloads_a_needle_the_prompt_announced(smollm2):
+    """benchmarks/engine.py's passkey case 8 of 20 at 2,048 tokens: the text before the haystack says a pass key is
+    hidden in it, so the chat template alone already attends to the needle (a prior as high as the question's), and
+    dividing by it flattens the relevance: the needle's group (5) drops to rank 3 and is not reloaded. The answer
+    prefix in the assistant turn ("The pass key is") is content, not template. Default decoding (no template
+    prior) reloads the needle and answers the key, as dense decoding does."""
+    from engine import BILEVEL, PREFILL, QUESTION, make_case, to_groups
+
+    model, tokenizer = smollm2
+    question = torch.tensor(tokenizer(QUESTION)["input_ids"])
+    kept = tokenizer.decode(question[content_mask(question, tokenizer)])
+    assert kept.endswith("The pass key is") and "assistant" not in kept
+    case = make_case(tokenizer, 2048, 8.5 / 20, seed=1000 * 2048 + 8)
+    assert case["needle_group"] == 5
+    decoder = Decoder(model, prefill(model, torch.tensor(case["prefix"]), to_groups(case), PREFILL), tokenizer,
+                      heads=heads_of(model, tokenizer))
+    default = decoder.answer(question, **decoding(**BILEVEL))
+    assert 5 in default.dense_chunks and case["key"] in default.text
+    with_prior = decoder.answer(question, **decoding(template_prior=True, **BILEVEL))
+    assert 5 not in with_prior.dense_chunks and case["key"] not in with_prior.text

@@ -13,7 +13,6 @@ import http.server
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import socket
@@ -100,8 +99,16 @@ class Server:
                              timeout=120, **kw)
 
     def metrics(self) -> dict[str, float]:
-        text = httpx.get(self.url + "/metrics").text
-        return {m[1]: float(m[2]) for m in re.finditer(r"^([^#\s]\S*) (\S+)$", text, re.M)}
+        """Every sample of /metrics, parsed by prometheus_client, as {'name{label="value",...}': value}; labels
+        left empty are left out."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        out = {}
+        for family in text_string_to_metric_families(httpx.get(self.url + "/metrics").text):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()) if v)
+                out[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+        return out
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc.poll() is None:
@@ -462,8 +469,8 @@ def test_eight_clients_on_three_videos(tight, reference):
 def test_sigkill_mid_ingest_then_restart(media, tmp_path, reference):
     """Complete stores survive a SIGKILL and are reused after a restart; the interrupted ingest and broken store
     files (cut short, another model, leftovers of a write) are discarded with a log line, never loaded."""
-    kv = tmp_path / "kv"
-    args = ("--allowed-local-media-path", str(media), "--cpu-kv-gb", "0", "--disk-kv-dir", str(kv))
+    args = ("--allowed-local-media-path", str(media), "--cpu-kv-gb", "0", "--disk-kv-dir", str(tmp_path / "kv"))
+    kv = tmp_path / "kv" / "videoxl-kv"  # the tier's own subfolder
     server = Server(tmp_path / "first.log", *args)
     try:
         done = ask(server.client(), "clip0.mp4")
@@ -501,7 +508,8 @@ def test_sigkill_mid_ingest_then_restart(media, tmp_path, reference):
     try:
         log = (tmp_path / "second.log").read_text()
         assert "cut short" in log and "another model" in log and "unfinished write" in log
-        assert sorted(p.stem for p in kv.iterdir()) == sorted([key, key, flipped, flipped])
+        assert sorted(p.stem for p in kv.iterdir() if p.name != ".videoxl-kv-tier") == \
+            sorted([key, key, flipped, flipped])
         again = ask(server.client(), "clip0.mp4")
         assert again.videoxl["reused"] and again.videoxl["tier"] == "disk"
         assert again.choices[0].message.content == done.choices[0].message.content
@@ -590,7 +598,7 @@ def _fake_qa(pieces: int = 1):
 def test_worker_cancels_a_generation_whose_client_left():
     import asyncio
 
-        from videoxl.serve.service import Cancel, Cancelled
+    from videoxl.serve.service import Cancel, Cancelled
 
     qa, received = _fake_qa(pieces=200), []
     cancel = Cancel(time.monotonic() + 60)
@@ -614,7 +622,7 @@ def test_worker_cancels_a_generation_whose_client_left():
 def test_worker_answers_questions_between_ingest_chunks_and_ingests_once():
     import asyncio
 
-        from videoxl.serve.protocol import MediaRef
+    from videoxl.serve.protocol import MediaRef
     from videoxl.serve.service import Cancel, Sampling
 
     qa = _fake_qa()
@@ -664,7 +672,7 @@ def test_store_state_dict_round_trip(model, media):
 
 
 def test_tiers_chain_gpu_cpu_disk_and_back_token_identical(model, media, tmp_path):
-        from videoxl.engine.store import KVStore
+    from videoxl.engine.store import KVStore
     from videoxl.serve.tiers import DiskStores, KVTiers
 
     config = decoding(topk=4, chunk=1, max_new_tokens=16)

@@ -210,3 +210,45 @@ def test_a_wanted_frame_lost_to_skipping_is_decoded_again_without_skipping(bfram
     assert any("missing while skipping" in r.getMessage() for r in caplog.records)
     for i, frame in zip(picks, frames, strict=True):
         assert np.array_equal(frame, reference[info.pts[i]]), i
+
+
+def test_frames_past_the_last_whole_group_are_dropped_as_the_published_harness(videos):
+    """300 frames at 30 fps (10 s), sampled as every published run: 1 fps gives 10 frames, so 4 fps is allowed
+    (256 // 10 = 25 >= 4): step round(30 / 4) = 8, frames 0, 8, ..., 296 (38 frames). The published ``load_video``
+    keeps 36 (0..280); the model's own rule pads the 38 to 40 with the last frame."""
+    from videoxl.eval.benchmarks import sampling
+    from videoxl.eval.tasks import TASKS
+
+    root, _ = videos
+    info = probe(root / "cfr.mp4")
+    drop = plan_frames(info.frame_times, 1, 4, 256, native_fps=info.native_fps, remainder="drop")
+    assert drop.indices == [8 * k for k in range(36)] and drop.groups == 9
+    pad = plan_frames(info.frame_times, 1, 4, 256, native_fps=info.native_fps)
+    assert pad.indices == [8 * k for k in range(38)] + [296, 296] and pad.groups == 10
+    for task in ("mlvu", "videomme", "lvbench"):  # the eval samples as the published harness, in every mode
+        assert sampling(TASKS[task], str(root / "cfr.mp4"), TASKS[task].settings.max_frames)[1].indices == drop.indices
+    few = plan_frames([0.0, 1.0, 2.0], 1, None, 256, remainder="drop")  # fewer than 4: still one (padded) group
+    assert few.indices == [0, 1, 2, 2]
+
+
+def test_native_rate_is_the_containers_average_rate(tmp_path):
+    """The published harness steps through a video at decord's ``get_avg_fps``: the container's average rate."""
+    from fractions import Fraction
+
+    from videoxl.video import VideoInfo
+
+    write_video(tmp_path / "ntsc.mp4", 61, fps=Fraction(30000, 1001), codec="libx264")
+    ntsc = probe(tmp_path / "ntsc.mp4")
+    assert ntsc.native_fps == 30000 / 1001 and ntsc.average_rate == 30000 / 1001
+    assert (ntsc.frames - 1) / ntsc.duration != 30000 / 1001  # the estimate from frame times is not it, bit for bit
+    # variable frame rate: 30 frames 40 ms apart, then 30 frames 20 ms apart. The MP4's average rate is 60 frames
+    # over the track's duration (1000/31 = 32.26 fps); the frame times give 59 / 1.78 s = 33.15 fps. At 1 fps the
+    # step is round(32.26) = 32, not 33
+    times = [40 * k for k in range(30)] + [1200 + 20 * k for k in range(30)]
+    write_video(tmp_path / "vfr.mp4", 60, fps=25, times_ms=times, codec="libx264")
+    vfr = probe(tmp_path / "vfr.mp4")
+    assert vfr.native_fps == pytest.approx(1000 / 31) and round((vfr.frames - 1) / vfr.duration) == 33
+    assert plan_frames(vfr.frame_times, 1, None, 512, native_fps=vfr.native_fps).indices[:2] == [0, 32]
+    # a container without an average rate: the estimate from the frame times
+    bare = VideoInfo(vfr.path, vfr.pts, vfr.time_base, vfr.keyframes, vfr.width, vfr.height)
+    assert bare.average_rate is None and bare.native_fps == (vfr.frames - 1) / vfr.duration

@@ -1,25 +1,18 @@
 """The ``videoxl`` command line.
 
 Every argument is checked before any heavy work (no frame is decoded and no weight loaded for a bad option, path
-or question). Exit codes: 0 answered, 2 bad input (the message names it), 1 internal fault, 130 interrupted.
+or question). Exit codes: 0 answered, 2 bad input (the message names it), 1 internal fault, 130 interrupted, 143
+terminated (SIGTERM).
 The module imports nothing heavy at the top, so ``videoxl --help`` answers at once.
 """
 
 from __future__ import annotations
 
-import signal
 import sys
 
+from . import interrupt
 
-def _interrupted_early(signum, frame):  # Ctrl-C before main() is running: same line, same code, no traceback
-    sys.stderr.write("videoxl: interrupted\n")
-    sys.stderr.flush()
-    import os
-
-    os._exit(130)
-
-
-signal.signal(signal.SIGINT, _interrupted_early)
+interrupt.install_early()  # Ctrl-C or SIGTERM before main() is running: one line, 130 or 143, no traceback
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -216,34 +209,22 @@ def _run(argv: list[str] | None) -> int:
         print(f"videoxl: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as e:  # an internal fault, not the user's input
-        if _interrupts:  # Ctrl-C inside an extension's import, which re-raised it as its own error (numpy: ImportError)
+        if interrupt.received:  # a signal in an extension's import, re-raised as its own error (numpy: ImportError)
             raise KeyboardInterrupt from e
         print(f"videoxl: internal error: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_INTERNAL
 
 
-_interrupts: list[int] = []  # SIGINTs received since main() began
-
-
-def _interrupt(signum, frame):
-    _interrupts.append(signum)
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
-    """The ``videoxl`` command; returns the exit code. Ctrl-C at any moment ends it with one line and 130."""
-    signal.signal(signal.SIGINT, _interrupt)  # from here on Ctrl-C unwinds, so files are cleaned up
+    """The ``videoxl`` command; returns the exit code. Ctrl-C or SIGTERM at any moment ends it with one line and
+    130 or 143, after cleaning up."""
+    interrupt.install()  # from here on a signal unwinds, so files are cleaned up
     try:
-        return _run(argv)
+        code = _run(argv)
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while shutting down stays quiet too
-        print("videoxl: interrupted", file=sys.stderr)
-        # Leave now: an interrupt that landed inside an extension's own Python call (torch's import runs some) marks
-        # the interpreter, which would otherwise end itself by SIGINT (-2) instead of 130. Everything that had to be
-        # cleaned up was, while the exception unwound.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(EXIT_INTERRUPTED)
+        interrupt.leave()
+    interrupt.finished()
+    return code
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import os
 import queue
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from .engine.prefill import PrefillConfig, PrefilledVideo, prefill
 from .errors import OptionError, VideoError
 from .model.videoxl2 import QUESTION_TOKENS, VideoXL2
 from .video import VideoInfo, check_file, check_sampling, decode_frames, plan_frames, probe
+from .video.reader import check_pixels
 from .video.preprocess import preprocess
 from .video.sampling import FRAMES_PER_GROUP
 
@@ -112,26 +114,31 @@ def load(model: str | os.PathLike, device: str | None = None, dtype: str | None 
 
 
 def open_video(path: str | os.PathLike) -> str | VideoInfo:
-    """An image path as it is, or a video probed (VideoError for a file FFmpeg cannot read): bad input is refused
-    before the model loads."""
-    return str(path) if Path(path).suffix.lower() in IMAGE_SUFFIXES else probe(path)
+    """An image path as it is (its header checked), or a video probed (VideoError for a file FFmpeg cannot read, or
+    frames over the pixel limit): bad input is refused before the model loads."""
+    if Path(path).suffix.lower() in IMAGE_SUFFIXES:
+        open_image(path).close()
+        return str(path)
+    return probe(path)
 
 
 def ingest(model: VideoXL2, video: str | os.PathLike | Sequence | VideoInfo, *,
            max_frames: int = defaults.MAX_FRAMES, fps: float = defaults.FPS, max_fps: float | None = defaults.MAX_FPS,
            frame_times: Sequence[float] | None = None, prefill_config: PrefillConfig = PrefillConfig(),
            on_progress: Progress | None = None,
-           thumbnails: bool = False) -> Session:
+           thumbnails: bool = False, remainder: str = "pad") -> Session:
     """Decode, encode and pre-fill a video chunk by chunk; at most three chunks of frames are in memory.
 
     ``video`` is a file path (any container FFmpeg reads; an image file becomes one group at ``Time 0.0s:``), a
     :class:`VideoInfo` from :func:`videoxl.video.probe` (so a caller can refuse a bad file before loading), or a
     sequence of RGB frames (H x W x 3 uint8 arrays or PIL images), already sampled, shown at ``frame_times``
     seconds (default 0, 1, 2, ...). ``thumbnails`` keeps a small copy of each group's middle (third) frame.
+    ``remainder`` completes a video file's last group of sampled frames (:func:`videoxl.video.plan_frames`:
+    "pad", or "drop" as the published evaluation harness).
     """
     if model.tokenizer is None:
         raise OptionError("the model has no tokenizer: load it with from_pretrained or pass one")
-    frames, group_times, n_frames = _frame_source(video, max_frames, fps, max_fps, frame_times)
+    frames, group_times, n_frames = _frame_source(video, max_frames, fps, max_fps, frame_times, remainder)
     stats = IngestStats(frames=n_frames, groups=len(group_times))
     thumbs: list[np.ndarray] | None = [] if thumbnails else None
     encoded = _encode_stream(model, frames, group_times, prefill_config.chunk, stats, thumbs, on_progress)
@@ -150,9 +157,10 @@ def ingest_tokens(model: VideoXL2, visual: torch.Tensor, group_times: Sequence[f
 def encode_video(model: VideoXL2, video: str | os.PathLike | Sequence, *, max_frames: int = defaults.MAX_FRAMES,
                  fps: float = defaults.FPS, max_fps: float | None = defaults.MAX_FPS,
                  frame_times: Sequence[float] | None = None,
-                 batch_groups: int = 16) -> tuple[torch.Tensor, list[float | None], IngestStats]:
+                 batch_groups: int = 16,
+                 remainder: str = "pad") -> tuple[torch.Tensor, list[float | None], IngestStats]:
     """All visual tokens of a video at once: (G, tokens_per_group, hidden), group timestamps, timings."""
-    frames, group_times, n_frames = _frame_source(video, max_frames, fps, max_fps, frame_times)
+    frames, group_times, n_frames = _frame_source(video, max_frames, fps, max_fps, frame_times, remainder)
     stats = IngestStats(frames=n_frames, groups=len(group_times))
     tokens = [v for _, v in _encode_stream(model, frames, group_times, batch_groups, stats, None, None)]
     return torch.stack(tokens), group_times, stats
@@ -264,7 +272,24 @@ def _prefill(model: VideoXL2, groups: Iterator[Group], group_times: list, stats:
     return Session(model, video_kv, list(group_times), stats, thumbs)
 
 
-def _frame_source(video, max_frames, fps, max_fps, frame_times):
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file, reading only its header; VideoError if it is unreadable or has more pixels than
+    ``videoxl.video.reader.MAX_PIXELS`` (checked here, so PIL's own decompression-bomb warning is not shown)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise VideoError(f"{path}: not a readable image ({e})") from None
+    try:
+        check_pixels(str(path), *opened.size)
+    except VideoError:
+        opened.close()
+        raise
+    return opened
+
+
+def _frame_source(video, max_frames, fps, max_fps, frame_times, remainder="pad"):
     """(iterator of frames, group timestamps, number of sampled frames). A single image is one group of four copies
     at time 0.0, as the published evaluation times image inputs (``Time 0.0s:``; VectorSpaceLab/Video-XL
     ``Video-XL-2/eval/lvu/*/lmms_eval/models/videoxl2.py``)."""
@@ -274,15 +299,16 @@ def _frame_source(video, max_frames, fps, max_fps, frame_times):
     elif isinstance(video, (str, os.PathLike)):
         path = Path(check_file(video))
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            try:
-                with Image.open(path) as opened:
+            with open_image(path) as opened:
+                try:
                     image = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
-            except (OSError, ValueError, Image.DecompressionBombError) as e:
-                raise VideoError(f"{path}: not a readable image ({e})") from None
+                except (OSError, ValueError) as e:
+                    raise VideoError(f"{path}: not a readable image ({e})") from None
             return iter([image] * FRAMES_PER_GROUP), [0.0], 1  # "Time 0.0s:", as the published eval
         info = probe(path)
     if isinstance(video, (str, os.PathLike, VideoInfo)):
-        plan = plan_frames(info.frame_times, fps=fps, max_fps=max_fps, max_frames=max_frames)
+        plan = plan_frames(info.frame_times, fps=fps, max_fps=max_fps, max_frames=max_frames,
+                           native_fps=info.native_fps, remainder=remainder)
         return decode_frames(info, plan.indices), plan.group_times, len(plan.indices)
     frames = list(video)
     if not frames:

@@ -51,7 +51,7 @@ class Ablation:
     heads: Literal["retrieval", "all"] = "retrieval"
     score_tokens: Literal["content", "all"] = "all"
     refine: int = 32
-    template_prior: bool = True
+    template_prior: bool = False  # off: it loses a needle the prompt announced (docs/calibration.md)
     follow: int = 0
     follow_tail: float | None = 0.25
     min_relevance: float | None = None

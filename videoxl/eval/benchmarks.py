@@ -38,21 +38,43 @@ GROUP = "<group>"  # one 4-frame group's visual tokens, in a prompt written out 
 _KILL_ONCE = "VIDEOXL_EVAL_KILL_ONCE"  # test hook: a worker that finds this file removes it and dies
 
 
+REMAINDER = "drop"  # the published harness's load_video drops the frames past the last multiple of 4
+
+
 def sampling(task: Task, video: str, max_frames: int):
-    """The published sampling plan of a video (probe only, no decoding): VideoInfo and SampledFrames."""
+    """The published sampling plan of a video (probe only, no decoding): VideoInfo and SampledFrames. As the
+    published ``load_video`` (the same in its pure, w_chunk and w_chunk_bilevel harnesses): steps counted at the
+    container's average frame rate, and the frames past the last multiple of 4 dropped."""
     from ..video import plan_frames, probe
 
     s = task.settings
     info = probe(video)
-    return info, plan_frames(info.frame_times, fps=s.fps, max_fps=s.max_fps, max_frames=max_frames)
+    return info, plan_frames(info.frame_times, fps=s.fps, max_fps=s.max_fps, max_frames=max_frames,
+                             native_fps=info.native_fps, remainder=REMAINDER)
 
 
 def plan_of(task: Task, sample: Sample, run: Run, groups: int) -> Plan:
-    from .. import defaults
+    from ..decoding import Selection
 
     s = task.settings
-    return run.plan(sample.selection_key, groups, s.chunked, s.bilevel, default_topk=defaults.TOPK,
+    return run.plan(sample.selection_key, groups, s.chunked, s.bilevel, default_topk=Selection().topk,
                     default_chunk=s.bilevel[0], category=task.selection_category(sample.categories))
+
+
+def decode_options(task: Task, run: Run, plan: Plan):
+    """(Selection, Generation) of a sample: the plan's selection (every chunk dense when it chooses none), the
+    task's answer length, greedy, no stop string (the published stop: ``<|im_end|>``, which ends the chat
+    template's turns and is the tokenizer's EOS, or the limit). A run with a selection file decodes as the
+    published bi-level code does, whatever the model's profile: sparse chunks keep their timestamp tokens
+    (``w_chunk_bilevel/.../llava_qwen.py`` keeps every non-visual token of the video span verbatim)."""
+    from ..decoding import Generation, Selection
+
+    decode = {k: v for k, v in plan.decode.items() if v is not None}
+    if run.selection is not None:
+        decode["sparse_stamps"] = True
+    selects = "topk" in decode or "kv_budget" in decode
+    selection = Selection(**decode) if selects else Selection(dense=True, chunk=None)  # rows name pre-fill chunks
+    return selection, Generation(max_new_tokens=task.settings.max_new_tokens, stop=STOP)
 
 
 class Evaluator:
@@ -78,7 +100,6 @@ class Evaluator:
             return {**base, "skipped": f"failed: {type(e).__name__}: {e}"}
 
     def _row(self, sample: Sample, base: dict) -> dict:
-        from ..decoding import Generation, Selection
         from ..engine.prefill import PrefillConfig
         from ..pipeline import ingest
 
@@ -95,14 +116,12 @@ class Evaluator:
             config = PrefillConfig(**plan.prefill)
             if texts is None:
                 session = ingest(self.model, info, max_frames=self.max_frames, fps=s.fps, max_fps=s.max_fps,
-                                            prefill_config=config)
+                                 prefill_config=config, remainder=REMAINDER)
             else:
                 session = ingest_with_text(self.model, info, texts, s, self.max_frames, config)
             self._cached = (key, session)
         session = self._cached[1]
-        decode = {k: v for k, v in plan.decode.items() if v is not None}
-        selection = Selection(**decode) if decode else Selection(dense=True)
-        generation = Generation(max_new_tokens=self.task.settings.max_new_tokens, stop=STOP)
+        selection, generation = decode_options(self.task, self.run, plan)
         answer = session.ask(question, selection, generation, chunk_scores=plan.chunk_scores,
                              max_question_tokens=QUESTION_TOKENS)
         pred = answer.text.strip()
@@ -130,7 +149,7 @@ def ingest_with_text(model: VideoXL2, info: VideoInfo, texts: list[str], setting
     from ..pipeline import Session, encode_video
 
     visual, group_times, stats = encode_video(model, info, max_frames=max_frames, fps=settings.fps,
-                                              max_fps=settings.max_fps)  # (G, T, hidden)
+                                              max_fps=settings.max_fps, remainder=REMAINDER)  # (G, T, hidden)
     assert len(texts) == len(group_times), (len(texts), len(group_times))
 
     def stamp(text: str, t: float) -> torch.Tensor:
@@ -387,6 +406,8 @@ def prompt_record(task: Task, sample: Sample, run: Run, max_frames: int | None =
                           "group_times": frames.group_times}
     record["decoding"] = {"run": run.label, **plan.to_json(), "max_new_tokens": s.max_new_tokens,
                           "greedy": True, "stop": list(STOP)}
+    if run.selection is not None:
+        record["decoding"]["sparse_stamps"] = True  # as decode_options: the published bi-level caches
     return record
 
 

@@ -34,7 +34,7 @@ class Entry:
     """One question's published selection: its units (best first) and its category's config."""
 
     units: tuple[int, ...]
-    topk: int
+    topk: int | None  # selected_topk; null in the "mmvid" oracle's entries (the published code never reads it)
     chunk: int  # selected_chunk_size, in 4-frame groups
     compression: int
     category: str
@@ -90,14 +90,15 @@ def read_selection(paths: str | Path | list) -> Selection:
             continue
         try:
             config = item["config"]
-            k, chunk, compression = (int(config["selected_topk"]), int(config["selected_chunk_size"]),
-                                     int(config.get("compression", 4)))
-            assert chunk >= 1 and compression >= 1 and k >= 0
+            k = config.get("selected_topk")
+            k = None if k is None else int(k)
+            chunk, compression = int(config["selected_chunk_size"]), int(config.get("compression", 4))
+            assert chunk >= 1 and compression >= 1 and (k is None or k >= 0)
             for key, units in item["selected_unit_indices"].items():
                 entries[key] = Entry(tuple(int(u) for u in units), k, chunk, compression, category)
         except (KeyError, TypeError, ValueError, AssertionError, AttributeError):
             raise InputError(f"--selection {path}: category {category!r} is neither null nor "
-                             '{"config": {"selected_topk", "selected_chunk_size", "compression"}, '
+                             '{"config": {"selected_chunk_size", "compression"}, '
                              '"selected_unit_indices": {...}}') from None
     return Selection(str(path), entries, tuple(nulls))
 
@@ -204,10 +205,11 @@ class Run:
                    else "no selection entry")
             return Plan(full, {}, note=f"{why}: dense, full attention (as published)")
         chunked = {"chunk": bilevel[0], "window": bilevel[1], "pool": entry.compression}
-        if self.topk == "auto":
-            return Plan(chunked, {"topk": entry.topk, "chunk": entry.chunk}, note=f"category {entry.category}")
         chunks = decode_chunks(groups, entry.chunk)
         blocks = published_dense_blocks(entry.units, entry.chunk, chunks)
+        if self.topk == "auto":  # a null selected_topk: as many chunks as the question's own units choose
+            k = entry.topk if entry.topk is not None else (oracle_scores(blocks, chunks)[1] if blocks else None)
+            return Plan(chunked, {"topk": k, "chunk": entry.chunk}, note=f"category {entry.category}")
         if blocks is None:
             return Plan(chunked, {}, dense_blocks=list(range(chunks + 1)), note="empty unit list: every chunk dense")
         scores, k = oracle_scores(blocks, chunks)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     media.add_argument("--allowed-media-domains", nargs="*", default=[], metavar="DOMAIN",
                        help="fetch http(s) media from these hosts and their subdomains only (default: none)")
     media.add_argument("--max-media-mb", type=positive, default=DEFAULTS.max_media_bytes / 2**20)
+    media.add_argument("--max-bodies-mb", type=positive, default=DEFAULTS.max_bodies_bytes / 2**20,
+                       help="request bodies read or handled at once, in MB; more waiting bodies get 429 (one body "
+                            "alone always passes)")
     media.add_argument("--media-timeout", type=positive, default=30.0, help="seconds to fetch an http(s) video")
     media.add_argument("--max-frames", type=whole(1, defaults.FRAMES_LIMIT), default=DEFAULTS.max_frames,
                        help=f"default and upper limit of frames per video (default {DEFAULTS.max_frames})")
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
-    from .. import DEFAULT_MODEL
+    from .. import DEFAULT_MODEL, interrupt
     from ..engine.prefill import PrefillConfig
     from ..errors import InputError
     from ..model import VideoXL2, checkpoint
@@ -81,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from .media import MediaPolicy, MediaResolver
     from .metrics import Metrics
     from .service import VideoQA, model_fingerprint
-    from .tiers import DiskStores, KVTiers
+    from .tiers import DiskStores, KVTiers, own_folder
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("videoxl.serve")
@@ -99,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
             decoding=given,
             max_tokens_limit=args.max_tokens_limit, max_question_chars=args.max_question_chars,
             max_queue=args.max_queue, request_timeout_s=args.request_timeout,
-            max_media_bytes=int(args.max_media_mb * 2**20))
+            max_media_bytes=int(args.max_media_mb * 2**20), max_bodies_bytes=int(args.max_bodies_mb * 2**20))
+        if args.disk_kv_dir:
+            own_folder(args.disk_kv_dir)  # a folder the tier must not use is refused before the model loads
         source = args.model or str(DEFAULT_MODEL)
         folder = checkpoint.resolve(source)
         model = VideoXL2.from_pretrained(folder, dtype=getattr(torch, args.dtype) if args.dtype else None,
@@ -109,10 +115,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     fingerprint = model_fingerprint(folder)
     metrics = Metrics()
-    disk = DiskStores(args.disk_kv_dir, fingerprint) if args.disk_kv_dir else None
-    tiers = KVTiers(model, int(args.gpu_kv_gb * GB), int(args.cpu_kv_gb * GB), disk, int(args.disk_kv_gb * GB),
-                    on_event=lambda name, **labels: metrics.inc("videoxl_kv_events_total", event=name, **labels))
-    scratch = Path(tempfile.mkdtemp(prefix="videoxl-media-"))
+    try:
+        disk = DiskStores(args.disk_kv_dir, fingerprint) if args.disk_kv_dir else None
+        tiers = KVTiers(model, int(args.gpu_kv_gb * GB), int(args.cpu_kv_gb * GB), disk, int(args.disk_kv_gb * GB),
+                        on_event=lambda name, **labels: metrics.inc("videoxl_kv_events_total", event=name, **labels))
+    except InputError as e:
+        print(f"videoxl serve: error: {e}", file=sys.stderr)
+        return 2
+    sweep_scratch()
+    scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH}{os.getpid()}-"))
     resolver = MediaResolver(MediaPolicy(Path(root) if root else None, tuple(d.lower() for d in
                                                                                  args.allowed_media_domains),
                                          config.max_media_bytes, args.media_timeout), scratch)
@@ -122,19 +133,46 @@ def run(args: argparse.Namespace) -> int:
     log.info("serving %s (%s on %s) at http://%s:%d/v1%s", name, folder, model.device, args.host, args.port,
              " with an API key" if api_key else "")
     try:
+        # uvicorn stops gracefully on SIGINT/SIGTERM and raises the signal again, which videoxl.interrupt's
+        # handler (installed by the command) turns into a KeyboardInterrupt that uvicorn swallows
         uvicorn.run(create_app(qa, api_key), host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=10)
     finally:
-        for leftover in scratch.iterdir():
-            leftover.unlink(missing_ok=True)
-        scratch.rmdir()
+        shutil.rmtree(scratch, ignore_errors=True)
+    if interrupt.received:  # stopped by a signal: the command exits 130 or 143 with its one line
+        raise KeyboardInterrupt
     return 0
 
 
+SCRATCH = "videoxl-media-"  # + the server's pid + a random part, in the system's temporary folder
+
+
+def sweep_scratch() -> None:
+    """Delete the scratch folders of servers that are gone (killed before they could clean up)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{SCRATCH}*"):
+        pid = path.name[len(SCRATCH):].split("-")[0]
+        if not pid.isdigit() or not path.is_dir() or path.is_symlink() or path.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .. import interrupt
+
     parser = argparse.ArgumentParser(prog="python -m videoxl.serve", description="OpenAI-compatible video QA server")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    interrupt.install()
+    try:
+        code = run(parser.parse_args(argv))
+    except KeyboardInterrupt:
+        interrupt.leave("videoxl serve")
+    interrupt.finished()
+    return code
 
 
 if __name__ == "__main__":

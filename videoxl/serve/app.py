@@ -19,12 +19,13 @@ import time
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..decoding import Generation, Selection, options
 from ..engine.decode import Answer
 from ..errors import InputError
-from .protocol import ChatRequest, ServeError, chunk, completion, completion_id, error_body, parse_chat
+from .protocol import ChatRequest, ServeError, chunk, completion, completion_id, error_body, parse_chat, parse_json
 from .service import Cancel, Cancelled, Sampling, StoreGone, VideoQA
 
 log = logging.getLogger(__name__)
@@ -34,19 +35,56 @@ def _error(status: int, message: str, type_: str, **headers) -> JSONResponse:
     return JSONResponse(error_body(message, type_), status_code=status, headers=headers or None)
 
 
-async def _read_json(request: Request, limit: int) -> object:
+class BodyBudget:
+    """The bytes of request bodies being read or handled at once, within ``limit`` (event loop only): a body
+    that would pass it is refused with 429 (one body alone always fits, so the largest allowed body can pass)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+
+    def reserve(self) -> "Reservation":
+        return Reservation(self)
+
+
+class Reservation:
+    """The bytes one request holds in a :class:`BodyBudget`; :meth:`release` (idempotent) gives them back."""
+
+    def __init__(self, budget: BodyBudget):
+        self.budget, self.held = budget, 0
+
+    def take(self, n: int) -> None:
+        if n <= self.held:
+            return
+        extra = n - self.held
+        if self.budget.used > self.held and self.budget.used + extra > self.budget.limit:
+            raise ServeError(429, f"{self.budget.used} bytes of request bodies are being handled (the limit is "
+                                  f"{self.budget.limit}); retry later")
+        self.budget.used += extra
+        self.held = n
+
+    def release(self) -> None:
+        self.budget.used -= self.held
+        self.held = 0
+
+
+async def _read_json(request: Request, limit: int, reservation: Reservation) -> object:
     size = request.headers.get("content-length")
-    if size is not None and size.isdigit() and int(size) > limit:
-        raise ServeError(413, f"the request body has {size} bytes; the limit is {limit}")
+    if size is not None and size.isdigit():
+        if int(size) > limit:
+            raise ServeError(413, f"the request body has {size} bytes; the limit is {limit}")
+        reservation.take(int(size))
     body = bytearray()
     async for block in request.stream():
         body += block
         if len(body) > limit:
             raise ServeError(413, f"the request body is larger than the limit of {limit} bytes")
+        reservation.take(len(body))
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ServeError(400, f"the request body is not valid JSON ({e})") from None
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ServeError(400, f"the request body is not UTF-8 ({e})") from None
+    del body  # the bytes go before the JSON is parsed: at most two copies of a large body at once
+    return parse_json(text)
 
 
 def _sse(obj) -> str:
@@ -58,7 +96,9 @@ def _report(key: str, video: dict, answer: Answer, info: dict, total: float, pro
     prompt = info["video_tokens"] + info["question_tokens"]
     usage = {"prompt_tokens": prompt, "completion_tokens": len(answer.tokens),
              "total_tokens": prompt + len(answer.tokens)}
-    seconds = {**video["seconds"], **info["seconds"], **answer.seconds, "total": total}
+    # the time waited for the model: the ingest's turn (when this request pre-filled) and the question's
+    queue = video["seconds"].get("queue", 0.0) + info["seconds"].get("queue", 0.0)
+    seconds = {**video["seconds"], **info["seconds"], **answer.seconds, "queue": queue, "total": total}
     decoded = {k: v for k, v in answer.to_dict().items() if k not in ("answer", "finish_reason")}
     return usage, {"key": key, "frames": info["frames"], "groups": info["groups"], **decoded, "profile": profile,
                    "reused": video["reused"], "shared_ingest": video["shared"], "tier": info["tier"],
@@ -103,6 +143,8 @@ def create_app(qa: VideoQA, api_key: str | None = None) -> FastAPI:
         return _error(500, "internal server error (logged on the server)", "server_error")
 
     app.add_middleware(_Guard, key_digest=key_digest, metrics=metrics)
+    bodies = BodyBudget(config.max_bodies_bytes)
+    metrics.gauges["videoxl_body_bytes_in_flight"] = lambda: {(): bodies.used}
 
     @app.get("/health")
     async def health():
@@ -134,8 +176,22 @@ def create_app(qa: VideoQA, api_key: str | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         started = time.perf_counter()
-        req = parse_chat(await _read_json(request, config.max_body_bytes), config.max_question_chars,
-                         config.max_tokens_limit)
+        reservation = bodies.reserve()
+        try:
+            body = await _read_json(request, config.max_body_bytes, reservation)
+        except ServeError as e:
+            reservation.release()
+            if e.status == 429:
+                metrics.inc("videoxl_refused_bodies_total")
+            raise
+        try:
+            return await _chat(request, parse_chat(body, config.max_question_chars, config.max_tokens_limit),
+                               started, reservation)
+        finally:
+            if not getattr(request.state, "streaming", False):
+                reservation.release()
+
+    async def _chat(request: Request, req: ChatRequest, started: float, reservation: Reservation):
         if req.model is not None and req.model != qa.name:
             raise ServeError(404, f"the model {req.model!r} does not exist; this server serves {qa.name!r}",
                              param="model", code="model_not_found")
@@ -149,12 +205,15 @@ def create_app(qa: VideoQA, api_key: str | None = None) -> FastAPI:
         sampling = Sampling(frames, req.fps or config.fps, req.max_fps or config.max_fps)
         decoding = decode_config(req)
         cancel = Cancel(time.monotonic() + config.request_timeout_s)
-        key, video = await qa.video(req.media, sampling, cancel)
+        key, video = await qa.video(req.media, sampling, cancel, owner=_owner(request))
         metrics.observe("videoxl_request_seconds", time.perf_counter() - started, stage="video_ready")
         cid = completion_id()
         if req.stream:
-            return StreamingResponse(_stream(qa, key, video, req, sampling, decoding, cancel, cid, started),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            request.state.streaming = True  # the stream gives the body's bytes back when it ends
+            return StreamingResponse(_stream(qa, key, video, req, sampling, decoding, cancel, cid, started,
+                                             reservation.release),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+                                     background=BackgroundTask(reservation.release))
         watcher = asyncio.create_task(_watch(request, cancel))
         try:
             key, video, answer, info = await _answer(qa, key, video, req, sampling, decoding, cancel)
@@ -170,6 +229,15 @@ def create_app(qa: VideoQA, api_key: str | None = None) -> FastAPI:
     return app
 
 
+ROUTES = ("/v1/chat/completions", "/v1/models", "/health", "/metrics")
+
+
+def _owner(request: Request) -> str:
+    """Whose uuids a request may use: a digest of its bearer token (so a uuid never crosses API keys)."""
+    token = request.headers.get("authorization", "").partition(" ")[2].strip()
+    return hashlib.sha256(token.encode("latin-1", "replace")).hexdigest()[:16]
+
+
 class _Guard:
     """ASGI middleware: the API-key check on /v1 routes, and request counts and latencies for the metrics."""
 
@@ -180,13 +248,14 @@ class _Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path, started, status = scope["path"], time.perf_counter(), [500]
+        label = path if path in ROUTES else "other"  # a fixed set of label values, whatever the client sends
         if self.key_digest is not None and path.startswith("/v1"):
             header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
             scheme, _, token = header.partition(" ")
             given = hashlib.sha256(token.strip().encode("latin-1")).digest()
             if scheme.lower() != "bearer" or not hmac.compare_digest(given, self.key_digest):
                 error = ServeError(401, "a missing or wrong API key: send 'Authorization: Bearer KEY'")
-                self.metrics.inc("videoxl_requests_total", path=path, status=401)
+                self.metrics.inc("videoxl_requests_total", path=label, status=401)
                 response = JSONResponse(error.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
                 return await response(scope, receive, send)
 
@@ -225,8 +294,8 @@ async def _answer(qa: VideoQA, key: str, video: dict, req: ChatRequest, sampling
         raise ServeError(503, "the video's KV store was evicted twice while the request waited; retry") from None
 
 
-async def _stream(qa: VideoQA, key: str, video: dict, req: ChatRequest, sampling: Sampling, decoding: tuple[Selection, Generation],
-                  cancel: Cancel, cid: str, started: float):
+async def _stream(qa: VideoQA, key: str, video: dict, req: ChatRequest, sampling: Sampling,
+                  decoding: tuple[Selection, Generation], cancel: Cancel, cid: str, started: float, release):
     """SSE chunks as OpenAI sends them: the role, content deltas, the finish reason (with videoxl's report),
     optionally a usage chunk, then ``[DONE]``. Leaving early (the client went away) cancels the generation."""
     loop = asyncio.get_running_loop()
@@ -258,3 +327,4 @@ async def _stream(qa: VideoQA, key: str, video: dict, req: ChatRequest, sampling
         yield "data: [DONE]\n\n"
     finally:
         cancel.event.set()
+        release()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .protocol import ServeError
 
+DATA_BLOCK = 4 << 20  # characters of a data URL decoded at a time (a multiple of 4: whole base64 quanta)
 IMAGE_TYPES = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp", "image/gif": ".gif",
                "image/bmp": ".bmp"}
 
@@ -71,9 +72,9 @@ class MediaResolver:
         self._lock = threading.Lock()
 
     def resolve(self, url: str, kind: str = "video") -> Media:
-        scheme = urllib.parse.urlsplit(url).scheme.lower() if "://" in url or url.startswith("data:") else ""
-        if scheme == "data":
+        if url[:5].lower() == "data:":  # before urlsplit, which would copy a URL of hundreds of megabytes
             return self._data(url, kind)
+        scheme = urllib.parse.urlsplit(url).scheme.lower() if "://" in url else ""
         if scheme in ("http", "https"):
             return self._http(url, kind)
         if scheme == "file":
@@ -123,25 +124,36 @@ class MediaResolver:
 
     # -- data: URLs ---------------------------------------------------------------------------------------------
     def _data(self, url: str, kind: str) -> Media:
-        header, sep, payload = url[5:].partition(",")
-        if not sep or not header.endswith(";base64"):
+        comma = url.find(",")
+        header = url[5:comma] if comma > 0 else ""
+        if not header.endswith(";base64") or len(header) > 256:
             raise ServeError(400, "data URLs must be base64: data:video/mp4;base64,...")
-        if len(payload) * 3 // 4 > self.policy.max_bytes + 2:
-            raise ServeError(413, f"the data URL holds about {len(payload) * 3 // 4} bytes; the limit is "
-                                  f"{self.policy.max_bytes}")
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise ServeError(400, "the data URL is not valid base64") from None
-        return self._write(data, IMAGE_TYPES.get(header[:-7].lower(), ".mp4") if kind == "image" else ".mp4")
+        size = (len(url) - comma - 1) * 3 // 4
+        if size > self.policy.max_bytes + 2:
+            raise ServeError(413, f"the data URL holds about {size} bytes; the limit is {self.policy.max_bytes}")
+        suffix = IMAGE_TYPES.get(header[:-7].lower(), ".mp4") if kind == "image" else ".mp4"
+        # decoded block by block straight into the file: the URL is never copied whole
+        blocks = (base64.b64decode(url[i:i + DATA_BLOCK], validate=True)
+                  for i in range(comma + 1, len(url), DATA_BLOCK))
+        return self._write(blocks, suffix, "the data URL is not valid base64")
 
-    def _write(self, data: bytes, suffix: str) -> Media:
-        digest = hashlib.sha256(data).hexdigest()
+    def _write(self, blocks, suffix: str, invalid: str = "") -> Media:
+        """Write ``blocks`` of bytes to a scratch file named by their SHA-256."""
+        digest = hashlib.sha256()
         self.scratch.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=suffix, prefix=digest[:16] + "-", dir=self.scratch)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return Media(Path(tmp), digest, temporary=True)
+        fd, tmp = tempfile.mkstemp(suffix=suffix, prefix="media-", dir=self.scratch)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for block in blocks:
+                    digest.update(block)
+                    f.write(block)
+        except (binascii.Error, ValueError):
+            Path(tmp).unlink(missing_ok=True)
+            raise ServeError(400, invalid) from None
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return Media(Path(tmp), digest.hexdigest(), temporary=True)
 
     # -- http(s) --------------------------------------------------------------------------------------------------
     def allowed_host(self, url: str) -> bool:
@@ -149,6 +161,9 @@ class MediaResolver:
         return any(host == d or host.endswith("." + d) for d in self.policy.domains)
 
     def _http(self, url: str, kind: str) -> Media:
+        netloc = urllib.parse.urlsplit(url).netloc
+        if "@" in netloc or "\\" in netloc or any(c.isspace() or ord(c) < 32 for c in url):
+            raise ServeError(400, "media URLs may not carry user names, backslashes or spaces in the host part")
         if not self.allowed_host(url):
             raise ServeError(403, f"media from {urllib.parse.urlsplit(url).hostname!r} is not allowed: start the "
                                   "server with --allowed-media-domains listing it")
@@ -179,8 +194,8 @@ class MediaResolver:
                 ctype = response.headers.get_content_type()
         except urllib.error.HTTPError as e:
             raise ServeError(400, f"fetching the media failed: HTTP {e.code}") from None
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
+        except (urllib.error.URLError, OSError, TimeoutError, ValueError) as e:  # http.client.InvalidURL: ValueError
             raise ServeError(400, f"fetching the media failed: {getattr(e, 'reason', e)}") from None
         suffix = IMAGE_TYPES.get(ctype, Path(urllib.parse.urlsplit(url).path).suffix or ".jpg") \
             if kind == "image" else ".mp4"
-        return self._write(b"".join(blocks), suffix)
+        return self._write(blocks, suffix)

@@ -11,11 +11,16 @@ Requests follow vLLM's conventions for video: a user message holds ``text`` part
 
 from __future__ import annotations
 
+import json
 import time
+import unicodedata
 import uuid as uuidlib
 from dataclasses import dataclass, field
+from typing import Annotated, Literal, Union
 
-from .. import decoding
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
+
+from .. import decoding, defaults
 from ..errors import OptionError
 
 
@@ -40,11 +45,13 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
 
 @dataclass(frozen=True)
 class MediaRef:
-    """The video (or image) a request is about: a URL to fetch, a uuid naming it, or both."""
+    """The video (or image) a request is about: a URL to fetch, a uuid naming it, or both; ``where`` names the
+    request part it came from (for messages about it)."""
 
     kind: str  # "video" or "image"
     url: str | None
     uuid: str | None
+    where: str = "messages"
 
 
 @dataclass
@@ -62,38 +69,161 @@ class ChatRequest:
     decoding: dict = field(default_factory=dict)  # the decoding options the request states, by field name
 
 
-def _number(body: dict, name: str, kind: type, low: float | None = None, high: float | None = None,
-            where: str | None = None):
-    value = body.get(name)
-    if value is None:
-        return None
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is int:
-        ok = ok and float(value).is_integer()
-    if not ok:
-        raise ServeError(400, f"'{where or name}' must be {'an integer' if kind is int else 'a number'}, "
-                              f"got {value!r}", param=where or name)
-    value = kind(value)
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise ServeError(400, f"'{where or name}' must lie in [{low}, {high}], got {value}", param=where or name)
+# -- the request body as JSON: numbers and nesting bounded before any field is looked at ---------------------------
+MAX_DEPTH = 32  # a chat request nests about 6 levels
+MAX_DIGITS = 40  # longer integers are refused, not parsed (Python's int() of 5,000 digits raises)
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise ServeError(400, f"a number with {len(text)} digits in the request body; numbers have at most "
+                              f"{MAX_DIGITS}")
+    return int(text)
+
+
+def _constant(name: str):
+    raise ServeError(400, f"{name} is not a number JSON allows; send a finite number")
+
+
+def parse_json(body: str | bytes | bytearray) -> object:
+    """The request body as JSON; ServeError(400) for invalid JSON, NaN/Infinity, huge integers or nesting deeper
+    than :data:`MAX_DEPTH`."""
+    try:
+        value = json.loads(body, parse_int=_int, parse_constant=_constant)
+    except RecursionError:
+        raise ServeError(400, f"the request body nests deeper than {MAX_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise ServeError(400, f"the request body is not valid JSON ({e})") from None
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > MAX_DEPTH:
+                    raise ServeError(400, f"the request body nests deeper than {MAX_DEPTH} levels")
+                stack.append((child, depth + 1))
     return value
 
 
-def _media_part(part: dict) -> MediaRef:
-    kind = "video" if part["type"] == "video_url" else "image"
-    inner = part.get(part["type"])
-    if inner is not None and not isinstance(inner, (dict, str)):
-        raise ServeError(400, f"'{part['type']}' must be an object with a 'url'", param="messages")
-    url = inner.get("url") if isinstance(inner, dict) else inner
-    uuid = part.get("uuid")
-    if url is not None and not isinstance(url, str):
-        raise ServeError(400, f"'{part['type']}.url' must be a string", param="messages")
-    if uuid is not None and (not isinstance(uuid, str) or not uuid or len(uuid) > 256):
-        raise ServeError(400, "'uuid' must be a non-empty string of at most 256 characters", param="messages")
-    if url is None and uuid is None:
-        raise ServeError(400, f"a '{part['type']}' part needs a url, or a uuid sent with a url before",
+# -- the schema ----------------------------------------------------------------------------------------------------
+Int = Annotated[int, Strict()]
+Number = Annotated[float, Field(allow_inf_nan=False)]
+Flag = Annotated[bool, Strict()]
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(_Part):
+    type: Literal["text"]
+    text: str
+
+
+class UrlObject(_Part):
+    url: str | None = None
+
+
+class VideoPart(_Part):
+    type: Literal["video_url"]
+    video_url: UrlObject | str | None = None
+    uuid: str | None = Field(None, min_length=1, max_length=256)
+
+
+class ImagePart(_Part):
+    type: Literal["image_url"]
+    image_url: UrlObject | str | None = None
+    uuid: str | None = Field(None, min_length=1, max_length=256)
+
+
+Part = Annotated[Union[TextPart, VideoPart, ImagePart], Field(discriminator="type")]
+
+
+class Message(_Part):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[Part] | None = None
+
+
+class VideoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    num_frames: Int | None = Field(None, ge=1, le=defaults.FRAMES_LIMIT)
+    fps: Number | None = Field(None, ge=1e-3, le=240)
+    max_fps: Number | None = Field(None, ge=1e-3, le=240)
+
+
+class MediaOptions(_Part):
+    video: VideoOptions | None = None
+
+
+class StreamOptions(_Part):
+    include_usage: Flag = False
+
+
+class ChatBody(BaseModel):
+    """The fields of a /v1/chat/completions body that the server reads, with their bounds, except the decoding
+    options (checked by their declarations in ``videoxl.decoding``, :func:`_decoding`); other OpenAI fields are
+    ignored, except those it cannot honour (:data:`UNSUPPORTED`), which are refused."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    n: Int = Field(1, ge=1, le=1)
+    stream: Flag = False
+    stream_options: StreamOptions | None = None
+    media_io_kwargs: MediaOptions | None = None
+    max_frames: Int | None = Field(None, ge=1, le=defaults.FRAMES_LIMIT)
+    fps: Number | None = Field(None, ge=1e-3, le=240)
+
+
+# OpenAI fields whose meaning the server cannot honour: refused rather than silently ignored (as vLLM does)
+UNSUPPORTED = {"response_format": "structured output", "tools": "tool calls", "tool_choice": "tool calls",
+               "functions": "function calls", "function_call": "function calls", "logprobs": "log probabilities",
+               "top_logprobs": "log probabilities"}
+
+
+def _unsupported(body: dict) -> None:
+    for name, what in UNSUPPORTED.items():
+        value = body.get(name)
+        if value in (None, False, [], "none") or (name == "response_format" and value == {"type": "text"}):
+            continue
+        raise ServeError(400, f"'{name}': {what} are not supported by this server", param=name)
+
+
+TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _schema_error(e: ValidationError) -> ServeError:
+    """The 400 for a body that does not fit :class:`ChatBody`: its deepest error (for a union, the branch that
+    got furthest), with the field's path as the client wrote it (``messages[0].content[1].text``)."""
+    errors = e.errors(include_url=False, include_input=False)
+    first = max(reversed(errors), key=lambda err: len(err["loc"]))
+    where, last = "", None
+    for p in first["loc"]:
+        if isinstance(p, int):
+            where += f"[{p}]"
+        elif p not in TYPE_NAMES and p != last and not any(c in p for c in "[-") and not p[:1].isupper():
+            where += ("." if where else "") + p
+        last = p
+    where = where or "body"
+    return ServeError(400, f"'{where}': {first['msg']}", param=where.split(".")[0].split("[")[0])
+
+
+def _invisible(text: str) -> bool:
+    """True if ``text`` shows nothing: only whitespace and format characters (zero-width space, BOM, joiners)."""
+    return all(c.isspace() or unicodedata.category(c) in ("Cf", "Cc", "Zs", "Zl", "Zp") for c in text)
+
+
+def _media(part: VideoPart | ImagePart, where: str) -> MediaRef:
+    kind = "video" if part.type == "video_url" else "image"
+    inner = getattr(part, part.type)
+    url = inner.url if isinstance(inner, UrlObject) else inner
+    if url is not None and not url.strip():
+        raise ServeError(400, f"'{where}.{part.type}.url' is empty", param="messages")
+    if url is None and part.uuid is None:
+        raise ServeError(400, f"a '{part.type}' part needs a url, or a uuid sent with a url before",
                          param="messages")
-    return MediaRef(kind, url, uuid)
+    return MediaRef(kind, url, part.uuid, where)
 
 
 def parse_chat(body: object, max_question_chars: int, max_tokens_limit: int) -> ChatRequest:
@@ -105,34 +235,27 @@ def parse_chat(body: object, max_question_chars: int, max_tokens_limit: int) -> 
     """
     if not isinstance(body, dict):
         raise ServeError(400, "the request body must be a JSON object")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ServeError(400, "'messages' must be a non-empty list", param="messages")
+    _unsupported(body)
+    try:
+        req = ChatBody.model_validate(body)
+    except ValidationError as e:
+        raise _schema_error(e) from None
     media: list[MediaRef] = []
     question = None
-    for m in messages:
-        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant"):
-            raise ServeError(400, "each message needs a role: system, developer, user or assistant",
-                             param="messages")
-        content = m.get("content")
-        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
-        if not isinstance(parts, list):
-            raise ServeError(400, "a message's 'content' must be a string or a list of parts", param="messages")
+    for i, m in enumerate(req.messages):
+        parts = [TextPart(type="text", text=m.content)] if isinstance(m.content, str) else m.content or []
         texts = []
-        for part in parts:
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind == "text":
-                if not isinstance(part.get("text"), str):
-                    raise ServeError(400, "a text part needs a string 'text'", param="messages")
-                texts.append(part["text"])
-            elif kind in ("video_url", "image_url") and m["role"] == "user":
-                media.append(_media_part(part))
+        for j, part in enumerate(parts):
+            if isinstance(part, TextPart):
+                texts.append(part.text)
+            elif m.role == "user":
+                media.append(_media(part, f"messages[{i}].content[{j}]"))
             else:
-                raise ServeError(400, f"unsupported content part {kind!r} in a {m['role']} message: use 'text', "
-                                      "'video_url' or 'image_url'", param="messages")
-        if m["role"] == "user":
+                raise ServeError(400, f"'{part.type}' in a {m.role} message: media go in user messages",
+                                 param="messages")
+        if m.role == "user":
             question = "\n".join(texts)
-    if question is None or not question.strip():
+    if question is None or _invisible(question):
         raise ServeError(400, "the last user message has no text: ask a question", param="messages")
     if len(question) > max_question_chars:
         raise ServeError(400, f"the question has {len(question)} characters; the limit is {max_question_chars}",
@@ -140,35 +263,12 @@ def parse_chat(body: object, max_question_chars: int, max_tokens_limit: int) -> 
     if len(media) > 1:
         raise ServeError(400, f"{len(media)} media parts; send one video or image per conversation",
                          param="messages")
-    if body.get("n", 1) != 1:
-        raise ServeError(400, "only n=1 is supported", param="n")
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise ServeError(400, "'model' must be a string", param="model")
-    if body.get("stream") is not None and not isinstance(body["stream"], bool):
-        raise ServeError(400, "'stream' must be true or false", param="stream")
-    stream_options = body.get("stream_options") or {}
-    if not isinstance(stream_options, dict):
-        raise ServeError(400, "'stream_options' must be an object", param="stream_options")
-    decoding = _decoding(body)
-    media_kwargs = body.get("media_io_kwargs") or {}
-    video_kwargs = media_kwargs.get("video", {}) if isinstance(media_kwargs, dict) else None
-    if not isinstance(video_kwargs, dict):
-        raise ServeError(400, "'media_io_kwargs' must look like {\"video\": {\"num_frames\": N, \"fps\": F}}",
-                         param="media_io_kwargs")
-    unknown = set(video_kwargs) - {"num_frames", "fps", "max_fps"}
-    if unknown:
-        raise ServeError(400, f"unknown media_io_kwargs.video option(s): {', '.join(sorted(unknown))}; "
-                              "use num_frames, fps, max_fps", param="media_io_kwargs")
-    where = "media_io_kwargs.video."
+    video = req.media_io_kwargs.video if req.media_io_kwargs and req.media_io_kwargs.video else VideoOptions()
     return ChatRequest(
-        model=model, question=question, media=media[0] if media else None,
-        stream=bool(body.get("stream", False)), include_usage=bool(stream_options.get("include_usage", False)),
-        num_frames=_number(video_kwargs, "num_frames", int, 1, None, where + "num_frames")
-        or _number(body, "max_frames", int, 1, None),
-        fps=_number(video_kwargs, "fps", float, 1e-3, 240, where + "fps") or _number(body, "fps", float, 1e-3, 240),
-        max_fps=_number(video_kwargs, "max_fps", float, 1e-3, 240, where + "max_fps"),
-        decoding=decoding,
+        model=req.model, question=question, media=media[0] if media else None,
+        stream=req.stream, include_usage=bool(req.stream_options and req.stream_options.include_usage),
+        num_frames=video.num_frames or req.max_frames, fps=video.fps or req.fps, max_fps=video.max_fps,
+        decoding=_decoding(body),
     )
 
 

@@ -1,8 +1,10 @@
 """One thread does all model work, so the model is never entered by two requests at once.
 
-Questions go first. An ingest runs when no question waits, and lets waiting questions run between its chunks
-(its progress callback calls :meth:`Scheduler.serve_questions`), so a long video being pre-filled does not hold
-up questions about videos that are ready. The queue is bounded: a full queue refuses new work at once.
+Questions go first. An ingest runs when no question waits, and lets the questions waiting at that moment run
+between its chunks (its progress callback calls :meth:`Scheduler.serve_questions`), so a long video being
+pre-filled does not hold up questions about videos that are ready. An ingest that has waited ``ingest_after_s``
+goes next even while questions keep coming, so a steady stream of questions cannot starve a new video. The queue
+is bounded: a full queue refuses new work at once.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
+import time
 from collections import deque
 from typing import Callable
 
@@ -23,8 +26,8 @@ class QueueFull(Exception):
 class Scheduler:
     """A bounded two-class job queue (questions before ingests) drained by one worker thread."""
 
-    def __init__(self, max_queue: int):
-        self.max_queue = max_queue
+    def __init__(self, max_queue: int, ingest_after_s: float = 1.0):
+        self.max_queue, self.ingest_after_s = max_queue, ingest_after_s
         self._questions: deque = deque()
         self._ingests: deque = deque()
         self._cv = threading.Condition()
@@ -44,7 +47,10 @@ class Scheduler:
                 raise QueueFull("the server is shutting down")
             if self.depth >= self.max_queue:
                 raise QueueFull(f"{self.depth} requests are waiting for the model")
-            (self._questions if question else self._ingests).append((fn, future))
+            if question:
+                self._questions.append((fn, future))
+            else:
+                self._ingests.append((fn, future, time.monotonic()))
             self._cv.notify()
         return future
 
@@ -52,7 +58,9 @@ class Scheduler:
         """Run the questions waiting now (called by an ingest between its chunks, on the worker thread)."""
         if threading.current_thread() is not self._thread:
             return
-        while True:
+        with self._cv:
+            waiting = len(self._questions)  # not those that come meanwhile: the ingest's next chunk is due
+        for _ in range(waiting):
             with self._cv:
                 if not self._questions:
                     return
@@ -89,5 +97,6 @@ class Scheduler:
                     self._cv.wait()
                 if self._stopping and not self._questions and not self._ingests:
                     return
-                job = (self._questions or self._ingests).popleft()
+                overdue = self._ingests and time.monotonic() - self._ingests[0][2] >= self.ingest_after_s
+                job = self._ingests.popleft()[:2] if overdue or not self._questions else self._questions.popleft()
             self._run(*job)

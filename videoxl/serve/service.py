@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,6 +24,7 @@ from .. import defaults
 from ..decoding import Generation, Selection
 from ..engine.decode import Answer
 from ..engine.prefill import PrefillConfig
+from ..errors import InputError
 from ..pipeline import ingest
 from .media import Media, MediaResolver
 from .metrics import Metrics
@@ -31,6 +33,8 @@ from .scheduler import QueueFull, Scheduler
 from .tiers import KVTiers
 
 log = logging.getLogger(__name__)
+
+MAX_UUIDS = 100_000  # uuids remembered (each names a key); the least recently used are forgotten
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class ServeConfig:
     max_queue: int = 16
     request_timeout_s: float = 600.0
     max_media_bytes: int = 512 * 2**20
+    max_bodies_bytes: int = 2**30  # request bodies read or handled at once; beyond it new requests get 429
 
     @property
     def max_body_bytes(self) -> int:
@@ -113,6 +118,7 @@ class VideoQA:
         self.tiers, self.resolver, self.metrics = tiers, resolver, metrics
         self.scheduler = Scheduler(config.max_queue)
         self.pending: dict[str, asyncio.Future] = {}  # key -> the ingest in flight (event loop only)
+        self.uuids: OrderedDict[tuple, str] = OrderedDict()  # (owner, uuid, sampling) -> key, least recent first
         self.ingesting = 0
         metrics.gauges["videoxl_ingesting"] = lambda: {(): self.ingesting}
         metrics.gauges["videoxl_queue_depth"] = lambda: {(): self.scheduler.depth}
@@ -131,27 +137,39 @@ class VideoQA:
             raise ServeError(429, f"the server is busy ({e}); retry later") from None
 
     # -- videos -------------------------------------------------------------------------------------------------
-    async def video(self, ref: MediaRef, sampling: Sampling, cancel: Cancel) -> tuple[str, dict]:
+    async def video(self, ref: MediaRef, sampling: Sampling, cancel: Cancel, owner: str = "") -> tuple[str, dict]:
         """The key of the pre-filled video ``ref`` names, pre-filling it first if no store has it; and what that
-        cost: {"reused": bool, "shared": bool, "seconds": {...}}."""
-        key = self.key(f"uuid:{ref.uuid}", sampling) if ref.uuid else None
-        if key is not None and (key in self.tiers or key in self.pending):
-            return key, await self._wait(key, cancel)
+        cost: {"reused": bool, "shared": bool, "seconds": {...}}.
+
+        A video is keyed by its content. A ``uuid`` names the video last sent with it by the same ``owner`` (a
+        digest of the client's API key), so a later request may send the uuid alone; a uuid sent with other
+        media names the new video from then on (its media is always fetched and hashed, never trusted).
+        """
+        named = (owner, ref.uuid, sampling) if ref.uuid else None
         if ref.url is None:
-            raise ServeError(404, f"no video with uuid {ref.uuid!r} (and this sampling) is stored: send its url "
-                                  "together with the uuid once", param="messages")
+            key = self.uuids.get(named)
+            if key is None or (key not in self.tiers and key not in self.pending):
+                raise ServeError(404, f"no video with uuid {ref.uuid!r} (and this sampling) is stored: send its "
+                                      "url together with the uuid once", param="messages")
+            self.uuids.move_to_end(named)
+            return key, await self._wait(key, cancel)
         started = time.perf_counter()
         media = await asyncio.to_thread(self.resolver.resolve, ref.url, ref.kind)
         fetched = time.perf_counter() - started
-        if key is None:
-            key = self.key(f"sha256:{media.sha256}", sampling)
+        key = self.key(f"sha256:{media.sha256}", sampling)
+        if named is not None:
+            self.uuids[named] = key
+            self.uuids.move_to_end(named)
+            while len(self.uuids) > MAX_UUIDS:
+                self.uuids.popitem(last=False)
         if key in self.tiers or key in self.pending:
             media.release()
             info = await self._wait(key, cancel)
             info["seconds"]["media"] = fetched
             return key, info
+        submitted = time.perf_counter()
         try:
-            future = self._submit(lambda: self._ingest(key, media, sampling), question=False)
+            future = self._submit(lambda: self._ingest(key, media, sampling, ref.where, submitted), question=False)
         except ServeError:
             media.release()
             raise
@@ -173,13 +191,19 @@ class VideoQA:
         except asyncio.TimeoutError:
             raise ServeError(504, "the request ran out of time while the video was being pre-filled") from None
 
-    def _ingest(self, key: str, media: Media, sampling: Sampling) -> dict:
+    def _ingest(self, key: str, media: Media, sampling: Sampling, where: str, submitted: float) -> dict:
         """On the worker: decode, encode and pre-fill; questions about ready videos run between chunks."""
+        queued = time.perf_counter() - submitted
         self.ingesting += 1
         try:
             session = ingest(self.model, str(media.path), max_frames=sampling.max_frames, fps=sampling.fps,
                                         max_fps=sampling.max_fps, prefill_config=self.config.prefill,
                                         on_progress=lambda *_: self.scheduler.serve_questions())
+        except InputError as e:
+            if not media.temporary:
+                raise
+            # the file is the server's scratch copy: name the request's media part instead of its path
+            raise type(e)(str(e).replace(str(media.path), where)) from None
         finally:
             self.ingesting -= 1
             media.release()
@@ -187,7 +211,7 @@ class VideoQA:
         self.metrics.inc("videoxl_ingests_total")
         log.info("pre-filled %s: %d frames, %d tokens, %.2f s", key, session.stats.frames, session.stats.tokens,
                  sum(session.stats.seconds.values()))
-        return dict(session.stats.seconds)
+        return {"queue": queued, **session.stats.seconds}
 
     # -- questions ------------------------------------------------------------------------------------------------
     async def answer(self, key: str, question: str, config: tuple[Selection, Generation], cancel: Cancel,

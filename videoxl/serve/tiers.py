@@ -4,12 +4,16 @@ A new store lands on the model's device. When a tier is over budget its least re
 GPU -> CPU memory -> disk -> deleted. A question on a store that moved down brings it back to the model's device
 first, so decoding always reads the same bytes on the same device and answers stay token-identical.
 
-On disk a store is two files named by its key: ``KEY.safetensors`` (the tensors of ``KVStore.state_dict``) and
-``KEY.json``, a manifest written last (the commit point) with the format version, the model fingerprint, the
-tensor file's size and SHA-256, and what is needed to rebuild the session. Both are written to a temporary name,
+On disk the tier owns one subfolder of the folder it is given, ``videoxl-kv/``, which it creates with a marker file
+and in which it touches nothing else: it never deletes a file outside it, and refuses to start on a subfolder that
+lacks the marker or holds a file that is not a store's. A store is two files named by its key:
+``KEY.safetensors`` (the tensors of ``KVStore.state_dict``) and ``KEY.json``, a manifest written last (the commit
+point) with the format version, the model fingerprint, the tensor file's size and SHA-256, what is needed to
+rebuild the session, and a SHA-256 over all of that. Both are written to a temporary name,
 fsynced and renamed, so a crash leaves either a complete store or leftovers that the next start deletes. A store
-whose manifest or tensors do not check out (cut short, another model, another format) is deleted with a log
-line, never loaded. Nothing is unpickled: safetensors and JSON only.
+whose manifest or tensors do not check out (cut short, edited, another model, another format), or that fails to
+rebuild, is deleted with a log line and never used: its video is pre-filled again. Nothing is unpickled:
+safetensors and JSON only.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -31,6 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from ..engine.prefill import PrefillConfig, PrefilledVideo, PrefillStats
 from ..engine.store import KVStore
+from ..errors import InputError
 from ..pipeline import IngestStats, Session
 
 log = logging.getLogger(__name__)
@@ -68,12 +74,46 @@ class StoreFileError(Exception):
     """A store on disk that must not be loaded; the message says why."""
 
 
+SUBFOLDER, MARKER = "videoxl-kv", ".videoxl-kv-tier"
+_STORE_FILE = re.compile(r"[A-Za-z0-9_-]{1,128}\.(json|safetensors)")
+
+
+class ForeignFolderError(InputError):
+    """A disk-tier folder holding files the tier did not write; the tier refuses it rather than delete them."""
+
+
+def _manifest_digest(manifest: dict) -> str:
+    return hashlib.sha256(json.dumps({k: v for k, v in manifest.items() if k != "checksum"}, sort_keys=True,
+                                     separators=(",", ":")).encode()).hexdigest()
+
+
+def own_folder(folder: str | os.PathLike) -> Path:
+    """The tier's subfolder of ``folder``, created with its marker file if new; ForeignFolderError if it exists
+    without the marker or holds anything but the tier's own files."""
+    path = Path(folder) / SUBFOLDER
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        names = sorted(p.name for p in path.iterdir())
+        if not names:
+            (path / MARKER).write_text("videoxl KV tier: files here are written and deleted by `videoxl serve`\n")
+            names = [MARKER]
+    except OSError as e:
+        raise ForeignFolderError(f"--disk-kv-dir {folder}: cannot use {path} ({e.strerror or e})") from None
+    if MARKER not in names:
+        raise ForeignFolderError(f"--disk-kv-dir {folder}: {path} exists but was not made by videoxl (no {MARKER}); "
+                                 "move it away or choose another folder")
+    foreign = [n for n in names if n != MARKER and not n.startswith(".tmp-") and not _STORE_FILE.fullmatch(n)]
+    if foreign:
+        raise ForeignFolderError(f"--disk-kv-dir {folder}: {path} holds files videoxl did not write "
+                                 f"({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); move them away")
+    return path
+
+
 class DiskStores:
-    """Stores as safetensors + JSON manifest files in one folder, for one model."""
+    """Stores as safetensors + JSON manifest files in the tier's own subfolder of ``folder``, for one model."""
 
     def __init__(self, folder: str | os.PathLike, fingerprint: str):
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = own_folder(folder)
         self.fingerprint = fingerprint
         self.version = videoxl_version()
 
@@ -109,6 +149,7 @@ class DiskStores:
                 h.update(block)
         manifest = {"format": FORMAT, "videoxl": self.version, "model": self.fingerprint, "key": key,
                     "bytes": size, "sha256": h.hexdigest(), "memory_bytes": store_bytes(state), "meta": meta}
+        manifest["checksum"] = _manifest_digest(manifest)
         self._write_atomically(manifest_path, lambda p: p.write_text(json.dumps(manifest)))
         return size + manifest_path.stat().st_size
 
@@ -118,7 +159,7 @@ class DiskStores:
             manifest = json.loads(manifest_path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise StoreFileError(f"unreadable manifest ({e})") from None
-        if not isinstance(manifest, dict):
+        if not isinstance(manifest, dict) or "format" not in manifest:
             raise StoreFileError("the manifest is not a JSON object")
         if manifest.get("format") != FORMAT or manifest.get("videoxl") != self.version:
             raise StoreFileError(f"written by another version (format {manifest.get('format')}, videoxl "
@@ -134,12 +175,22 @@ class DiskStores:
         if size != manifest.get("bytes"):
             raise StoreFileError(f"the tensor file has {size} bytes, the manifest says {manifest.get('bytes')} "
                                  "(cut short?)")
+        if manifest.get("checksum") != _manifest_digest(manifest):
+            raise StoreFileError("the manifest's checksum does not match its content (edited or corrupt)")
         return manifest
 
     def scan(self) -> list[tuple[str, dict, int, float]]:
         """(key, manifest, bytes on disk, mtime) of every valid store, oldest first; leftovers and invalid
         stores are deleted with a log line."""
         found = []
+        for manifest_path in self.folder.glob("*.json"):  # before anything is deleted: is every .json ours?
+            try:
+                manifest = json.loads(manifest_path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                continue  # a manifest cut short by a crash: discarded below
+            if not isinstance(manifest, dict) or manifest.get("key") != manifest_path.stem:
+                raise ForeignFolderError(f"{manifest_path}: not a manifest videoxl wrote; move it out of "
+                                         f"{self.folder}")
         for path in self.folder.iterdir():
             if path.name.startswith(".tmp-"):
                 log.warning("deleting %s: an unfinished write (the server stopped while writing it)", path)
@@ -264,21 +315,32 @@ class KVTiers:
                 try:
                     e.store, e.meta = self.disk.read(key, self.device)
                 except StoreFileError as err:
-                    self.disk.discard(key, str(err))
-                    self.on_event("discarded")
-                    del self.entries[key]
+                    self._drop(key, str(err))
                     raise KeyError(key) from None
                 self.on_event("loaded", tier="disk")
             elif e.memory != self.home:
                 e.store = KVStore.from_state_dict(e.store.state_dict(), self.device)
                 self.on_event("loaded", tier=e.memory)
             if e.memory != self.home:
-                e.memory, e.nbytes = self.home, e.store.nbytes
-                e.session = rebuild_session(self.model, e.store, e.meta)
+                try:
+                    session = rebuild_session(self.model, e.store, e.meta)
+                except Exception as err:  # a manifest that checked out but does not fit: never answer from it
+                    self._drop(key, f"cannot rebuild the session ({type(err).__name__}: {err})")
+                    raise KeyError(key) from None
+                e.memory, e.nbytes, e.session = self.home, e.store.nbytes, session
             e.pins += 1
             self.entries.move_to_end(key)
             self._enforce()
             return e.session, found
+
+    def _drop(self, key: str, why: str) -> None:
+        """Forget a store that must not be used, deleting its files."""
+        if self.disk is not None:
+            self.disk.discard(key, why)
+        else:
+            log.warning("discarding KV %s: %s", key, why)
+        self.on_event("discarded")
+        del self.entries[key]
 
     def release(self, key: str) -> None:
         with self.lock:

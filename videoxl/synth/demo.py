@@ -33,9 +33,18 @@ def demo_video(path: str | Path | None = None) -> Path:
     A file already there is used only if it is the whole demo (every frame present); anything else, such as a copy
     cut short, is written again.
     """
+    in_cache = path is None
     path = Path(path) if path is not None else cache_dir() / "demo.mp4"
     if not _is_whole_demo(path):
-        write(demo_script()[0], path)
+        try:
+            write(demo_script()[0], path)
+        except OSError as e:
+            if not in_cache:
+                raise
+            from ..errors import InputError
+
+            raise InputError(f"cannot write the demo video in the cache folder {path.parent} "
+                             f"({e.strerror or e}); set VIDEOXL_CACHE to a writable folder") from None
     return path
 
 

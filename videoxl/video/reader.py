@@ -35,6 +35,16 @@ class VideoInfo:
     keyframes: list[int]  # indices (into pts) of keyframes
     width: int
     height: int
+    average_rate: float | None = None  # the container's average frame rate (FFmpeg's avg_frame_rate), if it has one
+
+    @property
+    def native_fps(self) -> float:
+        """Frames per second, as the published harness reads it (decord's ``get_avg_fps``): the container's average
+        rate; where the container has none, the frame count over the span of the frame times."""
+        if self.average_rate:
+            return self.average_rate
+        duration = self.duration
+        return (self.frames - 1) / duration if duration > 0 else 1.0
 
     @property
     def frames(self) -> int:
@@ -54,6 +64,18 @@ URL_SCHEMES = ("http://", "https://", "ftp://", "rtsp://", "rtmp://", "s3://", "
 
 
 NOT_VIDEO_FORMATS = {"tty"}
+
+# The largest frame accepted, in pixels (4096 x 4096; 4K UHD is 3840 x 2160). Frames are shrunk to 384 x 384
+# for the vision tower anyway, and one RGB frame of 16000 x 16000 alone takes 768 MB: a few hundred kilobytes of
+# video or PNG could otherwise take gigabytes of memory.
+MAX_PIXELS = 4096 * 4096
+
+
+def check_pixels(name: str, width: int, height: int) -> None:
+    """VideoError if a ``width`` x ``height`` frame exceeds :data:`MAX_PIXELS`."""
+    if width * height > MAX_PIXELS:
+        raise VideoError(f"{name}: frames of {width} x {height} pixels are larger than the limit of "
+                         f"{MAX_PIXELS:,} pixels per frame (4096 x 4096); scale the video down first")
 
 
 def check_file(path: str | os.PathLike) -> str:
@@ -113,6 +135,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     container = _open(path)
     try:
         stream = container.streams.video[0]
+        check_pixels(path, stream.codec_context.width, stream.codec_context.height)  # from the header, at once
         entries = []
         for packet in container.demux(stream):
             if packet.pts is None or packet.size == 0:
@@ -120,6 +143,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             entries.append((packet.pts, packet.is_keyframe))
         width, height = stream.codec_context.width, stream.codec_context.height
         time_base = float(stream.time_base)
+        average_rate = float(stream.average_rate) if stream.average_rate else None
     except av.FFmpegError as e:
         raise VideoError(f"{path}: corrupt or truncated video ({e})") from None
     finally:
@@ -129,7 +153,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     entries.sort()
     pts = [p for p, _ in entries]
     keyframes = [i for i, (_, key) in enumerate(entries) if key] or [0]
-    return VideoInfo(path, pts, time_base, keyframes, width, height)
+    return VideoInfo(path, pts, time_base, keyframes, width, height, average_rate)
 
 
 # Decoders whose AVDISCARD_NONREF drops only pictures that no other picture predicts from. H.264 marks them
@@ -192,6 +216,7 @@ def decode_frames(info: VideoInfo, indices: list[int], *, skip_unused: bool = Tr
             if frames is None or key > position + 1 or target <= position:
                 frames, position = decoded_from(key), -1
             frame, index = first_from(frames, target)
+            check_pixels(info.path, frame.width, frame.height)  # a stream whose header understated its size
             if skip and (index != target or frame.pts is None):
                 # the wanted frame did not come out as itself while skipping (a stream that breaks its own
                 # reference marks, or frames without timestamps): from here on decode everything, as without skipping

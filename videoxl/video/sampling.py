@@ -1,9 +1,12 @@
 """The reference frame-sampling rule (VectorSpaceLab/Video-XL ``Video-XL-2/eval/lvu/*/lmms_eval/models/videoxl2.py``,
 ``load_video``) and 4-frame grouping with timestamps.
 
-1 fps base; raised up to ``max_fps`` when ``max_frames`` allows; then ``linspace`` down to ``max_frames``. The frame
-count is padded to a multiple of 4 by repeating the last frame; each group carries the timestamp of its first frame
-rounded to 0.1 s. Timestamps come from the frames' presentation times, so variable-frame-rate video gets true times.
+1 fps base; raised up to ``max_fps`` when ``max_frames`` allows; then ``linspace`` down to ``max_frames``; the steps
+are counted in frames at the video's native rate (the container's average rate, as decord's ``get_avg_fps``). The
+frame count is padded to a multiple of 4 by repeating the last frame, as the model pads a video
+(``llava_arch.py``); the published evaluation harness instead drops the frames past the last multiple of 4 before
+the model sees them (``remainder="drop"``). Each group carries the timestamp of its first frame rounded to 0.1 s.
+Timestamps come from the frames' presentation times, so variable-frame-rate video gets true times.
 """
 
 from __future__ import annotations
@@ -63,15 +66,25 @@ class SampledFrames:
 
 
 def plan_frames(frame_times: list[float], fps: float = defaults.FPS,
-                max_fps: float | None = defaults.MAX_FPS, max_frames: int = defaults.MAX_FRAMES) -> SampledFrames:
-    """Apply the sampling rule to a video whose frames are shown at ``frame_times`` (seconds, ascending)."""
+                max_fps: float | None = defaults.MAX_FPS, max_frames: int = defaults.MAX_FRAMES,
+                native_fps: float | None = None, remainder: str = "pad") -> SampledFrames:
+    """Apply the sampling rule to a video whose frames are shown at ``frame_times`` (seconds, ascending).
+
+    ``native_fps`` is the video's frame rate (:attr:`VideoInfo.native_fps`); None estimates it from the frame
+    times. ``remainder`` completes the last group: "pad" repeats the last frame (the model's rule), "drop" leaves
+    out the frames past the last multiple of 4 (the published evaluation harness's ``load_video``; a video with
+    fewer than 4 sampled frames is still padded to one group, where the published code would fail)."""
+    if remainder not in ("pad", "drop"):
+        raise ValueError(f"remainder is 'pad' or 'drop', got {remainder!r}")
     n = len(frame_times)
-    duration = frame_times[-1] - frame_times[0] if n > 1 else 0.0
-    # average rate over the stream, as decord's get_avg_fps; exact for constant frame rate
-    native = (n - 1) / duration if duration > 0 else 1.0
-    indices = sample_indices(n, native, fps, max_fps, max_frames)
+    if native_fps is None or native_fps <= 0:
+        duration = frame_times[-1] - frame_times[0] if n > 1 else 0.0
+        native_fps = (n - 1) / duration if duration > 0 else 1.0
+    indices = sample_indices(n, native_fps, fps, max_fps, max_frames)
     if not indices:
         return SampledFrames([], [], [])
+    if remainder == "drop" and len(indices) >= FRAMES_PER_GROUP:
+        indices = indices[: len(indices) - len(indices) % FRAMES_PER_GROUP]
     pad = (-len(indices)) % FRAMES_PER_GROUP
     indices = indices + [indices[-1]] * pad
     times = [frame_times[i] for i in indices]

@@ -15,14 +15,17 @@ up selection files; ``scripts/*.sh`` hold the frame caps and pre-fill settings) 
 from __future__ import annotations
 
 import json
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from ...question import convert_times
+
 SYSTEM_PROMPT = "You are a helpful assistant."
-STOP = ("\n\n",)  # lmms-eval's default ``until`` for generate_until tasks: stop at a blank line
+# no stop strings: the published harness pops lmms-eval's ``until`` ("\n\n") from the generation arguments and
+# stops only at ``<|im_end|>`` (its KeywordsStoppingCriteria on the conversation separator), EOS or the token limit
+STOP: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,15 +69,6 @@ class Skipped:
 
     def row(self, run: str) -> dict:
         return {"task": self.task, "id": self.id, "run": run, "skipped": self.reason}
-
-
-def convert_times(text: str) -> str:
-    """The published model-side rewrite of every ``mm:ss`` in the prompt into ``"{seconds} seconds"``
-    (``convert_time_in_prompt`` in VectorSpaceLab/Video-XL ``eval/lvu/*/lmms_eval/models/videoxl2.py``)."""
-    for original in re.findall(r"(\d{2}:\d{2})", text):
-        minutes, seconds = map(int, original.split(":"))
-        text = text.replace(original, f"{minutes * 60 + seconds} seconds")
-    return text
 
 
 def chat_prompt(question: str, system: str = SYSTEM_PROMPT) -> str:

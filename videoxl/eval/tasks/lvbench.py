@@ -5,8 +5,10 @@ Files (THUDM/LVBench and its dataset card): ``video_info.meta.jsonl``, one video
 "time_reference"}], ...}``, and the videos as ``videos/<key>.mp4`` (or ``all_videos/``).
 
 Prompt and scoring as the published run (VectorSpaceLab/Video-XL ``Video-XL-2/eval/lvu/*/lmms_eval/tasks/lvbench/
-utils.py`` and ``lvbench_*.yaml``; its own copy of LVBench holds the stem and the options apart):
-``"{stem}\\nA. ...\\nB. ...\\nAnswer with the option's letter from the given choices directly."``. An answer is
+utils.py`` and ``lvbench_*.yaml``; its own copy of LVBench holds the stem and the candidates apart):
+``"{stem}\\nA. (A) ...\\nB. (B) ...\\nAnswer with the option's letter from the given choices directly."``: each
+candidate of that copy keeps its ``(A)`` letter (``"candidates": ["(A) 1636", ...]``), so both letters show, as
+in the published per-sample logs (``pure/logs/videoxl2-lvbench/*/lvbench_*.json``). An answer is
 normalised by ``mcq_acc`` (kept as published, including its period regex and the ``count`` passed as ``flags``)
 and compared with the gold letter; empty answers are left out of the published aggregate, so they are counted and
 reported here (``excluded_empty``), not hidden. Frames: at most 600; chunks see 11 previous ones
@@ -55,12 +57,14 @@ def normalise(answer: str) -> str:
 
 
 def split_question(question: str) -> tuple[str, list[str]]:
-    """("stem", [options]) of an LVBench question "stem\\n(A) a\\n(B) b..."."""
-    parts = re.split(r"\n\(([A-Z])\) ?", question)
-    stem, letters, options = parts[0], parts[1::2], parts[2::2]
-    if len(options) < 2 or letters != list(string.ascii_uppercase[: len(options)]):
+    """("stem", [candidates]) of an LVBench question "stem\\n(A) a\\n(B) b...". A candidate keeps its letter
+    ("(A) a"), as in the published harness's copy of LVBench, whose prompts therefore read ``A. (A) a``."""
+    parts = re.split(r"\n(?=\([A-Z]\))", question)
+    stem, candidates = parts[0], parts[1:]
+    letters = [c[1] for c in candidates]
+    if len(candidates) < 2 or letters != list(string.ascii_uppercase[: len(candidates)]):
         raise ValueError("options are not (A), (B), ... lines")
-    return stem, options
+    return stem, candidates
 
 
 class LVBench(Task):
