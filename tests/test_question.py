@@ -24,3 +24,16 @@ def test_mm_ss_times_become_seconds_as_published(text, expected):
 def test_text_without_mm_ss_is_unchanged(text):
     assert convert_times(text) == text
 
+
+
+def test_every_question_the_model_sees_is_rewritten():
+    """``ask``, the server and ``Session.ask`` all tokenize through ``question_ids``: the rewrite happens there, once
+    (it is idempotent, so an eval prompt rewritten before stays byte-equal)."""
+    from videoxl import DEFAULT_MODEL
+    from videoxl.model import checkpoint
+    from videoxl.model.videoxl2 import question_ids
+
+    tokenizer = checkpoint.load_tokenizer(DEFAULT_MODEL)
+    asked = question_ids(tokenizer, "What appears between 01:30-02:00?")
+    assert asked.tolist() == question_ids(tokenizer, "What appears between 90 seconds-120 seconds?").tolist()
+    assert convert_times(convert_times("at 01:30")) == convert_times("at 01:30")

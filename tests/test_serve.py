@@ -534,7 +534,7 @@ class _FakeSession:
         self.video = SimpleNamespace(store=SimpleNamespace(length=10))
         self.stats = SimpleNamespace(frames=4, tokens=10, seconds={"prefill": 0.3})
 
-    def ask(self, question, config, on_text=None):
+    def ask(self, question, selection=None, generation=None, on_text=None):
         from videoxl.engine.decode import Answer
 
         for _ in range(self.pieces):
@@ -586,21 +586,24 @@ class _FakeTiers:
         return {}
 
 
-def _fake_qa(pieces: int = 1):
+def _fake_qa(monkeypatch, pieces: int = 1):
+    from videoxl.serve import service
     from videoxl.serve.media import Media
     from videoxl.serve.metrics import Metrics
     from videoxl.serve.service import ServeConfig, VideoQA
+
+    monkeypatch.setattr(service, "ingest", lambda model, path, on_progress, **kw: model.ingest(path, on_progress))
 
     resolver = type("R", (), {"resolve": lambda self, url, kind: Media(Path(url), "sha-" + url)})()
     return VideoQA(_FakeModel(), "fake", "fp", ServeConfig(), _FakeTiers(pieces), resolver, Metrics())
 
 
-def test_worker_cancels_a_generation_whose_client_left():
+def test_worker_cancels_a_generation_whose_client_left(monkeypatch):
     import asyncio
 
     from videoxl.serve.service import Cancel, Cancelled
 
-    qa, received = _fake_qa(pieces=200), []
+    qa, received = _fake_qa(monkeypatch, pieces=200), []
     cancel = Cancel(time.monotonic() + 60)
 
     def on_text(piece):
@@ -619,13 +622,13 @@ def test_worker_cancels_a_generation_whose_client_left():
     qa.scheduler.stop()
 
 
-def test_worker_answers_questions_between_ingest_chunks_and_ingests_once():
+def test_worker_answers_questions_between_ingest_chunks_and_ingests_once(monkeypatch):
     import asyncio
 
     from videoxl.serve.protocol import MediaRef
     from videoxl.serve.service import Cancel, Sampling
 
-    qa = _fake_qa()
+    qa = _fake_qa(monkeypatch)
     qa.tiers.keys.add("ready")
     sampling = Sampling(8, 1.0, 4.0)
 

@@ -204,53 +204,35 @@ def _out_path(text: str | None, option: str, suffix: str | None = None) -> Path 
     return path
 
 
-def run_task(args) -> int:
-    from .benchmarks import append_row, prompt_record, read_rows, run, summarize
-    from .selection import Run, check_categories, read_selection
-    from .tasks import TASKS
-
-    task = TASKS[args.benchmark]
-    subtitles = getattr(args, "subtitles", False)
-    if args.data is not None and not Path(args.data).is_dir():
-        raise OptionError(f"--data {args.data}: not a folder (download the benchmark and give its folder)")
-    json_path, plot_path = _out_path(args.json, "--json"), _out_path(args.plot, "--plot", ".png")
-    prompts_path, rows_path = _out_path(args.prompts_only, "--prompts-only"), _out_path(args.rows, "--rows")
-    selection = read_selection(args.selection) if args.selection else None
-    the_run = Run(args.mode, selection, args.topk, args.decode_chunk, args.kv_budget)
-    if args.ray is not None:
-        _check_ray()
+def _data_folder(args, task, subtitles: bool) -> Path:
+    """``--data``, or the benchmark's files from its Hugging Face dataset (downloaded or cached)."""
     if args.data is not None:
-        data = Path(args.data)
-    elif task.hub is None:
+        return Path(args.data)
+    if task.hub is None:
         raise OptionError(f"{task.name}: give --data DIR (a folder with the benchmark's files)")
-    else:
-        from .hub import fetch
+    from .hub import fetch
 
-        data = fetch(task.name, task.hub, subtitles=subtitles)
-        print(f"{task.name}: the files of the Hugging Face dataset {task.hub.repo}, in {data}", file=sys.stderr)
-    samples, skipped = task.read(data, subtitles=subtitles)
-    if selection is not None:
-        labels = {task.selection_category(s.categories) for s in samples} - {None}
-        check_categories(selection, task.name, task.selection_field, labels)
-    if args.limit:
-        samples = samples[: args.limit]
-    for s in skipped:
-        print(f"skipped {s.id}: {s.reason}", file=sys.stderr)
-    if prompts_path:
-        with prompts_path.open("w", encoding="utf-8") as f:
-            for sample in samples:
-                f.write(json.dumps(prompt_record(task, sample, the_run, args.max_frames)) + "\n")
-            for s in skipped:
-                f.write(json.dumps({"task": task.name, "id": s.id, "skipped": s.reason}) + "\n")
-        print(f"{prompts_path}: {len(samples)} prompts, {len(skipped)} annotation rows skipped")
-        return 0
-    kept = read_rows(rows_path) if rows_path else []
-    done = {r["id"] for r in kept if r["run"] == the_run.label}
-    todo = [s for s in samples if s.id not in done]
-    if done:
-        print(f"{rows_path}: {len(samples) - len(todo)} of {len(samples)} samples already run ({the_run.label})",
-              file=sys.stderr)
+    data = fetch(task.name, task.hub, subtitles=subtitles)
+    print(f"{task.name}: the files of the Hugging Face dataset {task.hub.repo}, in {data}", file=sys.stderr)
+    return data
+
+
+def _write_prompts(path: Path, task, samples, skipped, the_run, max_frames) -> None:
+    """``--prompts-only``: every sample's prompt and sampling plan, and the annotation rows skipped, as JSON lines."""
+    from .benchmarks import prompt_record
+
+    with path.open("w", encoding="utf-8") as f:
+        for sample in samples:
+            f.write(json.dumps(prompt_record(task, sample, the_run, max_frames)) + "\n")
+        for s in skipped:
+            f.write(json.dumps({"task": task.name, "id": s.id, "skipped": s.reason}) + "\n")
+    print(f"{path}: {len(samples)} prompts, {len(skipped)} annotation rows skipped")
+
+
+def _run_samples(args, task, todo, the_run, rows_path: Path | None) -> list[dict]:
+    """The samples run locally (``--workers``) or as Ray tasks, each row appended to ``--rows`` as it comes."""
     from .. import DEFAULT_MODEL
+    from .benchmarks import append_row, run
 
     model = args.model or str(DEFAULT_MODEL)
     bar = None
@@ -269,14 +251,48 @@ def run_task(args) -> int:
         if args.ray is not None:
             from .distributed import run_ray
 
-            rows = run_ray(args.ray, model, task, todo, the_run, on_row=on_row,
+            return run_ray(args.ray, model, task, todo, the_run, on_row=on_row,
                            dtype=args.dtype, max_frames=args.max_frames)
-        else:
-            rows = run(model, task, todo, the_run, workers=args.workers, on_row=on_row,
-                       device=args.device, dtype=args.dtype, max_frames=args.max_frames)
+        return run(model, task, todo, the_run, workers=args.workers, on_row=on_row,
+                   device=args.device, dtype=args.dtype, max_frames=args.max_frames)
     finally:
         if bar is not None:
             bar.close()
+
+
+def run_task(args) -> int:
+    from .benchmarks import read_rows, summarize
+    from .selection import Run, check_categories, read_selection
+    from .tasks import TASKS
+
+    task = TASKS[args.benchmark]
+    subtitles = getattr(args, "subtitles", False)
+    if args.data is not None and not Path(args.data).is_dir():
+        raise OptionError(f"--data {args.data}: not a folder (download the benchmark and give its folder)")
+    json_path, plot_path = _out_path(args.json, "--json"), _out_path(args.plot, "--plot", ".png")
+    prompts_path, rows_path = _out_path(args.prompts_only, "--prompts-only"), _out_path(args.rows, "--rows")
+    selection = read_selection(args.selection) if args.selection else None
+    the_run = Run(args.mode, selection, args.topk, args.decode_chunk, args.kv_budget)
+    if args.ray is not None:
+        _check_ray()
+    samples, skipped = task.read(_data_folder(args, task, subtitles), subtitles=subtitles)
+    if selection is not None:
+        labels = {task.selection_category(s.categories) for s in samples} - {None}
+        check_categories(selection, task.name, task.selection_field, labels)
+    if args.limit:
+        samples = samples[: args.limit]
+    for s in skipped:
+        print(f"skipped {s.id}: {s.reason}", file=sys.stderr)
+    if prompts_path:
+        _write_prompts(prompts_path, task, samples, skipped, the_run, args.max_frames)
+        return 0
+    kept = read_rows(rows_path) if rows_path else []
+    done = {r["id"] for r in kept if r["run"] == the_run.label}
+    todo = [s for s in samples if s.id not in done]
+    if done:
+        print(f"{rows_path}: {len(samples) - len(todo)} of {len(samples)} samples already run ({the_run.label})",
+              file=sys.stderr)
+    rows = _run_samples(args, task, todo, the_run, rows_path)
     ids = {s.id for s in samples}
     if rows_path:  # the summary covers every row kept for these samples (resumed runs and other modes too)
         rows = [r for r in read_rows(rows_path) if r["id"] in ids and r.get("task", task.name) == task.name]

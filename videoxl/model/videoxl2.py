@@ -16,7 +16,7 @@ from transformers import Qwen2ForCausalLM
 from .. import defaults
 from ..engine.attention import prepare
 from ..errors import CheckpointError, OptionError
-from ..question import check_question_text
+from ..question import check_question_text, convert_times
 from . import checkpoint
 from .config import VideoXL2Config
 from .vision import VisualEncoder
@@ -74,9 +74,10 @@ def _profile_dtype(profile: str) -> torch.dtype | None:
 
 
 def question_ids(tokenizer, question: str, max_tokens: int = QUESTION_TOKENS) -> torch.Tensor:
-    """The text after the video (question and ChatML assistant header) as ids; OptionError if the question is
-    empty, not UTF-8, or longer than ``max_tokens`` tokens."""
-    check_question_text(question)
+    """The text after the video (question and ChatML assistant header) as ids, with ``mm:ss`` times spelled out in
+    seconds as the published harness writes every prompt (:func:`videoxl.question.convert_times`); OptionError if
+    the question is empty, not UTF-8, or longer than ``max_tokens`` tokens."""
+    question = convert_times(check_question_text(question))
     if max_tokens < 1:
         raise OptionError(f"max_question_tokens must be >= 1, got {max_tokens}")
     asked = len(tokenizer(question, add_special_tokens=False)["input_ids"])

@@ -168,6 +168,13 @@ def _discard(packet: av.Packet, wanted: set[int]) -> str:
     return "NONREF" if packet.size and packet.pts is not None and packet.pts not in wanted else "DEFAULT"
 
 
+def _check_indices(indices: list[int], frames: int) -> None:
+    if any(b < a for a, b in zip(indices, indices[1:])):
+        raise ValueError("frame indices must be non-decreasing")
+    if indices and not 0 <= indices[0] <= indices[-1] < frames:
+        raise ValueError(f"frame indices must lie in [0, {frames})")
+
+
 def decode_frames(info: VideoInfo, indices: list[int], *, skip_unused: bool = True) -> Iterator[np.ndarray]:
     """Yield the frames at ``indices`` (non-decreasing, repeats allowed) as H x W x 3 uint8 RGB arrays.
 
@@ -176,10 +183,7 @@ def decode_frames(info: VideoInfo, indices: list[int], *, skip_unused: bool = Tr
     decode, so the arrays are identical; with libx264's default B-frames about 40% of the frames between samples
     need no decoding.
     """
-    if any(b < a for a, b in zip(indices, indices[1:])):
-        raise ValueError("frame indices must be non-decreasing")
-    if indices and not 0 <= indices[0] <= indices[-1] < info.frames:
-        raise ValueError(f"frame indices must lie in [0, {info.frames})")
+    _check_indices(indices, info.frames)
     container = _open(info.path)
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"  # frame and slice threads; PyAV's thread_count 0 starts one per core (and one more)
