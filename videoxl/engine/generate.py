@@ -43,6 +43,9 @@ class StaticStep(torch.nn.Module):
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
         self.scale = self.head_dim ** -0.5
         self.rows = torch.arange(cache.k[0].shape[1], device=cache.k[0].device)
+        with torch.inference_mode():  # unwritten rows are masked, but 0 x NaN from uninitialised memory is NaN
+            for t in self.k + self.v:
+                t[:, cache.length:].zero_()
 
     def forward(self, token: torch.Tensor, at: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         inner = self.model.model
