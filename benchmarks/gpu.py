@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from videoxl.engine.accounting import attention_flops, causal_pairs, linear_flops_per_token  # noqa: E402
 from videoxl.engine.decode import Decoder, configure  # noqa: E402
+from videoxl.engine.dispatch import OpCounter  # noqa: E402
 from videoxl.engine.layout import Group  # noqa: E402
 from videoxl.engine.prefill import PrefillConfig, prefill  # noqa: E402
 
@@ -111,7 +112,35 @@ def run_dense(model, prefix, groups) -> float:
     return time.perf_counter() - t0
 
 
-def measure(model, frames: int, dense: bool) -> dict:
+def static_generation(decoder, question, dense_chunks: list[int], n: int) -> dict:
+    """Greedy tokens/s of the fixed-shape step (engine/generate.py) over the answer's bi-level cache, eager and
+    compiled (a CUDA graph), with the compilation's seconds and whether the tokens agree."""
+    from videoxl.engine.generate import greedy
+    from videoxl.engine.layout import embed
+
+    groups = len(decoder.video.store.groups)
+    dense_groups = torch.zeros(groups, dtype=torch.bool)
+    dense_groups[dense_chunks] = True  # decoding chunks of one group
+    out = {}
+    for name in ("eager", "compiled"):
+        cache, position = decoder._cache(dense_groups, "contiguous", question.shape[0] + n,
+                                         sparse_stamps=ANSWER["selection"].sparse_stamps)
+        hidden, _ = decoder._step(cache, embed(decoder.model, question), position)
+        first = int(decoder.model.get_output_embeddings()(hidden[-1:])[0].argmax())
+        sync(cache.k[0].device)
+        t0 = time.perf_counter()
+        tokens, first_s = greedy(decoder.model, cache, first, position + question.shape[0], n,
+                                 compiled=name == "compiled")
+        sync(cache.k[0].device)
+        total = time.perf_counter() - t0
+        out[f"static_{name}_tokens_per_s"] = (len(tokens) - 2) / (total - first_s)
+        out[f"static_{name}_first_step_s"] = first_s
+        out[f"static_{name}_tokens"] = tokens
+    out["compiled_equals_eager"] = out.pop("static_compiled_tokens") == out.pop("static_eager_tokens")
+    return out
+
+
+def measure(model, frames: int, dense: bool, compiled: bool = False) -> dict:
     device = next(model.parameters()).device
     cfg = model.config
     prefix, groups, tokens = make_input(model, frames)
@@ -154,8 +183,26 @@ def measure(model, frames: int, dense: bool) -> dict:
     row["gen_tokens_per_s"] = len(answer.tokens) / answer.seconds["generate"]
     row["kv_ratio"] = answer.kv_ratio
     row["peak_gb_answer"] = peak_gb(device)
+    if compiled:
+        row.update(static_generation(decoder, question, answer.dense_chunks, 4 * NEW_TOKENS))
     del video, decoder
     return row
+
+
+def host_counts(model, frames: int = 128) -> dict:
+    """ATen ops and host-synchronising ops the host issued on this device: per pre-fill forward, and per answer
+    (selection, question and generation) of ``NEW_TOKENS`` tokens (engine/dispatch.py; benchmarks/host.py has the
+    full breakdown at 7B structure)."""
+    prefix, groups, tokens = make_input(model, frames)
+    with OpCounter() as counter:
+        video = prefill(model, prefix, groups(), PREFILL, expected_tokens=tokens)
+    decoder = Decoder(model, video)
+    decoder.eos = set()
+    question = torch.randint(0, model.config.vocab_size, (QUESTION,), generator=torch.Generator().manual_seed(7))
+    with OpCounter() as answer:
+        decoder.answer(question, **ANSWER)
+    return {"frames": frames, "prefill_ops_per_forward": counter.total / video.stats.forwards,
+            "prefill_syncs": dict(counter.syncs), "answer_ops": answer.total, "answer_syncs": dict(answer.syncs)}
 
 
 def device_name(device: torch.device) -> str:
@@ -171,6 +218,9 @@ def main() -> None:
                              "~68 s and 86 GB on an H200)")
     parser.add_argument("--budget-s", type=float, default=450.0,
                         help="stop starting new rows after this many seconds (the device lease is short)")
+    parser.add_argument("--compile-frames", type=int, default=2048,
+                        help="at this many frames, also time the fixed-shape generation step eager and compiled "
+                             "(compiling takes a minute or more at 7B; 0: never)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -184,6 +234,9 @@ def main() -> None:
     model = build_model(shape, device, dtype)
     print(f"{shape} on {device_name(device)}, {dtype}: built in {time.perf_counter() - started:.1f}s", flush=True)
     measure(model, 80, dense=True)  # warm-up: kernels, allocator, the attention hook, a chunk leaving the window
+    counts = host_counts(model)
+    print(f"host: {counts['prefill_ops_per_forward']:.0f} ops per pre-fill forward, syncs {counts['prefill_syncs']}; "
+          f"answer of {NEW_TOKENS} tokens {counts['answer_ops']} ops, syncs {counts['answer_syncs']}", flush=True)
 
     rows = []
     print(f"{'frames':>7} {'tokens':>8} {'dense s':>8} {'chunk s':>8} {'ratio':>6} {'TFLOP/s d/c':>12} "
@@ -192,7 +245,8 @@ def main() -> None:
         if time.perf_counter() - started > args.budget_s:
             rows.append({"frames": n, "skipped": f"time budget of {args.budget_s:.0f}s spent"})
             continue
-        row = measure(model, n, dense=n <= args.dense_max_frames)
+        row = measure(model, n, dense=n <= args.dense_max_frames, compiled=n == args.compile_frames)
+        row["host_counts"] = counts
         rows.append(row)
 
         def f(x, fmt):
@@ -202,6 +256,10 @@ def main() -> None:
               f"{f(row['time_ratio'], '6.2f')} {f(row['dense_tflops'], '5.0f'):>5} / {row['chunked_tflops']:<5.0f} "
               f"{f(row['peak_gb_dense'], '5.1f'):>5} / {f(row['peak_gb_chunked'], '<5.1f')} "
               f"{row['select_s']:>7.2f} {row['question_s']:>8.2f} {row['gen_tokens_per_s']:>6.1f}", flush=True)
+        if "static_compiled_tokens_per_s" in row:
+            print(f"        fixed-shape step: eager {row['static_eager_tokens_per_s']:.1f} tok/s, compiled "
+                  f"{row['static_compiled_tokens_per_s']:.1f} tok/s (compiling {row['static_compiled_first_step_s']:.0f}s)"
+                  f", same tokens: {row['compiled_equals_eager']}", flush=True)
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(rows, indent=2))

@@ -160,3 +160,33 @@ def test_videoxl2_ingest_and_ask_on_cuda(tiny_checkpoint):
     assert half.dtype == torch.bfloat16
     assert ingest(half, frames, prefill_config=pattern).ask(questions, **decoding(topk=1, chunk=1,
                                                                                    max_new_tokens=3)).tokens
+
+
+@pytest.mark.parametrize("timestamps", ["global", "chunk"])
+def test_prefill_on_cuda_never_waits_for_the_device(timestamps):
+    from videoxl.engine.dispatch import OpCounter
+
+    gpu = tiny_qwen2(layers=2).to("cuda", torch.bfloat16)
+    prefix, groups = torch.arange(5), random_groups(14, hidden=64)
+    config = PrefillConfig(chunk=2, window=1, timestamps=timestamps)
+    prefill(gpu, prefix, groups, config)  # warm-up (the model's rotation is read once per model)
+    with OpCounter(strict=True) as counter:
+        video = prefill(gpu, prefix, groups, config)
+    assert counter.sync_total == 0 and video.store.device.type == "cuda"
+
+
+@pytest.mark.parametrize("choose", [dict(topk=2), dict(dense=True)], ids=["bilevel", "dense"])
+def test_compiled_generation_step_equals_eager_on_cuda(choose):
+    from test_generate import static_answer
+
+    from videoxl.decoding import Selection
+
+    gpu = tiny_qwen2(layers=3).to("cuda")
+    video = prefill(gpu, torch.arange(5), random_groups(10, hidden=64), PrefillConfig(chunk=2, window=1))
+    decoder = Decoder(gpu, video)
+    decoder.eos = set()
+    question = torch.arange(10, 16)
+    dense = decoder.select(question, Selection(**choose, chunk=1, sparse_stamps=False)).dense
+    eager = static_answer(decoder, question, dense, 10)
+    compiled = static_answer(decoder, question, dense, 10, compiled=True)
+    assert compiled == eager and len(eager) == 24

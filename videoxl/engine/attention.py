@@ -203,7 +203,7 @@ class PrefillStep:
     """
 
     def __init__(self, store: KVStore, anchors: Anchors, n: int, segments: list[tuple[int, int, int, int]],
-                 global_rows: torch.Tensor, anchor_rows: torch.Tensor):
+                 global_rows: list[int], anchor_rows: list[int]):
         self.store, self.anchors, self.n = store, anchors, n
         self.start = store.length
         self.end = self.start + n
@@ -221,24 +221,29 @@ class PrefillStep:
             else:
                 merged.append([r0, r1, ws, a])
         self.segments = [tuple(m) for m in merged]
-        self.global_rows, self.anchor_rows = global_rows, anchor_rows
-        is_global = torch.zeros(n, dtype=torch.bool)
-        is_global[global_rows] = True
+        # every index is built here from Python ints, so nothing in the step reads a tensor's values on the host
+        self.global_rows, self.anchor_rows = torch.tensor(global_rows, dtype=torch.long), \
+            torch.tensor(anchor_rows, dtype=torch.long)
+        self.n_anchor_rows = len(anchor_rows)
+        is_global = [False] * n
+        for r in global_rows:
+            is_global[r] = True
         # global rows see everything before the step, unless every segment's past already is everything
         sees_all = all(a == 0 and ws == 0 for _, _, ws, a in self.segments)
-        self.global_past = bool(global_rows.numel()) and self.start > 0 and not sees_all
+        self.global_past = bool(global_rows) and self.start > 0 and not sees_all
         # the rows each segment's past is computed for: the global rows get theirs separately, so they are left
         # out (a slice where the segment has none of them, else local row indices)
         self._plain: list = []
         for r0, r1, ws, a in self.segments:
-            if not self.global_past or not is_global[r0:r1].any():
+            plain = [r for r in range(r0, r1) if not is_global[r]]
+            if not self.global_past or len(plain) == r1 - r0:
                 self._plain.append((slice(r0, r1), ws, a))
-            elif not is_global[r0:r1].all():
-                self._plain.append(((~is_global[r0:r1]).nonzero().squeeze(1) + r0, ws, a))
+            elif plain:
+                self._plain.append((torch.tensor(plain, dtype=torch.long), ws, a))
         # attention-score entries this step computes (the accounting's unit)
-        self.pairs = n * (n + 1) // 2 + global_rows.numel() * self.start
+        self.pairs = n * (n + 1) // 2 + len(global_rows) * self.start
         for r0, r1, ws, a in self.segments:
-            self.pairs += (r1 - r0 - int(is_global[r0:r1].sum())) * (a + self.start - ws)
+            self.pairs += (r1 - r0 - sum(is_global[r0:r1])) * (a + self.start - ws)
         self._device: dict | None = None
 
     def _on(self, device: torch.device) -> dict:
@@ -266,7 +271,7 @@ class PrefillStep:
         store, anchors = self.store, self.anchors
         store.write(layer, k, v)
         d = self._on(q.device)
-        if self.anchor_rows.numel():
+        if self.n_anchor_rows:
             a = anchors.length
             anchors.buf.write(layer, a, k.index_select(1, d["anchor_rows"]), v.index_select(1, d["anchor_rows"]))
         own = attend(q, k, v, scale, causal=True)  # the step's own tokens
@@ -294,7 +299,7 @@ class PrefillStep:
         return out
 
     def finish(self) -> None:
-        self.anchors.length += self.anchor_rows.numel()
+        self.anchors.length += self.n_anchor_rows
 
 
 # -- decoding ----------------------------------------------------------------------------------------------------
@@ -372,6 +377,7 @@ def videoxl_attention(module, query, key, value, attention_mask, scaling=None, d
 AttentionInterface.register(ATTENTION_NAME, videoxl_attention)
 AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)  # the fallback gets the masks SDPA would
 _prepare_lock = threading.Lock()
+_NO_MASK = torch.ones(1, 1, 0, 0, dtype=torch.bool)  # never read: every videoxl step attends without a mask
 
 
 def prepare(model: torch.nn.Module) -> None:
@@ -393,8 +399,10 @@ def run_step(model: torch.nn.Module, embeds: torch.Tensor, positions: torch.Tens
     prepare(model)
     try:
         with torch.inference_mode():
+            # a 4-D mask is passed through as it is: transformers then builds none, and skips its packed-sequence
+            # check, which reads the positions back on the host (the step attends without a mask anyway)
             out = model.model(inputs_embeds=embeds[None], position_ids=positions[None], use_cache=False,
-                              videoxl_step=step)
+                              attention_mask=_NO_MASK, videoxl_step=step)
     except _Captured:
         return None
     return out.last_hidden_state[0]

@@ -87,6 +87,7 @@ class PrefillStats:
     tokens: int = 0
     groups: int = 0
     chunks: int = 0
+    forwards: int = 0  # forwards of the LLM, the prefix's included
     pairs: int = 0
     seconds: float = 0.0
     config: object = field(default=None, repr=False)
@@ -219,14 +220,14 @@ def prefill(
     prefix_embeds = embed(model, prefix)
     n_prefix = prefix_embeds.shape[0]
     store.reserve(max(expected_tokens, n_prefix))
-    no_rows = torch.empty(0, dtype=torch.long)
     if n_prefix:
         anchors.reserve(n_prefix)
-        step = PrefillStep(store, anchors, n_prefix, [(0, n_prefix, 0, 0)], no_rows, torch.arange(n_prefix))
+        step = PrefillStep(store, anchors, n_prefix, [(0, n_prefix, 0, 0)], [], list(range(n_prefix)))
         out = run_step(model, prefix_embeds, torch.arange(n_prefix, device=device), step)
         store.commit(n_prefix)
         step.finish()
         stats.pairs += step.pairs
+        stats.forwards += 1
         if hidden is not None:
             hidden.append(out)
     store.prefix_length = n_prefix
@@ -235,13 +236,18 @@ def prefill(
     anchors_after: list[int] = []  # anchor rows (prefix + timestamps) up to the end of each chunk
     for chunks in _forwards(_chunks(groups, config.chunk), config.chunks_per_forward):
         parts, is_ts, segments = [], [], []
+        ts_rows: list[int] = []  # the forward's timestamp rows, counted on the host (no tensor is read back)
+        ts_per_chunk: list[int] = []
         start, rows = store.length, 0  # rows: the forward's tokens before this chunk
         for i, batch in enumerate(chunks):
             j = stats.chunks + i
+            row = rows
             for g, group in enumerate(batch):
                 ts, vis = embed(model, group.timestamp), embed(model, group.visual)
                 if vis.shape[0] == 0:
                     raise InputError(f"group {stats.groups + sum(map(len, chunks[:i])) + g} has no visual tokens")
+                ts_rows.extend(range(row, row + ts.shape[0]))
+                row += ts.shape[0] + vis.shape[0]
                 parts += [ts, vis]
                 is_ts += [torch.ones(ts.shape[0], dtype=torch.bool), torch.zeros(vis.shape[0], dtype=torch.bool)]
             # chunks [first_visible, j) are seen in full: those before this forward as one contiguous range of the
@@ -254,30 +260,31 @@ def prefill(
                 anchor_len = anchors_after[first_visible - 1]
             n_chunk = sum(len(group) for group in batch)
             segments.append((rows, rows + n_chunk, window_start, anchor_len))
+            ts_per_chunk.append(sum(group.timestamp.shape[0] for group in batch))
             rows += n_chunk
         embeds, is_ts = torch.cat(parts), torch.cat(is_ts)
         n = embeds.shape[0]
         store.reserve(start + n)
-        ts_rows = is_ts.nonzero().squeeze(1)
-        global_rows = ts_rows if config.timestamps == "global" else no_rows
-        anchors.reserve(anchors.length + ts_rows.numel())
+        global_rows = ts_rows if config.timestamps == "global" else []
+        anchors.reserve(anchors.length + len(ts_rows))
         step = PrefillStep(store, anchors, n, segments, global_rows, ts_rows)
         out = run_step(model, embeds, torch.arange(start, start + n, device=device), step)
         store.commit(n, is_ts)
         step.finish()
 
         spans, offset, ts_seen = [], start, 0
-        for batch, (r0, r1, _, _) in zip(chunks, segments):
+        for batch, (r0, _, _, _), n_ts in zip(chunks, segments, ts_per_chunk):
             for group in batch:
                 spans.append((offset, group.timestamp.shape[0], offset + len(group)))
                 offset += len(group)
             chunk_starts.append(start + r0)
-            ts_seen += int(is_ts[r0:r1].sum())
-            anchors_after.append(anchors.length - ts_rows.numel() + ts_seen)
+            ts_seen += n_ts
+            anchors_after.append(anchors.length - len(ts_rows) + ts_seen)
         store.add_groups(spans, rope)
         summaries.extend()
         stats.pairs += step.pairs
         stats.tokens = store.length
+        stats.forwards += 1
         for batch, (r0, r1, _, _) in zip(chunks, segments):
             stats.groups += len(batch)
             stats.chunks += 1

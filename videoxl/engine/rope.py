@@ -8,9 +8,14 @@ the tokens they summarize.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from ..errors import InputError
+
+
+_of_model: "weakref.WeakKeyDictionary[torch.nn.Module, Rope]" = weakref.WeakKeyDictionary()
 
 
 class Rope:
@@ -32,8 +37,14 @@ class Rope:
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> "Rope":
+        """The model's rotation, read from its rotary embedding once per model (reading it back from a GPU waits
+        for the device)."""
         rotary = model.model.rotary_emb
-        return cls(rotary.inv_freq, float(getattr(rotary, "attention_scaling", 1.0)))
+        rope = _of_model.get(rotary)
+        if rope is None or rope.source is not rotary.inv_freq:
+            rope = _of_model[rotary] = cls(rotary.inv_freq, float(getattr(rotary, "attention_scaling", 1.0)))
+            rope.source = rotary.inv_freq
+        return rope
 
     @property
     def is_identity(self) -> bool:

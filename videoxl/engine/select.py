@@ -151,9 +151,10 @@ def reduce_to_chunks(per_group: torch.Tensor, how: str, ranges: list[tuple[int, 
                      counts: torch.Tensor | None = None) -> torch.Tensor:
     """Per-group scores (..., groups) -> per-chunk scores (..., chunks) for chunks given as group ranges: the max,
     the log-sum-exp, or the token-weighted mean (``counts`` tokens per group). One scatter over all chunks."""
-    sizes = torch.tensor([e - s for s, e in ranges])
-    assert int(sizes.sum()) == per_group.shape[-1] and ranges[0][0] == 0
-    chunk_of = torch.repeat_interleave(torch.arange(len(ranges)), sizes).to(per_group.device)  # (groups,)
+    sizes = [e - s for s, e in ranges]  # on the host: nothing here waits for the device
+    assert sum(sizes) == per_group.shape[-1] and ranges[0][0] == 0
+    chunk_of = torch.repeat_interleave(torch.arange(len(ranges)), torch.tensor(sizes),
+                                       output_size=sum(sizes)).to(per_group.device)  # (groups,)
     owner = chunk_of.expand_as(per_group)
     shape = (*per_group.shape[:-1], len(ranges))
     if how in ("max", "lse"):

@@ -81,6 +81,7 @@ class KVStore:
         self.sparse_length = 0
         self.prefix_length = 0
         self.groups: list[GroupSpan] = []
+        self._rows_memo: tuple | None = None  # the last layout's rows on the device (see _rows_of)
 
     # -- writing (pre-fill) ------------------------------------------------------------------------------------
     def reserve(self, tokens: int) -> None:
@@ -105,8 +106,10 @@ class KVStore:
     def add_groups(self, spans: list[tuple[int, int, int]], rope: Rope) -> None:
         """Register groups whose dense KVs are written, given as (start, timestamp_tokens, end), and compute their
         sparse KVs: all groups of a chunk in one pass per layer."""
-        ts_index, vis_index, windows, sparse_rows, pooled_pos, new_spans = [], [], [], [], [], []
-        n_sparse = self.sparse_length
+        # every index, divisor and position is worked out from the spans' Python ints: no tensor is read back
+        first = self.sparse_length
+        ts_index, vis_index, windows, sparse_rows, pooled, counts, positions, new_spans = ([] for _ in range(8))
+        n_sparse = first
         for start, timestamp_tokens, end in spans:
             visual_start = start + timestamp_tokens
             n_visual = end - visual_start
@@ -115,29 +118,28 @@ class KVStore:
             ts_index.append(torch.arange(start, visual_start))
             vis_index.append(torch.arange(visual_start, end))
             # pooled token w of this group lands on sparse row s0 + timestamp_tokens + w
-            windows.append(s0 + timestamp_tokens + torch.arange(n_visual) // self.pool)
-            sparse_rows.append(torch.arange(s0, s0 + timestamp_tokens))
-            pos = torch.arange(visual_start, end, dtype=torch.float64)
-            w = torch.arange(n_visual) // self.pool
-            pooled_pos.append(torch.cat([
-                torch.arange(start, visual_start, dtype=torch.float64),
-                torch.zeros(n_pooled, dtype=torch.float64).index_add_(0, w, pos) / torch.bincount(w).double()]))
+            windows.append(s0 - first + timestamp_tokens + torch.arange(n_visual) // self.pool)
+            sparse_rows.extend(range(s0 - first, s0 - first + timestamp_tokens))
+            positions.extend(float(p) for p in range(start, visual_start))
+            for w in range(n_pooled):
+                count = min(self.pool, n_visual - w * self.pool)
+                pooled.append(s0 - first + timestamp_tokens + w)
+                counts.append(count)
+                positions.append(visual_start + w * self.pool + (count - 1) / 2)  # the window's mean position
             n_sparse = s0 + timestamp_tokens + n_pooled
             new_spans.append(GroupSpan(start, visual_start, end, s0, n_sparse))
-        first = self.sparse_length
         self.sparse.reserve(n_sparse)
-        ts_index, vis_index = torch.cat(ts_index), torch.cat(vis_index)
-        windows, sparse_rows = torch.cat(windows), torch.cat(sparse_rows)
-        positions = torch.cat(pooled_pos)  # every new sparse row's position, in order
-        counts = torch.bincount(windows - first, minlength=n_sparse - first)
-        pooled = (counts > 0).nonzero().squeeze(1)
+        ts_index, vis_index, windows = torch.cat(ts_index), torch.cat(vis_index), torch.cat(windows)
+        positions = torch.tensor(positions, dtype=torch.float64)  # every new sparse row's position, in order
+        pooled = torch.tensor(pooled, dtype=torch.long)
         dev = self.device
         # indices, divisors and rotation tables built once per call on the store's device, and every layer's
         # arithmetic done at once on a (layers, kv_heads, tokens, dim) stack: a handful of kernels per chunk
         n_vis = vis_index.numel()
         gather = torch.cat([vis_index, ts_index]).to(dev)
-        win_d, rows_d, pooled_d = (t.to(dev) for t in (windows - first, sparse_rows - first, pooled))
-        divisor = counts[pooled].to(dev, self.dtype)[:, None]
+        win_d, pooled_d = windows.to(dev), pooled.to(dev)
+        rows_d = torch.tensor(sparse_rows, dtype=torch.long).to(dev)
+        divisor = torch.tensor(counts).to(dev, self.dtype)[:, None]
         unrotate = rope.table(-vis_index.double(), dev, self.dtype)
         rerotate = rope.table(positions[pooled], dev, self.dtype)
         k_all = torch.stack([k.index_select(1, gather) for k in self.dense.k])  # (L, Hkv, vis + ts, D)
@@ -197,15 +199,23 @@ class KVStore:
         n = index.numel()
         k = self.dense.k[layer].new_empty(self.kv_heads, n, self.head_dim)
         v = torch.empty_like(k)
-        d_rows = from_dense.nonzero().squeeze(1).to(self.device)
-        s_rows = (~from_dense).nonzero().squeeze(1).to(self.device)
-        idx = index.to(self.device)
+        d_rows, s_rows, idx = self._rows_of(from_dense, index)
         k[:, d_rows] = self.dense.k[layer].index_select(1, idx[d_rows])
         v[:, d_rows] = self.dense.v[layer].index_select(1, idx[d_rows])
         if s_rows.numel():
             k[:, s_rows] = self.sparse.k[layer].index_select(1, idx[s_rows])
             v[:, s_rows] = self.sparse.v[layer].index_select(1, idx[s_rows])
         return k, v
+
+    def _rows_of(self, from_dense: torch.Tensor, index: torch.Tensor):
+        """The dense and sparse rows of a layout, and its index, on the store's device: worked out once per layout
+        (the host reads the layout's flags) and reused for every layer."""
+        memo = self._rows_memo
+        if memo is None or memo[0] is not from_dense or memo[1] is not index or memo[2] != self.device:
+            rows = (from_dense.nonzero().squeeze(1).to(self.device), (~from_dense).nonzero().squeeze(1).to(self.device),
+                    index.to(self.device))
+            memo = self._rows_memo = (from_dense, index, self.device, rows)
+        return memo[3]
 
     # -- accounting ---------------------------------------------------------------------------------------------
     @property
