@@ -102,14 +102,14 @@ def test_refining_every_candidate_is_the_exact_mass_and_only_the_shortlist_moves
 
 def test_a_model_without_retrieval_heads_keeps_its_bounds_unrefined(tmp_path, monkeypatch):
     """Exact mass over every head follows sinks and recency: refining by it is kept for retrieval heads."""
-    from videoxl.engine import select
+    from videoxl.engine import heads
 
     model, score = scorer_of_twelve_groups(tmp_path, monkeypatch)
     every = lambda **kw: score(heads="all", **kw)
     assert not torch.equal(every(refine=4), every(refine=0))  # refining moves this shortlist
-    monkeypatch.setitem(select._found, model, select.RetrievalHeads({}, [[0.0] * 4] * 2, 1))  # none found
+    monkeypatch.setitem(heads._found, model, heads.RetrievalHeads({}, [[0.0] * 4] * 2, 1))  # none found
     torch.testing.assert_close(score(refine=4), every(refine=0), equal_nan=True)  # every head, bounds alone
-    monkeypatch.setitem(select._found, model, select.RetrievalHeads({1: [0, 2]}, [[0.0] * 4] * 2, 1))
+    monkeypatch.setitem(heads._found, model, heads.RetrievalHeads({1: [0, 2]}, [[0.0] * 4] * 2, 1))
     assert not torch.equal(score(refine=4), score(refine=0))  # with retrieval heads the shortlist is refined
 
 

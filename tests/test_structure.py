@@ -25,8 +25,8 @@ LAYERS = [
     {"videoxl.cli"},
 ]
 # inside the engine the same rule holds, module by module
-ENGINE = ["rope", "layout", "pattern", "accounting", "store", "summaries", "attention", "prefill", "select", "decode",
-          "heads"]
+ENGINE = ["dispatch", "rope", "layout", "pattern", "accounting", "store", "summaries", "attention", "generate",
+          "prefill", "select", "decode", "heads"]
 
 
 def _modules() -> dict[str, Path]:

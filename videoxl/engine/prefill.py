@@ -178,6 +178,95 @@ def _forwards(chunks: Iterator[list[Group]], most: int) -> Iterator[list[list[Gr
         yield batch
 
 
+def _prefill_prefix(model, embeds: torch.Tensor, store: KVStore, anchors: Anchors, stats: PrefillStats,
+                    hidden: list[torch.Tensor] | None, expected_tokens: int) -> None:
+    """Pre-fill the prompt prefix (causal; every prefix token becomes an anchor every later chunk sees)."""
+    n_prefix = embeds.shape[0]
+    store.reserve(max(expected_tokens, n_prefix))
+    if n_prefix:
+        anchors.reserve(n_prefix)
+        step = PrefillStep(store, anchors, n_prefix, [(0, n_prefix, 0, 0)], [], list(range(n_prefix)))
+        out = run_step(model, embeds, torch.arange(n_prefix, device=embeds.device), step)
+        store.commit(n_prefix)
+        step.finish()
+        stats.pairs += step.pairs
+        stats.forwards += 1
+        if hidden is not None:
+            hidden.append(out)
+    store.prefix_length = n_prefix
+
+
+def _lay_out(model, chunks: list[list[Group]], config: PrefillConfig, stats: PrefillStats, start: int,
+             chunk_starts: list[int], anchors_after: list[int]):
+    """One forward's inputs: (embeddings, timestamp mask, per-chunk segments (first row, end row, window start,
+    anchors seen), timestamp rows, timestamp tokens per chunk), all counted on the host (no tensor is read back)."""
+    parts, is_ts, segments = [], [], []
+    ts_rows: list[int] = []
+    ts_per_chunk: list[int] = []
+    rows = 0  # the forward's tokens before this chunk
+    for i, batch in enumerate(chunks):
+        row = rows
+        for g, group in enumerate(batch):
+            ts, vis = embed(model, group.timestamp), embed(model, group.visual)
+            if vis.shape[0] == 0:
+                raise InputError(f"group {stats.groups + sum(map(len, chunks[:i])) + g} has no visual tokens")
+            ts_rows.extend(range(row, row + ts.shape[0]))
+            row += ts.shape[0] + vis.shape[0]
+            parts += [ts, vis]
+            is_ts += [torch.ones(ts.shape[0], dtype=torch.bool), torch.zeros(vis.shape[0], dtype=torch.bool)]
+        # chunks [first_visible, j) are seen in full: those before this forward as one contiguous range of the
+        # store, those in it through the forward's own causal square; earlier ones through the anchors
+        j = stats.chunks + i
+        first_visible = 0 if config.window is None else max(0, j - config.window)
+        if first_visible == 0:
+            window_start, anchor_len = 0, 0  # nothing evicted yet: the whole history is one range
+        else:
+            window_start = chunk_starts[first_visible] if first_visible < stats.chunks else start
+            anchor_len = anchors_after[first_visible - 1]
+        n_chunk = sum(len(group) for group in batch)
+        segments.append((rows, rows + n_chunk, window_start, anchor_len))
+        ts_per_chunk.append(sum(group.timestamp.shape[0] for group in batch))
+        rows += n_chunk
+    return torch.cat(parts), torch.cat(is_ts), segments, ts_rows, ts_per_chunk
+
+
+def _spans(chunks: list[list[Group]], segments, ts_per_chunk: list[int], start: int, n_ts: int, anchors: int,
+           chunk_starts: list[int], anchors_after: list[int]) -> list[tuple[int, int, int]]:
+    """The forward's groups as (first token, timestamp tokens, end) in the store; records where each chunk starts
+    and how many anchor rows exist after it."""
+    spans, offset, ts_seen = [], start, 0
+    for batch, (r0, _, _, _), ts in zip(chunks, segments, ts_per_chunk):
+        for group in batch:
+            spans.append((offset, group.timestamp.shape[0], offset + len(group)))
+            offset += len(group)
+        chunk_starts.append(start + r0)
+        ts_seen += ts
+        anchors_after.append(anchors - n_ts + ts_seen)
+    return spans
+
+
+def new_store(model: torch.nn.Module, config: PrefillConfig) -> KVStore:
+    """An empty :class:`KVStore` shaped for ``model``'s layers and KV heads, on its device and in its dtype."""
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    param = next(model.parameters())
+    return KVStore(cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim, param.dtype, param.device,
+                   pool=config.pool)
+
+
+def _forward(model, store: KVStore, anchors: Anchors, embeds: torch.Tensor, is_ts: torch.Tensor, segments,
+             ts_rows: list[int], timestamps: str) -> tuple[torch.Tensor, int]:
+    """Run one forward of chunks at the end of ``store`` and commit its KVs: (hidden states, attended pairs)."""
+    start, n = store.length, embeds.shape[0]
+    store.reserve(start + n)
+    anchors.reserve(anchors.length + len(ts_rows))
+    step = PrefillStep(store, anchors, n, segments, ts_rows if timestamps == "global" else [], ts_rows)
+    out = run_step(model, embeds, torch.arange(start, start + n, device=embeds.device), step)
+    store.commit(n, is_ts)
+    step.finish()
+    return out, step.pairs
+
+
 def prefill(
     model: torch.nn.Module,
     prefix: torch.Tensor,
@@ -195,94 +284,33 @@ def prefill(
     pre-sizes the store. ``on_chunk(chunks_done, tokens_done)`` reports progress. ``keep_hidden`` keeps each chunk's
     final hidden states (for tests and for scoring heads that read them). ``store`` is an empty store to fill
     (default: a new :class:`KVStore`; a live stream passes one that bounds its memory). ``on_start`` receives the
-    :class:`PrefilledVideo` this call returns before the first chunk: it grows chunk by chunk, and between chunks
-    (in ``on_chunk``) it answers questions about what has been pre-filled so far.
-    """
+    :class:`PrefilledVideo` this call returns before the first chunk: it grows chunk by chunk, and answers
+    questions about what has been pre-filled so far between chunks (in ``on_chunk``)."""
     check_model(model)
-    cfg = model.config
-    heads = cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    rope = Rope.of(model)
-    if store is None:
-        store = KVStore(cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim, dtype, device, pool=config.pool)
+    param, rope = next(model.parameters()), Rope.of(model)
+    store = store if store is not None else new_store(model, config)
     assert store.length == 0 and store.pool == config.pool, "pre-fill needs an empty store pooling as configured"
-    stats = PrefillStats(config=cfg)
+    stats = PrefillStats(config=model.config)
     hidden: list[torch.Tensor] | None = [] if keep_hidden else None
     started = time.perf_counter()
-
-    anchors = Anchors(store, device, dtype)
+    anchors = Anchors(store, param.device, param.dtype)
     summaries = GroupSummaries(store, rope)
     video = PrefilledVideo(store, config, stats, hidden, summaries)
     if on_start is not None:
         on_start(video)
-    prefix_embeds = embed(model, prefix)
-    n_prefix = prefix_embeds.shape[0]
-    store.reserve(max(expected_tokens, n_prefix))
-    if n_prefix:
-        anchors.reserve(n_prefix)
-        step = PrefillStep(store, anchors, n_prefix, [(0, n_prefix, 0, 0)], [], list(range(n_prefix)))
-        out = run_step(model, prefix_embeds, torch.arange(n_prefix, device=device), step)
-        store.commit(n_prefix)
-        step.finish()
-        stats.pairs += step.pairs
-        stats.forwards += 1
-        if hidden is not None:
-            hidden.append(out)
-    store.prefix_length = n_prefix
+    _prefill_prefix(model, embed(model, prefix), store, anchors, stats, hidden, expected_tokens)
 
     chunk_starts: list[int] = []  # first token of each chunk
     anchors_after: list[int] = []  # anchor rows (prefix + timestamps) up to the end of each chunk
     for chunks in _forwards(_chunks(groups, config.chunk), config.chunks_per_forward):
-        parts, is_ts, segments = [], [], []
-        ts_rows: list[int] = []  # the forward's timestamp rows, counted on the host (no tensor is read back)
-        ts_per_chunk: list[int] = []
-        start, rows = store.length, 0  # rows: the forward's tokens before this chunk
-        for i, batch in enumerate(chunks):
-            j = stats.chunks + i
-            row = rows
-            for g, group in enumerate(batch):
-                ts, vis = embed(model, group.timestamp), embed(model, group.visual)
-                if vis.shape[0] == 0:
-                    raise InputError(f"group {stats.groups + sum(map(len, chunks[:i])) + g} has no visual tokens")
-                ts_rows.extend(range(row, row + ts.shape[0]))
-                row += ts.shape[0] + vis.shape[0]
-                parts += [ts, vis]
-                is_ts += [torch.ones(ts.shape[0], dtype=torch.bool), torch.zeros(vis.shape[0], dtype=torch.bool)]
-            # chunks [first_visible, j) are seen in full: those before this forward as one contiguous range of the
-            # store, those in it through the forward's own causal square; earlier ones through the anchors
-            first_visible = 0 if config.window is None else max(0, j - config.window)
-            if first_visible == 0:
-                window_start, anchor_len = 0, 0  # nothing evicted yet: the whole history is one range
-            else:
-                window_start = chunk_starts[first_visible] if first_visible < stats.chunks else start
-                anchor_len = anchors_after[first_visible - 1]
-            n_chunk = sum(len(group) for group in batch)
-            segments.append((rows, rows + n_chunk, window_start, anchor_len))
-            ts_per_chunk.append(sum(group.timestamp.shape[0] for group in batch))
-            rows += n_chunk
-        embeds, is_ts = torch.cat(parts), torch.cat(is_ts)
-        n = embeds.shape[0]
-        store.reserve(start + n)
-        global_rows = ts_rows if config.timestamps == "global" else []
-        anchors.reserve(anchors.length + len(ts_rows))
-        step = PrefillStep(store, anchors, n, segments, global_rows, ts_rows)
-        out = run_step(model, embeds, torch.arange(start, start + n, device=device), step)
-        store.commit(n, is_ts)
-        step.finish()
-
-        spans, offset, ts_seen = [], start, 0
-        for batch, (r0, _, _, _), n_ts in zip(chunks, segments, ts_per_chunk):
-            for group in batch:
-                spans.append((offset, group.timestamp.shape[0], offset + len(group)))
-                offset += len(group)
-            chunk_starts.append(start + r0)
-            ts_seen += n_ts
-            anchors_after.append(anchors.length - len(ts_rows) + ts_seen)
-        store.add_groups(spans, rope)
+        start = store.length
+        embeds, is_ts, segments, ts_rows, ts_per_chunk = _lay_out(model, chunks, config, stats, start, chunk_starts,
+                                                                  anchors_after)
+        out, pairs = _forward(model, store, anchors, embeds, is_ts, segments, ts_rows, config.timestamps)
+        store.add_groups(_spans(chunks, segments, ts_per_chunk, start, len(ts_rows), anchors.length, chunk_starts,
+                                anchors_after), rope)
         summaries.extend()
-        stats.pairs += step.pairs
+        stats.pairs += pairs
         stats.tokens = store.length
         stats.forwards += 1
         for batch, (r0, r1, _, _) in zip(chunks, segments):

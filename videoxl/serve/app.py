@@ -119,9 +119,47 @@ def create_app(qa: VideoQA, api_key: str | None = None, streams: Streams | None 
 
     app = FastAPI(title="videoxl", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     metrics, config = qa.metrics, qa.config
-    created = int(time.time())
     key_digest = hashlib.sha256(api_key.encode()).digest() if api_key else None
 
+    _install_error_handlers(app)
+    app.add_middleware(_Guard, key_digest=key_digest, metrics=metrics)
+    bodies = BodyBudget(config.max_bodies_bytes)
+    metrics.gauges["videoxl_body_bytes_in_flight"] = lambda: {(): bodies.used}
+
+    _install_info_routes(app, qa, metrics)
+
+    async def read_small_json(request: Request) -> object:  # a stream's request: read, then its bytes go back
+        reservation = bodies.reserve()
+        try:
+            return await _read_json(request, config.max_body_bytes, reservation)
+        finally:
+            reservation.release()
+
+    install_streams(app, streams, read_small_json)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        started = time.perf_counter()
+        reservation = bodies.reserve()
+        try:
+            body = await _read_json(request, config.max_body_bytes, reservation)
+        except ServeError as e:
+            reservation.release()
+            if e.status == 429:
+                metrics.inc("videoxl_refused_bodies_total")
+            raise
+        try:
+            return await _chat(qa, streams, request, parse_chat(body, config.max_question_chars,
+                                                                config.max_tokens_limit), started, reservation)
+        finally:
+            if not getattr(request.state, "streaming", False):
+                reservation.release()
+
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """OpenAI error objects for every error a route raises (no traceback leaves the server)."""
     @app.exception_handler(ServeError)
     async def serve_error(request: Request, e: ServeError):
         headers = {"Retry-After": "1"} if e.status in (429, 503) else None
@@ -146,9 +184,10 @@ def create_app(qa: VideoQA, api_key: str | None = None, streams: Streams | None 
         log.exception("internal error on %s %s", request.method, request.url.path)
         return _error(500, "internal server error (logged on the server)", "server_error")
 
-    app.add_middleware(_Guard, key_digest=key_digest, metrics=metrics)
-    bodies = BodyBudget(config.max_bodies_bytes)
-    metrics.gauges["videoxl_body_bytes_in_flight"] = lambda: {(): bodies.used}
+
+def _install_info_routes(app: FastAPI, qa: VideoQA, metrics) -> None:
+    """``/health``, ``/metrics`` and ``/v1/models``."""
+    created = int(time.time())
 
     @app.get("/health")
     async def health():
@@ -170,78 +209,54 @@ def create_app(qa: VideoQA, api_key: str | None = None, streams: Streams | None 
                              code="model_not_found")
         return {"id": qa.name, "object": "model", "created": created, "owned_by": "videoxl"}
 
-    async def read_small_json(request: Request) -> object:  # a stream's request: read, then its bytes go back
-        reservation = bodies.reserve()
-        try:
-            return await _read_json(request, config.max_body_bytes, reservation)
-        finally:
-            reservation.release()
 
-    install_streams(app, streams, read_small_json)
+def decode_config(qa: VideoQA, req: ChatRequest) -> tuple[Selection, Generation]:
+    """The request's decoding options over the server's over the model's profile, within the server's limits."""
+    given = {**qa.config.decoding, **req.decoding}
+    if given.get("max_new_tokens", 0) > qa.config.max_tokens_limit:
+        raise ServeError(400, f"'max_tokens' must be at most {qa.config.max_tokens_limit} on this server",
+                         param="max_tokens")
+    return options(qa.model.profile, **given)
 
-    def decode_config(req: ChatRequest) -> tuple[Selection, Generation]:
-        given = {**config.decoding, **req.decoding}  # the request's over the server's over the model's profile
-        if given.get("max_new_tokens", 0) > config.max_tokens_limit:
-            raise ServeError(400, f"'max_tokens' must be at most {config.max_tokens_limit} on this server",
-                             param="max_tokens")
-        return options(qa.model.profile, **given)
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        started = time.perf_counter()
-        reservation = bodies.reserve()
-        try:
-            body = await _read_json(request, config.max_body_bytes, reservation)
-        except ServeError as e:
-            reservation.release()
-            if e.status == 429:
-                metrics.inc("videoxl_refused_bodies_total")
-            raise
-        try:
-            return await _chat(request, parse_chat(body, config.max_question_chars, config.max_tokens_limit),
-                               started, reservation)
-        finally:
-            if not getattr(request.state, "streaming", False):
-                reservation.release()
-
-    async def _chat(request: Request, req: ChatRequest, started: float, reservation: Reservation):
-        if req.model is not None and req.model != qa.name:
-            raise ServeError(404, f"the model {req.model!r} does not exist; this server serves {qa.name!r}",
-                             param="model", code="model_not_found")
-        if req.media is None:
-            raise ServeError(400, "no video: add a video_url (or image_url) part to a user message",
-                             param="messages")
-        if (req.media.url or "").startswith(STREAM_PREFIX):  # a live stream: its history so far
-            return await streams.chat(req, decode_config(req), qa.name)
-        frames = req.num_frames or config.max_frames
-        if frames > config.max_frames:
-            raise ServeError(400, f"{frames} frames asked for; this server samples at most {config.max_frames}",
-                             param="media_io_kwargs")
-        sampling = Sampling(frames, req.fps or config.fps, req.max_fps or config.max_fps)
-        decoding = decode_config(req)
-        cancel = Cancel(time.monotonic() + config.request_timeout_s)
-        key, video = await qa.video(req.media, sampling, cancel, owner=_owner(request))
-        metrics.observe("videoxl_request_seconds", time.perf_counter() - started, stage="video_ready")
-        cid = completion_id()
-        if req.stream:
-            request.state.streaming = True  # the stream gives the body's bytes back when it ends
-            return StreamingResponse(_stream(qa, key, video, req, sampling, decoding, cancel, cid, started,
-                                             reservation.release),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
-                                     background=BackgroundTask(reservation.release))
-        watcher = asyncio.create_task(_watch(request, cancel))
-        try:
-            key, video, answer, info = await _answer(qa, key, video, req, sampling, decoding, cancel)
-        except Cancelled as e:
-            raise ServeError(504 if "time" in str(e) else 400, str(e)) from None
-        finally:
-            watcher.cancel()
-        total = time.perf_counter() - started
-        metrics.observe("videoxl_request_seconds", total, stage="total")
-        usage, report = _report(key, video, answer, info, total, qa.model.profile)
-        return completion(cid, qa.name, answer.text, answer.finish_reason, usage, report)
-
-    return app
+async def _chat(qa: VideoQA, streams: Streams, request: Request, req: ChatRequest, started: float,
+                reservation: Reservation):
+    """A parsed chat completion: the answer (or an SSE stream of it) about the request's video or live stream."""
+    if req.model is not None and req.model != qa.name:
+        raise ServeError(404, f"the model {req.model!r} does not exist; this server serves {qa.name!r}",
+                         param="model", code="model_not_found")
+    if req.media is None:
+        raise ServeError(400, "no video: add a video_url (or image_url) part to a user message",
+                         param="messages")
+    if (req.media.url or "").startswith(STREAM_PREFIX):  # a live stream: its history so far
+        return await streams.chat(req, decode_config(qa, req), qa.name)
+    frames = req.num_frames or qa.config.max_frames
+    if frames > qa.config.max_frames:
+        raise ServeError(400, f"{frames} frames asked for; this server samples at most {qa.config.max_frames}",
+                         param="media_io_kwargs")
+    sampling = Sampling(frames, req.fps or qa.config.fps, req.max_fps or qa.config.max_fps)
+    decoding = decode_config(qa, req)
+    cancel = Cancel(time.monotonic() + qa.config.request_timeout_s)
+    key, video = await qa.video(req.media, sampling, cancel, owner=_owner(request))
+    qa.metrics.observe("videoxl_request_seconds", time.perf_counter() - started, stage="video_ready")
+    cid = completion_id()
+    if req.stream:
+        request.state.streaming = True  # the stream gives the body's bytes back when it ends
+        return StreamingResponse(_stream(qa, key, video, req, sampling, decoding, cancel, cid, started,
+                                         reservation.release),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+                                 background=BackgroundTask(reservation.release))
+    watcher = asyncio.create_task(_watch(request, cancel))
+    try:
+        key, video, answer, info = await _answer(qa, key, video, req, sampling, decoding, cancel)
+    except Cancelled as e:
+        raise ServeError(504 if "time" in str(e) else 400, str(e)) from None
+    finally:
+        watcher.cancel()
+    total = time.perf_counter() - started
+    qa.metrics.observe("videoxl_request_seconds", total, stage="total")
+    usage, report = _report(key, video, answer, info, total, qa.model.profile)
+    return completion(cid, qa.name, answer.text, answer.finish_reason, usage, report)
 
 
 def authorized(header: bytes, key_digest: bytes) -> bool:
