@@ -466,6 +466,19 @@ def test_eight_clients_on_three_videos(tight, reference):
     assert m['videoxl_kv_bytes{tier="disk"}'] <= m['videoxl_kv_budget_bytes{tier="disk"}']
 
 
+def test_a_uuid_names_a_video_only_for_the_bearer_token_that_sent_it(tight, reference):
+    """On a server without an API key every client's token is its own namespace: another token cannot reach a
+    video by its uuid, and its own video of the same uuid does not replace the first."""
+    alice, bob = tight.client(api_key="alice"), tight.client(api_key="bob")
+    first = ask(alice, "clip1.mp4", QUESTIONS[0], uuid="mine")
+    with pytest.raises(openai.NotFoundError, match="uuid"):
+        ask(bob, None, QUESTIONS[0], uuid="mine")
+    assert ask(bob, "clip2.mp4", QUESTIONS[0], uuid="mine").videoxl["key"] != first.videoxl["key"]
+    again = ask(alice, None, QUESTIONS[0], uuid="mine")
+    assert again.videoxl["key"] == first.videoxl["key"]
+    assert (again.choices[0].message.content, again.usage.completion_tokens) == reference["clip1.mp4", QUESTIONS[0]]
+
+
 def test_sigkill_mid_ingest_then_restart(media, tmp_path, reference):
     """Complete stores survive a SIGKILL and are reused after a restart; the interrupted ingest and broken store
     files (cut short, another model, leftovers of a write) are discarded with a log line, never loaded."""
