@@ -84,5 +84,5 @@ def test_model_scores_are_plain_floats_on_the_host(fp32_video):
     model, video = fp32_video
     decoder = Decoder(model, video, heads=heads_of(model))
     scores = decoder.select(torch.arange(10, 15), decoding(topk=2, chunk=1)["selection"]).relevance
-    assert scores.device.type == "cpu" and scores.dtype == torch.float32
-    assert torch.isnan(scores[[0, -1]]).all() and abs(float(scores[1:-1].sum()) - 1) < 1e-5
+    assert all(type(x) is float for x in scores)
+    assert scores[0] != scores[0] and scores[-1] != scores[-1] and abs(sum(scores[1:-1]) - 1) < 1e-5  # NaN: forced

@@ -87,3 +87,29 @@ def test_generation_steps_sync_only_for_the_stop_check():
         got = generate(DecodeCache(keys, values, new_tokens), counter)
     assert got == want
     assert counter.sync_total == new_tokens
+
+
+@pytest.mark.parametrize("heads", ["retrieval", "all"])  # "all": every head scores, so the best bounds are re-ranked
+def test_answering_reads_the_device_a_few_times_whatever_the_video_length(heads):
+    """Selection and the question's pre-fill read the device at most 10 times in all (the re-ranked chunks, the
+    relevance, the tail share, then the first token), however many chunks the video has; each further generated
+    token adds one read, its stop check. The layout of the mixed cache is host bookkeeping (NumPy)."""
+    from videoxl.engine.decode import Decoder, configure
+
+    model = tiny_qwen2(layers=2)
+    syncs = {}
+    for groups in (12, 48):
+        video = prefill(model, torch.arange(5), random_groups(groups, hidden=64), PrefillConfig(chunk=2, window=2))
+        decoder = Decoder(model, video, heads={0: [0, 2], 1: [1]})
+        decoder.eos = set()  # random weights: exactly the tokens asked for
+        question = torch.arange(10, 18)
+        for new_tokens in (1, 6):
+            options = configure(topk=3, chunk=1, heads=heads, max_new_tokens=new_tokens)
+            want = decoder.answer(question, **options)
+            with OpCounter(strict=True, allow_syncs=10 + new_tokens - 1) as counter:
+                got = decoder.answer(question, **options)
+            assert (got.tokens, got.dense_chunks) == (want.tokens, want.dense_chunks)
+            assert len(got.tokens) == new_tokens and 4 < len(got.dense_chunks) < groups
+            syncs[groups, new_tokens] = counter.sync_total
+    assert syncs[12, 1] == syncs[48, 1] <= 10  # not one read per chunk
+    assert syncs[48, 6] - syncs[48, 1] == 5  # one stop check per further token

@@ -123,9 +123,8 @@ def test_horizon_store_prefills_like_a_store_and_reads_released_groups_sparse():
     torch.testing.assert_close(v[:, ts], pooled)
     torch.testing.assert_close(horizon.dense.k[1][:, g.start: g.visual_start], plain.dense.k[1][:, g.start: g.visual_start])
     # decoding layouts: every group asked dense, the released ones come sparse, as from a plain store told so
-    wanted = torch.ones(len(horizon.groups), dtype=torch.bool)
-    told = wanted.clone()
-    told[:8] = False
+    wanted = [True] * len(horizon.groups)
+    told = [False] * 8 + wanted[8:]
     for layer in range(cfg.num_hidden_layers):
         for a, b in zip(horizon.gather(layer, *horizon.layout(wanted)[:2]), plain.gather(layer, *plain.layout(told)[:2])):
             torch.testing.assert_close(a, b)

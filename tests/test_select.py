@@ -92,13 +92,13 @@ def test_summaries_and_scores_leave_timestamp_keys_out():
 def test_choose_dense_follow_brings_the_next_chunk_within_topk_and_budget():
     from videoxl.engine.select import choose_dense
 
-    rel = torch.tensor([float("nan"), 0.1, 0.9, 0.2, 0.4, 0.5, 0.3, float("nan")])
+    rel = [float("nan"), 0.1, 0.9, 0.2, 0.4, 0.5, 0.3, float("nan")]
     cands, forced, dense_tok, sparse_tok = list(range(1, 7)), [0, 7], [10] * 8, [3] * 8
     assert choose_dense(rel, cands, forced, 3, None, dense_tok, sparse_tok) == [0, 2, 4, 5, 7]
     assert choose_dense(rel, cands, forced, 3, None, dense_tok, sparse_tok, follow=1) == [0, 2, 3, 5, 7]
     assert choose_dense(rel, cands, forced, 4, None, dense_tok, sparse_tok, follow=2) == [0, 2, 3, 5, 6, 7]
     # the best chunk's follower is the forced last one: nothing to bring, the next picks are by relevance
-    rel_last = torch.tensor([float("nan"), 0.1, 0.2, 0.3, 0.4, 0.5, 0.9, float("nan")])
+    rel_last = [float("nan"), 0.1, 0.2, 0.3, 0.4, 0.5, 0.9, float("nan")]
     assert choose_dense(rel_last, cands, forced, 3, None, dense_tok, sparse_tok, follow=1) == [0, 4, 5, 6, 7]
     # the budget holds the forced chunks plus two reloads of 7 tokens; a follower too large for it is skipped
     budget = 2 * 10 + 6 * 3 + 2 * 7
@@ -145,7 +145,7 @@ def test_min_relevance_reloads_only_chunks_near_the_best():
     """Candidates in relevance order stop at the first below min_relevance x the best; a follower still comes."""
     from videoxl.engine.select import choose_dense
 
-    rel = torch.tensor([float("nan"), 0.40, 0.05, 0.30, 0.10, 0.15, float("nan")])
+    rel = [float("nan"), 0.40, 0.05, 0.30, 0.10, 0.15, float("nan")]
     args = ([1, 2, 3, 4, 5], [0, 6], 3, None, [10] * 7, [3] * 7)
     assert choose_dense(rel, *args) == [0, 1, 3, 5, 6]  # top 3: 0.40, 0.30, 0.15
     assert choose_dense(rel, *args, min_relevance=0.5) == [0, 1, 3, 6]  # 0.15 < 0.5 x 0.40

@@ -84,7 +84,7 @@ def test_mixed_cache_layout_follows_the_groups_in_order():
     model = tiny_qwen2()
     video = prefill(model, torch.arange(4), random_groups(7, hidden=64), PrefillConfig(chunk=2, window=1))
     store = video.store
-    dense_groups = torch.tensor([True, False, False, True, False, True, True])
+    dense_groups = [True, False, False, True, False, True, True]
     want_dense, want_index, want_pos = [True] * 4, list(range(4)), [float(p) for p in range(4)]
     for g, span in enumerate(store.groups):  # group by group, as the decoder reads them
         rows = range(span.start, span.end) if dense_groups[g] else range(span.sparse_start, span.sparse_end)

@@ -119,7 +119,7 @@ class Choice:
 
     ranges: list[tuple[int, int]]  # decoding chunks as group ranges [start, end)
     dense: list[int]  # the chunks reloaded dense (after any fallback)
-    relevance: torch.Tensor | None = None  # (chunks,), NaN for the forced ones; None without scoring
+    relevance: list[float] | None = None  # per chunk, NaN for the forced ones; None without scoring
     confidence: float | None = None
     fallback: str | None = None
     tail: float | None = None
@@ -149,7 +149,7 @@ class Decoder:
             self.eos.add(tokenizer.eos_token_id)
 
     # -- the mixed cache ------------------------------------------------------------------------------------------
-    def _cache(self, dense_groups: torch.Tensor, positions: str, room: int, layers: int | None = None,
+    def _cache(self, dense_groups: list[bool], positions: str, room: int, layers: int | None = None,
                sparse_stamps: bool = True) -> tuple[DecodeCache, int]:
         """Gather the mixed cache (of the first ``layers`` layers; None: all; sparse groups with their timestamps
         only with ``sparse_stamps``); returns it and the position the next token takes."""
@@ -184,10 +184,7 @@ class Decoder:
         others sparse, with their timestamps if ``sparse_stamps``), up to the last scoring layer only (the
         retrieval heads of SmolLM2-135M end at layer 20 of 30)."""
         store = self.video.store
-        dense_groups = torch.zeros(len(store.groups), dtype=torch.bool)
-        for c in forced:
-            dense_groups[ranges[c][0]:ranges[c][1]] = True
-        cache, position = self._cache(dense_groups, "absolute", question.shape[0], layers=max(layers) + 1,
+        cache, position = self._cache(_dense_flags(len(store.groups), ranges, forced), "absolute", question.shape[0], layers=max(layers) + 1,
                                       sparse_stamps=sparse_stamps)
         _, step = self._step(cache, embed(self.model, question), position, capture=layers, queries_only=True)
         q_pos = torch.arange(position, position + question.shape[0], dtype=torch.float64)
@@ -235,14 +232,16 @@ class Decoder:
         """Relevance (chunks,) of each decoding chunk to the question, computed by the model (see select.py);
         the always-dense ``forced`` chunks are not scored (NaN). The question runs over a cache where the other
         chunks are sparse (with their timestamps if ``sparse_stamps``)."""
-        return self._score(question, ranges, forced, sparse_stamps, ablation)[0]
+        return torch.tensor(self._score(question, ranges, forced, sparse_stamps, ablation)[0])
 
     def _score(self, question: torch.Tensor, ranges: list[tuple[int, int]], forced: list[int], sparse_stamps: bool,
-               ablation: Ablation) -> tuple[torch.Tensor, float | None]:
-        """:meth:`score`, and with ``follow_tail`` the best chunk's :func:`select.tail_share` (else None)."""
+               ablation: Ablation) -> tuple[list[float], float | None]:
+        """:meth:`score` as floats on the host, and with ``follow_tail`` the best chunk's :func:`select.tail_share`
+        (else None). The host reads the device three times at most: the re-ranked chunks, the relevance, the tail
+        share (tests/test_host_sync.py)."""
         config = ablation
         store = self.video.store
-        scores = torch.full((len(ranges),), float("nan"))
+        scores = [float("nan")] * len(ranges)
         candidates = [c for c in range(len(ranges)) if c not in forced]
         if not candidates:
             return scores, None
@@ -286,10 +285,12 @@ class Decoder:
                 exact = exact / prior.to(exact).clamp_min(torch.finfo(exact.dtype).tiny)
                 exact = exact / exact.sum()
             rel[short] = rel[short].sum() * exact.to(rel)
-        scores[candidates] = rel.cpu()
+        values = rel.tolist()  # the one read of the relevance
+        for c, x in zip(candidates, values):
+            scores[c] = x
         tail = None
         if config.follow_tail is not None:
-            best = candidates[int(rel.argmax())]
+            best = candidates[max(range(len(values)), key=values.__getitem__)]  # the first best, as argmax
             tail = tail_share(queries, store, self.summaries[config.score_positions], self.scale, range(*ranges[best]),
                               heads, tokens)
         return scores, tail
@@ -318,7 +319,7 @@ class Decoder:
         if chunk_scores is not None:
             if not selection.selects:
                 raise InputError("chunk_scores need topk or kv_budget to say how many chunks to reload dense")
-            scores = _external_scores(chunk_scores, n)
+            scores = _external_scores(chunk_scores, n).tolist()
         elif not selection.selects:
             return Choice(ranges, list(range(n)))
         forced = sorted({0, n - 1})
@@ -337,7 +338,7 @@ class Decoder:
         choice = Choice(ranges, dense, scores, tail=tail)
         if candidates and chunk_scores is None:
             chosen = [i for i, c in enumerate(candidates) if c in dense]
-            choice.confidence = confidence(scores[candidates], chosen)
+            choice.confidence = confidence([scores[c] for c in candidates], chosen)
             if selection.min_confidence is not None and choice.confidence < selection.min_confidence:
                 choice.dense = list(range(n))
                 choice.fallback = (f"dense: flat relevance (confidence {choice.confidence:.2f} < "
@@ -353,10 +354,7 @@ class Decoder:
         t0 = time.perf_counter()
         choice = self.select(question, selection, chunk_scores, ablation)
         t1 = time.perf_counter()
-        dense_groups = torch.zeros(len(store.groups), dtype=torch.bool)
-        for c in choice.dense:
-            dense_groups[choice.ranges[c][0]:choice.ranges[c][1]] = True
-        cache, position = self._cache(dense_groups, ablation.positions, question.shape[0] + generation.max_new_tokens,
+        cache, position = self._cache(_dense_flags(len(store.groups), choice.ranges, choice.dense), ablation.positions, question.shape[0] + generation.max_new_tokens,
                                       sparse_stamps=selection.sparse_stamps)
         used_bytes = cache.nbytes
         hidden, _ = self._step(cache, embed(self.model, question), position)
@@ -366,7 +364,7 @@ class Decoder:
         t3 = time.perf_counter()
         scores = choice.relevance
         return Answer(text, tokens, len(choice.ranges), choice.dense,
-                      None if scores is None else [None if x != x else x for x in scores.tolist()],
+                      None if scores is None else [None if x != x else x for x in scores],
                       store.dense_bytes, used_bytes,
                       {"select": t1 - t0, "question": t2 - t1, "generate": t3 - t2}, choice.confidence,
                       choice.fallback, choice.tail,
@@ -396,6 +394,15 @@ class Decoder:
                 position += 1
         text.flush()
         return tokens, text.text
+
+
+def _dense_flags(groups: int, ranges: list[tuple[int, int]], chunks: Sequence[int]) -> list[bool]:
+    """One flag per group: True for the groups of the given decoding ``chunks`` (group ranges)."""
+    flags = [False] * groups
+    for c in chunks:
+        start, end = ranges[c]
+        flags[start:end] = [True] * (end - start)
+    return flags
 
 
 def _external_scores(chunk_scores, n: int) -> torch.Tensor:

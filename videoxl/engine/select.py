@@ -38,6 +38,7 @@ retrieval heads, 0.01-0.07 on the bundled video model, where every head scores.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 
@@ -183,16 +184,16 @@ def relevance(per_layer_chunk_scores: dict[int, torch.Tensor], tokens: torch.Ten
     return torch.cat(dists).mean(0)
 
 
-def confidence(relevance: torch.Tensor, chosen: list[int]) -> float:
+def confidence(relevance: Sequence[float] | torch.Tensor, chosen: list[int]) -> float:
     """How much the ``chosen`` chunks stand out, from a relevance distribution over the candidates (chunks,):
     the share of relevance they hold beyond what ``k`` of ``n`` chunks hold when scores are flat,
     ``(mass - k/n) / (1 - k/n)``, clipped to [0, 1]. 0: they hold no more than any k chunks; 1: all of it.
     Choosing none or all of them leaves nothing to doubt (1)."""
-    n, k = relevance.numel(), len(chosen)
+    values = relevance.tolist() if isinstance(relevance, torch.Tensor) else list(relevance)
+    n, k = len(values), len(chosen)
     if k == 0 or k >= n:
         return 1.0
-    p = relevance.double() / relevance.double().sum()
-    mass = float(p[torch.tensor(chosen)].sum())
+    mass = math.fsum(values[i] for i in chosen) / math.fsum(values)
     return min(1.0, max(0.0, (mass - k / n) / (1 - k / n)))
 
 
@@ -216,11 +217,11 @@ def content_mask(ids: torch.Tensor, tokenizer) -> torch.Tensor:
     return torch.tensor(keep, dtype=torch.bool)
 
 
-def choose_dense(relevance: torch.Tensor, candidates: list[int], forced: list[int], topk: int | None,
+def choose_dense(relevance: Sequence[float], candidates: list[int], forced: list[int], topk: int | None,
                  token_budget: int | None, tokens_if_dense: list[int], tokens_if_sparse: list[int],
                  follow: int = 0, min_relevance: float | None = None) -> list[int]:
-    """The chunks to reload dense: ``forced`` ones, then candidates by relevance while ``topk`` and the budget
-    allow. With ``follow``, each of the ``follow`` best picks brings the candidate chunk right after it next (what
+    """The chunks to reload dense: ``forced`` ones, then candidates by ``relevance`` (floats on the host, one per
+    chunk) while ``topk`` and the budget allow. With ``follow``, each of the ``follow`` best picks brings the candidate chunk right after it next (what
     it leads into: the value of a key cut by a chunk boundary, the rest of an event), within the same ``topk`` and
     budget. With ``min_relevance``, a candidate below that fraction of the best one's relevance is not reloaded
     (a chunk brought by ``follow`` is)."""
@@ -228,15 +229,15 @@ def choose_dense(relevance: torch.Tensor, candidates: list[int], forced: list[in
     used = sum(tokens_if_dense[c] if c in dense else tokens_if_sparse[c] for c in range(len(tokens_if_dense)))
     allowed = set(candidates)
     picked = 0
-    queue = [(c, False) for c in sorted(candidates, key=lambda c: -float(relevance[c]))]  # (chunk, a follower?)
+    queue = [(c, False) for c in sorted(candidates, key=lambda c: -relevance[c])]  # (chunk, a follower?)
     floor = -math.inf
     if min_relevance is not None and queue:
-        floor = min_relevance * float(relevance[queue[0][0]])
+        floor = min_relevance * relevance[queue[0][0]]
     while queue:
         if topk is not None and picked >= topk:
             break
         c, follower = queue.pop(0)
-        if not follower and float(relevance[c]) < floor:
+        if not follower and relevance[c] < floor:
             break  # the queue is in relevance order: nothing after it clears the floor either
         extra = tokens_if_dense[c] - tokens_if_sparse[c]
         if c in dense or (token_budget is not None and used + extra > token_budget):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..errors import InputError
@@ -28,6 +29,17 @@ class GroupSpan:
     end: int
     sparse_start: int
     sparse_end: int
+
+
+SLICE_BYTES = 32 << 20  # transient bytes the work on a forward's KVs after it (pooling, summaries) may take at once
+
+
+def layer_slices(layers: int, bytes_per_layer: int) -> list[range]:
+    """The layers in consecutive slices whose work of ``bytes_per_layer`` each stays within :data:`SLICE_BYTES`
+    together: all layers at once cost more transient memory than a pre-fill forward (a peak above dense pre-fill's),
+    one at a time costs a launch per op per layer."""
+    step = max(1, SLICE_BYTES // max(1, bytes_per_layer))
+    return [range(lo, min(lo + step, layers)) for lo in range(0, layers, step)]
 
 
 class _Buffer:
@@ -82,6 +94,7 @@ class KVStore:
         self.prefix_length = 0
         self.groups: list[GroupSpan] = []
         self._rows_memo: tuple | None = None  # the last layout's rows on the device (see _rows_of)
+        self._host_rows: tuple | None = None  # the last layout's dense and sparse rows, worked out on the host
 
     # -- writing (pre-fill) ------------------------------------------------------------------------------------
     def reserve(self, tokens: int) -> None:
@@ -133,8 +146,8 @@ class KVStore:
         positions = torch.tensor(positions, dtype=torch.float64)  # every new sparse row's position, in order
         pooled = torch.tensor(pooled, dtype=torch.long)
         dev = self.device
-        # indices, divisors and rotation tables built once per call on the store's device, and every layer's
-        # arithmetic done at once on a (layers, kv_heads, tokens, dim) stack: a handful of kernels per chunk
+        # indices, divisors and rotation tables built once per call on the store's device, and the arithmetic done
+        # on a (layers, kv_heads, tokens, dim) stack of a few layers: a handful of kernels per slice
         n_vis = vis_index.numel()
         gather = torch.cat([vis_index, ts_index]).to(dev)
         win_d, pooled_d = windows.to(dev), pooled.to(dev)
@@ -142,19 +155,24 @@ class KVStore:
         divisor = torch.tensor(counts).to(dev, self.dtype)[:, None]
         unrotate = rope.table(-vis_index.double(), dev, self.dtype)
         rerotate = rope.table(positions[pooled], dev, self.dtype)
-        k_all = torch.stack([k.index_select(1, gather) for k in self.dense.k])  # (L, Hkv, vis + ts, D)
-        v_all = torch.stack([v.index_select(1, gather) for v in self.dense.v])
-        shape = (self.layers, self.kv_heads, n_sparse - first, self.head_dim)
-        k_new = torch.zeros(shape, dtype=self.dtype, device=dev)
-        v_new = torch.zeros_like(k_new)
-        k_new.index_add_(2, win_d, rope.apply(k_all[:, :, :n_vis], unrotate))  # un-rotate before averaging
-        v_new.index_add_(2, win_d, v_all[:, :, :n_vis])
-        k_new[:, :, pooled_d] = rope.apply(k_new[:, :, pooled_d] / divisor, rerotate)
-        v_new[:, :, pooled_d] /= divisor
-        k_new[:, :, rows_d] = k_all[:, :, n_vis:]  # timestamps verbatim
-        v_new[:, :, rows_d] = v_all[:, :, n_vis:]
-        for layer in range(self.layers):
-            self.sparse.write(layer, first, k_new[layer], v_new[layer])
+        # a few layers at a time (layer_slices): about 6 copies of a layer's gathered keys and values live at once
+        per_layer = 6 * 2 * self.kv_heads * gather.numel() * self.head_dim * torch.finfo(self.dtype).bits // 8
+        for layers in layer_slices(self.layers, per_layer):
+            lo, hi = layers.start, layers.stop
+            k_all = torch.stack([k.index_select(1, gather) for k in self.dense.k[lo:hi]])  # (l, Hkv, vis + ts, D)
+            v_all = torch.stack([v.index_select(1, gather) for v in self.dense.v[lo:hi]])
+            k_new = torch.zeros((hi - lo, self.kv_heads, n_sparse - first, self.head_dim), dtype=self.dtype,
+                                device=dev)
+            v_new = torch.zeros_like(k_new)
+            k_new.index_add_(2, win_d, rope.apply(k_all[:, :, :n_vis], unrotate))  # un-rotate before averaging
+            v_new.index_add_(2, win_d, v_all[:, :, :n_vis])
+            k_new[:, :, pooled_d] = rope.apply(k_new[:, :, pooled_d] / divisor, rerotate)
+            v_new[:, :, pooled_d] /= divisor
+            k_new[:, :, rows_d] = k_all[:, :, n_vis:]  # timestamps verbatim
+            v_new[:, :, rows_d] = v_all[:, :, n_vis:]
+            del k_all, v_all
+            for i in range(hi - lo):
+                self.sparse.write(lo + i, first, k_new[i], v_new[i])
         self.sparse_pos = torch.cat([self.sparse_pos[:first], positions])
         self.sparse_length = n_sparse
         self.groups.extend(new_spans)
@@ -172,27 +190,31 @@ class KVStore:
         first pooled token's."""
         return span.sparse_start + (0 if sparse_stamps else span.visual_start - span.start)
 
-    def layout(self, dense_groups: torch.Tensor,
-               sparse_stamps: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def layout(self, dense_groups, sparse_stamps: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Indices and positions of a mixed cache: the prefix, then each group dense or sparse, in order; a sparse
-        group without its timestamp tokens unless ``sparse_stamps``.
+        group without its timestamp tokens unless ``sparse_stamps``. ``dense_groups``: one bool per group (a list).
 
-        Returns (from_dense (N,) bool, index (N,) into the dense or sparse buffer, positions (N,) float64).
+        Returns (from_dense (N,) bool, index (N,) into the dense or sparse buffer, positions (N,) float64), on the
+        host. The layout is host bookkeeping, worked out with NumPy from the group spans: no op here reads a
+        device tensor, so nothing waits for the device (tests/test_host_sync.py).
         """
-        spans = torch.tensor([[g.start, g.end, self.sparse_first(g, sparse_stamps), g.sparse_end]
-                              for g in self.groups], dtype=torch.long).reshape(-1, 4)
-        dense = torch.as_tensor(dense_groups, dtype=torch.bool).cpu()
-        first = torch.where(dense, spans[:, 0], spans[:, 2])
-        lengths = torch.where(dense, spans[:, 1], spans[:, 3]) - first
+        spans = np.array([[g.start, g.end, self.sparse_first(g, sparse_stamps), g.sparse_end]
+                          for g in self.groups], dtype=np.int64).reshape(-1, 4)
+        dense = np.asarray(dense_groups, dtype=bool).reshape(-1)
+        first = np.where(dense, spans[:, 0], spans[:, 2])
+        lengths = np.where(dense, spans[:, 1], spans[:, 3]) - first
         # row r of group g reads its buffer at first[g] + (r - where group g begins in the mixed cache)
-        begins = torch.cumsum(lengths, 0) - lengths
-        index = torch.repeat_interleave(first - begins, lengths) + torch.arange(int(lengths.sum()))
-        from_dense = torch.repeat_interleave(dense, lengths)
-        positions = index.double()
-        positions[~from_dense] = self.sparse_pos[index[~from_dense]]
-        prefix = torch.arange(self.prefix_length)
-        return (torch.cat([torch.ones(self.prefix_length, dtype=torch.bool), from_dense]),
-                torch.cat([prefix, index]), torch.cat([prefix.double(), positions]))
+        begins = np.cumsum(lengths) - lengths
+        prefix = np.arange(self.prefix_length, dtype=np.int64)
+        index = np.concatenate([prefix, np.repeat(first - begins, lengths) + np.arange(int(lengths.sum()))])
+        from_dense = np.concatenate([np.ones(self.prefix_length, dtype=bool), np.repeat(dense, lengths)])
+        d_rows, s_rows = torch.from_numpy(np.flatnonzero(from_dense)), torch.from_numpy(np.flatnonzero(~from_dense))
+        index_t = torch.from_numpy(index)
+        positions = index_t.double()
+        positions[s_rows] = self.sparse_pos[index_t[s_rows]]  # a sparse row: its pooled window's mean position
+        from_dense_t = torch.from_numpy(from_dense)
+        self._host_rows = (from_dense_t, index_t, d_rows, s_rows)
+        return from_dense_t, index_t, positions
 
     def gather(self, layer: int, from_dense: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values (kv_heads, N, head_dim) of one layer for a layout made by :meth:`layout`."""
@@ -208,14 +230,26 @@ class KVStore:
         return k, v
 
     def _rows_of(self, from_dense: torch.Tensor, index: torch.Tensor):
-        """The dense and sparse rows of a layout, and its index, on the store's device: worked out once per layout
-        (the host reads the layout's flags) and reused for every layer."""
+        """The dense and sparse rows of a layout, and its index, on the store's device: copied there once per
+        layout (without waiting: host-to-device copies of host memory need no sync) and reused for every layer."""
         memo = self._rows_memo
         if memo is None or memo[0] is not from_dense or memo[1] is not index or memo[2] != self.device:
-            rows = (from_dense.nonzero().squeeze(1).to(self.device), (~from_dense).nonzero().squeeze(1).to(self.device),
-                    index.to(self.device))
+            host = self._host_rows
+            if host is not None and host[0] is from_dense and host[1] is index:
+                d_rows, s_rows = host[2], host[3]
+            else:  # a layout this store did not make last
+                d_rows, s_rows = from_dense.nonzero().squeeze(1), (~from_dense).nonzero().squeeze(1)
+            rows = tuple(t.to(self.device, non_blocking=True) for t in (d_rows, s_rows, index))
             memo = self._rows_memo = (from_dense, index, self.device, rows)
         return memo[3]
+
+    def mixed_tokens(self, dense_groups, sparse_stamps: bool = True) -> int:
+        """Length of the mixed cache that keeps the given groups dense and the others sparse (see :meth:`layout`)."""
+        n = self.prefix_length
+        for g, span in enumerate(self.groups):
+            n += (span.end - span.start) if dense_groups[g] else \
+                (span.sparse_end - self.sparse_first(span, sparse_stamps))
+        return n
 
     # -- accounting ---------------------------------------------------------------------------------------------
     @property
@@ -230,14 +264,6 @@ class KVStore:
     @property
     def sparse_bytes(self) -> int:
         return self.sparse_length * self.bytes_per_token
-
-    def mixed_tokens(self, dense_groups: torch.Tensor, sparse_stamps: bool = True) -> int:
-        """Length of the mixed cache that keeps the given groups dense and the others sparse (see :meth:`layout`)."""
-        n = self.prefix_length
-        for g, span in enumerate(self.groups):
-            n += (span.end - span.start) if dense_groups[g] else \
-                (span.sparse_end - self.sparse_first(span, sparse_stamps))
-        return n
 
     # -- moving and saving (serving keeps stores in tiers: GPU, CPU memory, disk) -------------------------------
     @property

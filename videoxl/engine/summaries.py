@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .rope import Rope
-from .store import KVStore
+from .store import KVStore, layer_slices
 
 PAGE = 16
 
@@ -98,14 +98,19 @@ class GroupSummaries:
         index = torch.cat(rows).flatten().to(store.device)
         table = None if self.rope.is_identity else self.rope.table(
             -torch.arange(first, store.length, dtype=torch.float64), store.device, store.dtype)
-        # every layer at once: (layers, Hkv, tokens, D) -> (layers, Hkv, pages, PAGE, D)
-        k = torch.stack([keys[:, first : store.length] for keys in store.dense.k])
-        if table is not None:
-            k = self.rope.apply(k, table)
-        paged = k.index_select(2, index).unflatten(2, (-1, PAGE))
-        low, high = paged.amin(3), paged.amax(3)
-        centre.append(list(((high + low) / 2).unbind(0)))
-        radius.append(list(((high - low) / 2).unbind(0)))
+        # a few layers at a time (layer_slices; about 6 copies of a layer's keys live at once):
+        # (layers, Hkv, tokens, D) -> (layers, Hkv, pages, PAGE, D)
+        per_layer = 6 * store.kv_heads * (store.length - first) * store.head_dim * torch.finfo(store.dtype).bits // 8
+        lows, highs = [], []
+        for layers in layer_slices(store.layers, per_layer):
+            k = torch.stack([store.dense.k[layer][:, first: store.length] for layer in layers])
+            if table is not None:
+                k = self.rope.apply(k, table)
+            paged = k.index_select(2, index).unflatten(2, (-1, PAGE))
+            lows += paged.amin(3).unbind(0)
+            highs += paged.amax(3).unbind(0)
+        centre.append([(high + low) / 2 for low, high in zip(lows, highs)])
+        radius.append([(high - low) / 2 for low, high in zip(lows, highs)])
         owner.extend(new_owner)
         self._owner = None
         self._page_groups = total

@@ -13,6 +13,7 @@ mixed caches of decoding hold released groups sparse whatever the selection chos
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..engine.rope import Rope
@@ -169,15 +170,14 @@ class HorizonStore(KVStore):
             out = self.rope.rotate(out, rows.double() - self.sparse_pos[sparse_row])
         return out
 
-    def _resident(self, dense_groups) -> torch.Tensor:
-        dense = torch.as_tensor(dense_groups, dtype=torch.bool).cpu().clone()
+    def _resident(self, dense_groups) -> np.ndarray:
+        dense = np.array(dense_groups, dtype=bool).reshape(-1)  # a copy: the caller's flags stay as they were
         dense[: self.released_groups] = False
         return dense
 
-    def layout(self, dense_groups: torch.Tensor,
-               sparse_stamps: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def layout(self, dense_groups, sparse_stamps: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """As :meth:`KVStore.layout`, with released groups sparse whatever ``dense_groups`` says."""
         return super().layout(self._resident(dense_groups), sparse_stamps)
 
-    def mixed_tokens(self, dense_groups: torch.Tensor, sparse_stamps: bool = True) -> int:
+    def mixed_tokens(self, dense_groups, sparse_stamps: bool = True) -> int:
         return super().mixed_tokens(self._resident(dense_groups), sparse_stamps)
