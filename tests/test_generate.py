@@ -54,3 +54,33 @@ def test_greedy_stops_at_a_stop_token_and_leaves_it_out():
     stop_at = everything[5]
     cut, _ = greedy(model, cache, 3, position, NEW_TOKENS, stop=lambda t: t == stop_at)
     assert cut == everything[: everything.index(stop_at, 1)]
+
+
+@pytest.mark.parametrize("choose", [dict(topk=2), dict(dense=True)], ids=["bilevel", "dense"])
+def test_answers_with_compile_on_take_the_fixed_shape_step_and_equal_eager(choose):
+    """``Decoder(compile=True)`` generates greedy tokens through the fixed-shape step (seen by its cache writes,
+    ``index_copy``, one per layer, key and value, per token), token for token as the eager path; stop strings and
+    EOS end it alike. The compiler runs eagerly here (``force_eager``: inductor compiles for minutes on a shared
+    CPU); the compiled step against eager is tests/test_gpu.py's, on CUDA."""
+    from videoxl.engine.dispatch import OpCounter
+
+    model = tiny_qwen2()
+    video = prefill(model, torch.arange(5), random_groups(10, hidden=64), PrefillConfig(chunk=2, window=1))
+    question = torch.arange(10, 16)
+    selection = Selection(**choose, chunk=1, sparse_stamps=False)
+    eager, fixed = Decoder(model, video), Decoder(model, video, compile=True)
+    assert Decoder(model, video).compile is False  # off unless asked for
+    for d in (eager, fixed):
+        d.eos = set()
+    want = eager.answer(question, selection, Generation(max_new_tokens=NEW_TOKENS))
+    with torch.compiler.set_stance("force_eager"), OpCounter() as counter:
+        got = fixed.answer(question, selection, Generation(max_new_tokens=NEW_TOKENS))
+    assert got.tokens == want.tokens and len(got.tokens) == NEW_TOKENS
+    assert counter.ops["index_copy_"] == 2 * model.config.num_hidden_layers * (NEW_TOKENS - 1)
+    eager.eos = fixed.eos = {want.tokens[7]}  # an end-of-sequence token cuts both at the same place
+    with torch.compiler.set_stance("force_eager"):
+        cut = fixed.answer(question, selection, Generation(max_new_tokens=NEW_TOKENS)).tokens
+    assert cut == eager.answer(question, selection, Generation(max_new_tokens=NEW_TOKENS)).tokens == \
+        want.tokens[: want.tokens.index(want.tokens[7])]
+    sampled = fixed.answer(question, selection, Generation(max_new_tokens=4, temperature=0.7, seed=1))
+    assert len(sampled.tokens) <= 4  # sampling keeps the eager step (the fixed-shape step is greedy)

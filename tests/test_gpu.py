@@ -190,3 +190,20 @@ def test_compiled_generation_step_equals_eager_on_cuda(choose):
     eager = static_answer(decoder, question, dense, 10)
     compiled = static_answer(decoder, question, dense, 10, compiled=True)
     assert compiled == eager and len(eager) == 24
+
+
+def test_answers_compiled_on_cuda_equal_eager_and_read_each_token_once():
+    from videoxl.engine.dispatch import OpCounter
+
+    gpu = tiny_qwen2(layers=3).to("cuda")
+    video = prefill(gpu, torch.arange(5), random_groups(10, hidden=64), PrefillConfig(chunk=2, window=1))
+    eager, fixed = Decoder(gpu, video), Decoder(gpu, video, compile=True)
+    eager.eos = fixed.eos = set()
+    options = decoding(topk=2, chunk=1, max_new_tokens=24)
+    want = eager.answer(torch.arange(10, 16), **options)
+    first = fixed.answer(torch.arange(10, 16), **options)  # compiles
+    assert first.tokens == want.tokens and first.seconds.get("compile", 0) > 0
+    with OpCounter() as counter:
+        again = fixed.answer(torch.arange(10, 16), **options)  # same shapes: no compilation
+    assert again.tokens == want.tokens and "compile" not in again.seconds
+    assert counter.ops["index_copy_"] == 0  # inside the compiled graph, unseen

@@ -23,7 +23,7 @@ from pathlib import Path  # noqa: E402
 
 from . import decoding, defaults  # noqa: E402
 from .errors import InputError, OptionError  # noqa: E402
-from .options import device_name, rate, whole  # noqa: E402
+from .options import add_compile, device_name, rate, whole  # noqa: E402
 from .outputs import ProgressBars  # noqa: E402
 from .outputs import png_target as _png_target, write_atomically as _write_png_atomically  # noqa: E402
 
@@ -70,6 +70,7 @@ def _add_ask(sub) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="default: the model's profile on a GPU (float16 for the released weights), else the "
                         "checkpoint's torch_dtype, else bf16 on GPU and fp32 on CPU")
+    add_compile(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--explain", metavar="FILE.png", help="draw the timeline with chunk relevance and thumbnails")
     p.add_argument("--progress", action="store_true", help="show progress bars even when stderr is not a terminal")
@@ -102,6 +103,7 @@ def _ask(args) -> int:
     source = open_video(video)  # a bad video fails here, before the model loads
     started = time.perf_counter()
     model = load(args.model or default_model(), args.device, args.dtype, args.question, args.max_question_tokens)
+    model.compile_generation = args.compile
     load_s = time.perf_counter() - started
     bars = ProgressBars(args.progress or sys.stderr.isatty())
     try:

@@ -104,3 +104,19 @@ def unit(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
     return value
+
+
+def switch(text: str) -> bool:
+    """``on`` or ``off``."""
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"must be 'on' or 'off', got {text!r}")
+    return text == "on"
+
+
+def add_compile(parser) -> None:
+    """``--compile on|off``, the model's ``compile_generation`` (``videoxl.model.VideoXL2``), for every command that
+    loads a model to answer."""
+    parser.add_argument("--compile", type=switch, metavar="on|off",
+                        help="greedy tokens from the fixed-shape generation step compiled with torch.compile; "
+                             "its compilation is reported in the stats (default: off; on a CPU compiling takes "
+                             "minutes and pays only for long answers: docs/host.md)")

@@ -65,14 +65,16 @@ class Session:
         self.model, self.video, self.group_times, self.stats = model, video, group_times, stats
         self.thumbnails = thumbnails
         self.decoder = Decoder(model.llm, video, model.tokenizer,
-                               heads=lambda: retrieval_heads(model.llm, model.tokenizer).heads)
+                               heads=lambda: retrieval_heads(model.llm, model.tokenizer).heads,
+                               compile=model.compile_generation)
 
     def report(self, answer: Answer, load_seconds: float | None = None) -> dict:
         """What ``videoxl ask --json`` prints: the answer, how it was decoded, the ingest, and pre-fill's FLOPs
         beside dense pre-fill's."""
         flops = self.video.stats
         seconds = {**({} if load_seconds is None else {"load": load_seconds}), **self.stats.seconds,
-                   "answer": sum(answer.seconds.values())}
+                   "answer": sum(v for k, v in answer.seconds.items() if k != "compile"),  # within "generate"
+                   **({"compile": answer.seconds["compile"]} if "compile" in answer.seconds else {})}
         tail = self.decoder.followed_tail(answer)
         return {**answer.to_dict(), **self.stats.to_dict(), "chunks": answer.chunks, "profile": self.model.profile,
                 "followed_tail": tail, "prefill_attn_flops": flops.attn_flops,

@@ -25,6 +25,7 @@ import torch
 from ..decoding import Generation, Selection
 from ..errors import InputError
 from .attention import DecodeCache, DecodeStep, run_step
+from .generate import StaticStep, compile_step, compiled_graphs
 from .layout import embed
 from .prefill import PrefilledVideo
 from .rope import Rope
@@ -129,9 +130,12 @@ class Decoder:
     """Answers questions about one pre-filled video; summaries for chunk scoring are shared across questions."""
 
     def __init__(self, model: torch.nn.Module, video: PrefilledVideo, tokenizer=None,
-                 heads: Callable[[], dict[int, list[int]]] | dict[int, list[int]] | None = None):
+                 heads: Callable[[], dict[int, list[int]]] | dict[int, list[int]] | None = None,
+                 compile: bool | None = None):
         """``heads``: the model's retrieval heads per layer (heads.py), or a function that finds them on first use;
-        None or empty: every head scores."""
+        None or empty: every head scores. ``compile``: greedy tokens come from the fixed-shape step compiled
+        (engine/generate.py); None: off, until a GPU run shows it pays there (on a CPU inductor compiles for
+        minutes; docs/host.md)."""
         self.model, self.video, self.tokenizer = model, video, tokenizer
         self._heads = heads
         self.rope = Rope.of(model)
@@ -140,6 +144,7 @@ class Decoder:
                           True: GroupSummaries(video.store, Rope.identity())}
         first = next(model.parameters())
         self.device, self.dtype = first.device, first.dtype  # compute; the store may live elsewhere (see KVStore)
+        self.compile = bool(compile)
         cfg = model.config
         self.scale = (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads) ** -0.5
         self._template_queries: dict[tuple, dict[int, torch.Tensor]] = {}  # per chat template, ranges and forced
@@ -360,19 +365,22 @@ class Decoder:
         hidden, _ = self._step(cache, embed(self.model, question), position)
         position += question.shape[0]
         t2 = time.perf_counter()
-        tokens, text = self._generate(cache, hidden, position, generation, on_text)
+        seconds = {}
+        tokens, text = self._generate(cache, hidden, position, generation, on_text, seconds)
         t3 = time.perf_counter()
         scores = choice.relevance
         return Answer(text, tokens, len(choice.ranges), choice.dense,
                       None if scores is None else [None if x != x else x for x in scores],
                       store.dense_bytes, used_bytes,
-                      {"select": t1 - t0, "question": t2 - t1, "generate": t3 - t2}, choice.confidence,
+                      {"select": t1 - t0, "question": t2 - t1, "generate": t3 - t2, **seconds}, choice.confidence,
                       choice.fallback, choice.tail,
                       "length" if len(tokens) >= generation.max_new_tokens else "stop")
 
     def _generate(self, cache: DecodeCache, hidden: torch.Tensor, position: int, generation: Generation,
-                  on_text: Callable[[str], None] | None) -> tuple[list[int], str]:
-        """Tokens after the question's last hidden state, until EOS, a stop string or the token limit."""
+                  on_text: Callable[[str], None] | None, seconds: dict) -> tuple[list[int], str]:
+        """Tokens after the question's last hidden state, until EOS, a stop string or the token limit. Greedy
+        tokens after the first come from the compiled fixed-shape step when :attr:`compile` is on (its compilation
+        time, when it compiled, goes to ``seconds["compile"]``); each token is read on the host once."""
         lm_head = self.model.get_output_embeddings()
         generator = None
         if generation.temperature > 0:
@@ -380,20 +388,53 @@ class Decoder:
             generator.manual_seed(generation.seed if generation.seed is not None else torch.seed())
         text = _TextStream(self.tokenizer, generation.stop, on_text)
         tokens: list[int] = []
+        fixed = _FixedSteps(self.model, cache, position, seconds) if self.compile and generation.temperature == 0 \
+            else None
         for i in range(generation.max_new_tokens):
-            with torch.inference_mode():
-                logits = lm_head(hidden[-1:]).float()[0]
-            token = _sample(logits, generation, generator)
+            if fixed is not None and fixed.next is not None:
+                token = int(fixed.next)  # the stop check's read
+            else:
+                with torch.inference_mode():
+                    logits = lm_head(hidden[-1:]).float()[0]
+                token = _sample(logits, generation, generator)
             if token in self.eos:
                 break
             tokens.append(token)
             if text.push(tokens):
                 break
             if i + 1 < generation.max_new_tokens:
-                hidden, _ = self._step(cache, embed(self.model, torch.tensor([token])), position)
-                position += 1
+                if fixed is not None:
+                    fixed.step(token)
+                else:
+                    hidden, _ = self._step(cache, embed(self.model, torch.tensor([token])), position)
+                    position += 1
         text.flush()
         return tokens, text.text
+
+
+class _FixedSteps:
+    """Greedy tokens from :class:`~videoxl.engine.generate.StaticStep` compiled, over a question's cache: the
+    token stays on the device from one step to the next."""
+
+    def __init__(self, model: torch.nn.Module, cache: DecodeCache, position: int, seconds: dict):
+        self.cache, self.seconds = cache, seconds
+        self.run = compile_step(StaticStep(model, cache))
+        device = cache.k[0].device
+        self.at = torch.tensor([cache.length], device=device)
+        self.position = torch.tensor([position], device=device)
+        self.next: torch.Tensor | None = None
+
+    def step(self, token: int) -> None:
+        current = self.next if self.next is not None else torch.tensor([token], device=self.at.device)
+        graphs = compiled_graphs()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            self.next = self.run(current, self.at, self.position)
+            self.at += 1
+            self.position += 1
+        if compiled_graphs() != graphs:  # this step compiled (a new model or cache shape): report what it cost
+            self.seconds["compile"] = self.seconds.get("compile", 0.0) + time.perf_counter() - t0
+        self.cache.length += 1
 
 
 def _dense_flags(groups: int, ranges: list[tuple[int, int]], chunks: Sequence[int]) -> list[bool]:

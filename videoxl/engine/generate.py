@@ -3,8 +3,9 @@
 Each generated token runs the decoder over the preallocated :class:`DecodeCache` *whole*: the new key and value
 are written at a position held in a tensor, and the step attends to every row of the buffer under a mask of the
 rows written so far. No shape depends on how many tokens came before, no value is read on the host, so the step
-can be compiled with ``torch.compile(mode="reduce-overhead", fullgraph=True)``: on CUDA that is a CUDA graph, one
-launch per token; on a CPU inductor fuses the per-element work. The host reads each token once, for the stop check.
+can be compiled whole with ``torch.compile(fullgraph=True)``: inductor fuses the per-element work into a few
+kernels per layer (a CUDA graph, one launch per token, also needs the cache's addresses fixed: :func:`compile_step`).
+The host reads each token once, for the stop check.
 
 The step is written against the model's own modules (norms, projections, MLPs, rotary embedding) of the Llama and
 Qwen2 families, so it computes what the model computes; ``tests/test_generate.py`` holds it to the eager decoding
@@ -71,13 +72,19 @@ class StaticStep(torch.nn.Module):
         return logits.argmax(-1, keepdim=True)
 
 
+def compiled_graphs() -> int:
+    """Graphs ``torch.compile`` has compiled in this process so far (a step that raises it compiled)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
 def compile_step(step: StaticStep) -> Callable:
-    """``step`` under ``torch.compile``: CUDA graphs on CUDA (``reduce-overhead``), inductor elsewhere; one graph
-    (``fullgraph``). The cache buffers are marked static so a CUDA graph may write them in place."""
-    if step.rows.device.type == "cuda":
-        for t in step.k + step.v:
-            torch._dynamo.mark_static_address(t)
-        return torch.compile(step, mode="reduce-overhead", fullgraph=True)
+    """``step`` under ``torch.compile(fullgraph=True)``: one graph, its per-element work fused by inductor (on CUDA
+    and on a CPU). Not yet a CUDA graph (``mode="reduce-overhead"``): a question's cache is a new tensor, and a
+    CUDA graph replays fixed addresses, so it needs one cache buffer per model reused by every question (to do,
+    docs/host.md). Later questions with caches of the same shape reuse the compiled code; a new shape recompiles
+    once, then dynamic shapes take over (torch's automatic dynamic shapes)."""
     return torch.compile(step, fullgraph=True)
 
 

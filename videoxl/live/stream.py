@@ -269,7 +269,8 @@ class LiveStream:
             self._ends += [end for _, end in self._pending]
             if self._decoder is None:
                 self._decoder = Decoder(self.model.llm, self._video, self.model.tokenizer,
-                                        heads=lambda: retrieval_heads(self.model.llm, self.model.tokenizer).heads)
+                                        heads=lambda: retrieval_heads(self.model.llm, self.model.tokenizer).heads,
+                                        compile=self.model.compile_generation)
             self._release(store, chunks)
             self.stats.groups, self.stats.chunks = len(self._ends), chunks
             self.stats.stream_time = self._ends[-1]

@@ -109,6 +109,10 @@ class VideoXL2(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    # greedy generation through the compiled fixed-shape step (engine/generate.py); None: off. The command line's
+    # --compile sets it (options.add_compile)
+    compile_generation: bool | None = None
+
     @property
     def profile(self) -> str:
         """The decoding profile (videoxl.decoding.PROFILES): ``published`` for the released weights."""

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from .. import DEFAULT_MODEL, decoding, defaults
-from ..options import device_name, non_negative, positive, rate, whole
+from ..options import add_compile, device_name, non_negative, positive, rate, whole
 from .build import build
 from .service import ServeConfig
 
@@ -52,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--max-tokens-limit", type=whole(1, defaults.NEW_TOKENS_LIMIT), default=DEFAULTS.max_tokens_limit)
     model.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     model.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    add_compile(model)
     limits = p.add_argument_group("load and KV tiers")
     limits.add_argument("--max-queue", type=whole(1), default=DEFAULTS.max_queue,
                         help="jobs waiting for the model before requests are refused with 429")

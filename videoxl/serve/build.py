@@ -68,6 +68,7 @@ def build(args: argparse.Namespace, scratch: Path, write_through: bool = False):
     config, folder = check(args)
     model = VideoXL2.from_pretrained(folder, dtype=getattr(torch, args.dtype) if args.dtype else None,
                                      device=args.device)
+    model.compile_generation = args.compile
     fingerprint = model_fingerprint(folder)
     metrics = Metrics()
     disk = DiskStores(args.disk_kv_dir, fingerprint) if args.disk_kv_dir else None
