@@ -172,16 +172,16 @@ class KVStore:
         first pooled token's."""
         return span.sparse_start + (0 if sparse_stamps else span.visual_start - span.start)
 
-    def layout(self, dense_groups: torch.Tensor,
-               sparse_stamps: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Indices and positions of a mixed cache: the prefix, then each group dense or sparse, in order; a sparse
-        group without its timestamp tokens unless ``sparse_stamps``.
+    def layout(self, dense_groups: torch.Tensor, sparse_stamps: bool = True,
+               first: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Indices and positions of a mixed cache: the prefix, then each group from ``first`` on dense or sparse, in
+        order (earlier groups are left out); a sparse group without its timestamp tokens unless ``sparse_stamps``.
 
         Returns (from_dense (N,) bool, index (N,) into the dense or sparse buffer, positions (N,) float64).
         """
         spans = torch.tensor([[g.start, g.end, self.sparse_first(g, sparse_stamps), g.sparse_end]
-                              for g in self.groups], dtype=torch.long).reshape(-1, 4)
-        dense = torch.as_tensor(dense_groups, dtype=torch.bool).cpu()
+                              for g in self.groups[first:]], dtype=torch.long).reshape(-1, 4)
+        dense = torch.as_tensor(dense_groups, dtype=torch.bool).cpu()[first:]
         first = torch.where(dense, spans[:, 0], spans[:, 2])
         lengths = torch.where(dense, spans[:, 1], spans[:, 3]) - first
         # row r of group g reads its buffer at first[g] + (r - where group g begins in the mixed cache)
