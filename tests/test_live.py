@@ -243,7 +243,8 @@ def _request(method: str, url: str, body: dict | None = None) -> tuple[int, dict
 
 def test_server_streams_obey_the_allow_list_and_answer_from_the_stream(tmp_path):
     """A server allowing tcp only: udp and rtsp streams get 403 and a file path 403; a tcp stream is ingested,
-    listed, answered about through chat completions (stream://ID), and deleted."""
+    listed, answered about through chat completions (stream://ID; with ``since``, about its last seconds, a range
+    not reached yet 409, a bad one 400, one beside a file 400), and deleted."""
     port = _port()
     log = open(tmp_path / "server.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "videoxl.serve", "--port", str(port),
@@ -278,7 +279,23 @@ def test_server_streams_obey_the_allow_list_and_answer_from_the_stream(tmp_path)
             {"type": "text", "text": "What object appears in the video?"}]}]})
         assert status == 200, reply
         assert reply["choices"][0]["message"]["content"].strip() == "heart"
-        assert reply["videoxl"]["stream_time"] == 11.75
+        assert reply["videoxl"]["stream_time"] == 11.75 and reply["videoxl"]["stream_start"] == 0.0
+
+        def since(url: str, value) -> tuple[int, dict]:
+            return _request("POST", base + "/v1/chat/completions", {"messages": [{"role": "user", "content": [
+                {"type": "video_url", "video_url": {"url": url, "since": value}},
+                {"type": "text", "text": "What object appears in the video?"}]}]})
+
+        status, reply = since(f"stream://{stream['id']}", "-5s")  # the last 5 s: the groups from 7 s on
+        assert status == 200, reply
+        assert (reply["videoxl"]["stream_start"], reply["videoxl"]["stream_time"], reply["videoxl"]["groups"]) == \
+            (7.0, 11.75, 5)
+        status, reply = since(f"stream://{stream['id']}", "60")
+        assert status == 409 and "stream time 60 s" in reply["error"]["message"], reply
+        status, reply = since(f"stream://{stream['id']}", "-5 minutes")
+        assert status == 400 and "'-5 minutes'" in reply["error"]["message"], reply
+        status, reply = since("clip.mp4", "-5m")
+        assert status == 400 and "stream://ID" in reply["error"]["message"], reply
         assert _request("DELETE", f"{base}/v1/streams/{stream['id']}")[0] == 200
         assert _request("GET", base + "/v1/streams")[1]["data"] == []
         assert _request("DELETE", f"{base}/v1/streams/{stream['id']}")[0] == 404
@@ -288,3 +305,108 @@ def test_server_streams_obey_the_allow_list_and_answer_from_the_stream(tmp_path)
         log.close()
         if sender is not None:
             _finish(sender)
+
+
+# -- since: a question about part of the stream ----------------------------------------------------------------------
+def test_since_parses_stretches_and_stream_times_alike_in_python_the_cli_and_requests(tmp_path):
+    """'-90s', '-5m', '-1h', '-1m30s' are stretches back from the newest frame, '120' a stream time; the CLI flag
+    and the request field read them with the library's one parser, and refuse anything else naming it."""
+    from videoxl.cli import _parser
+    from videoxl.errors import OptionError
+    from videoxl.live.since import Since, parse_since
+    from videoxl.serve.protocol import ServeError, parse_chat
+
+    def body(since) -> dict:
+        return {"messages": [{"role": "user", "content": [
+            {"type": "video_url", "video_url": {"url": "stream://s", "since": since}}, {"type": "text", "text": "q"}]}]}
+
+    forms = {"-90s": Since(last=90.0), "-5m": Since(last=300.0), "-1h": Since(last=3600.0),
+             "-1m30s": Since(last=90.0), "-1h2m3.5s": Since(last=3723.5), "120": Since(start=120.0),
+             "0": Since(start=0.0), "7.5": Since(start=7.5)}
+    for text, since in forms.items():
+        assert parse_since(text) == since
+        assert _parser(["watch", "x", "--since", text]).parse_args(["watch", "x", "--since", text]).since == since
+        assert parse_chat(body(text), 8192, 4096).media.since == since
+    assert parse_chat(body(120), 8192, 4096).media.since == Since(start=120.0)
+    assert parse_chat(body(None), 8192, 4096).media.since is None
+    assert Since(last=300.0).begin(1000.0) == 700.0 and Since(start=120.0).begin(1000.0) == 120.0
+    for bad in ("-5x", "5m", "-90", "-0s", "-", "-1s30m", "yesterday", "", "-5m ago", True, -3, float("nan"), [1]):
+        with pytest.raises(OptionError, match="since must be"):
+            parse_since(bad)
+        with pytest.raises(ServeError) as e:
+            parse_chat(body(bad), 8192, 4096)
+        assert e.value.status == 400 and "video_url.since'" in e.value.message and repr(bad) in e.value.message
+    run = subprocess.run([sys.executable, "-m", "videoxl.cli", "watch", str(tmp_path / "x.ts"), "--follow",
+                          "--since", "-5x"], capture_output=True, text=True, timeout=60, env=ENV)
+    assert run.returncode == 2 and "--since" in run.stderr and "'-5x'" in run.stderr, run.stderr
+
+
+@pytest.fixture(scope="module")
+def twelve_seconds(model):
+    """A finished stream of 12 s at 4 fps (12 groups, stamped 0..11 s), heart at 1-2.5 s and moon at 8-9.5 s."""
+    from videoxl.live.stream import LiveOptions, LiveStream
+
+    script = _script(48, 6, Event("object", 4, 10, word="heart"), Event("object", 32, 38, word="moon"))
+    live = LiveStream(model, ((i / FPS, render(script, i)) for i in range(script.frames)), LiveOptions(horizon=None))
+    assert live.start().wait(timeout=120)
+    assert live.group_times == [float(g) for g in range(12)] and live.stats.stream_time == 11.75
+    yield live
+    live.close()
+
+
+def test_since_leaves_the_groups_before_the_range_out_of_the_answer(twelve_seconds):
+    """With since, the answer's cache holds the prompt prefix and the groups that began in the range, and nothing of
+    those before (counted in tokens); selection ranks only the chunks inside; the answer reports the range it covers
+    and is about that range."""
+    from videoxl.errors import OptionError
+
+    live, question = twelve_seconds, "What object appears in the video?"
+    store = live._video.store
+    bytes_per_token = store.bytes_per_token
+
+    def dense_tokens(first: int) -> int:  # the prefix and every group from ``first`` on, dense
+        return store.prefix_length + sum(g.end - g.start for g in store.groups[first:])
+
+    whole = live.ask(question, dense=True)
+    assert (whole.start, whole.stream_time, whole.groups) == (0.0, 11.75, 12)
+    assert whole.answer.kv_bytes_used == dense_tokens(0) * bytes_per_token == store.length * bytes_per_token
+    for since, first in (("-5s", 7), ("-1m30s", 0), ("4", 4), (4.5, 5), ("11", 11)):
+        reply = live.ask(question, dense=True, since=since)
+        begin = 11.75 - 5 if since == "-5s" else 0.0 if since == "-1m30s" else float(since)
+        assert reply.start == float(first) >= begin and reply.stream_time == 11.75 and reply.groups == 12 - first
+        assert reply.answer.kv_bytes_used == reply.answer.kv_bytes_dense == dense_tokens(first) * bytes_per_token
+        assert reply.answer.chunks == 12 - first
+    selected = live.ask(question, since="-5s", topk=1)  # chunks are the groups from 7 s on; first and last forced
+    dense = selected.answer.dense_chunks
+    assert selected.answer.chunks == len(selected.answer.relevance) == 5 and len(dense) == 3 and {0, 4} <= set(dense)
+    groups = store.groups[7:]
+    used = store.prefix_length + sum(g.end - g.start if c in dense else g.sparse_end - g.sparse_start
+                                     - (g.visual_start - g.start) for c, g in enumerate(groups))
+    assert selected.answer.kv_bytes_used == used * bytes_per_token < dense_tokens(7) * bytes_per_token
+    # the whole stream answers the first object; a range after it, the second
+    assert live.ask(question).text.strip() == "heart"
+    assert selected.text.strip() == live.ask(question, since="3").text.strip() == "moon"
+    with pytest.raises(OptionError, match="nothing is ingested from stream time 12 s on yet"):
+        live.ask(question, since="12")
+
+
+def test_without_since_or_with_a_range_over_everything_the_answer_is_the_same(twelve_seconds):
+    live, question = twelve_seconds, "What object appears in the video?"
+    plain, everything = live.ask(question, topk=2), live.ask(question, topk=2, since="-1h")
+    for reply in (plain, everything):
+        assert (reply.start, reply.stream_time, reply.groups) == (0.0, 11.75, 12)
+    assert plain.answer.to_dict() == everything.answer.to_dict() and plain.answer.relevance == everything.answer.relevance
+
+
+def test_watch_since_answers_about_the_stream_s_last_seconds(tmp_path):
+    """``videoxl watch FILE --since -5s``: the final answer covers the groups of the last five seconds, and says so."""
+    script = _script(48, 6, Event("object", 4, 10, word="heart"), Event("object", 32, 38, word="moon"))
+    path = tmp_path / "written.ts"
+    _finish(_send(tmp_path, script, str(path), "--speed", "0"))
+    run = subprocess.run([sys.executable, "-m", "videoxl.cli", "watch", str(path), "--follow", "--idle", "1",
+                          "--fps", "4", "--since", "-5s", "--ask", "What object appears in the video?", "--json"],
+                         capture_output=True, text=True, timeout=120, env=ENV)
+    assert run.returncode == 0, run.stderr
+    [answer] = [json.loads(line) for line in run.stdout.splitlines()]
+    assert (answer["stream_start"], answer["stream_time"], answer["groups"]) == (7.0, 11.75, 5)
+    assert answer["answer"] == "moon"

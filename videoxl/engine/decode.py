@@ -155,11 +155,12 @@ class Decoder:
 
     # -- the mixed cache ------------------------------------------------------------------------------------------
     def _cache(self, dense_groups: list[bool], positions: str, room: int, layers: int | None = None,
-               sparse_stamps: bool = True) -> tuple[DecodeCache, int]:
+               sparse_stamps: bool = True, first: int = 0) -> tuple[DecodeCache, int]:
         """Gather the mixed cache (of the first ``layers`` layers; None: all; sparse groups with their timestamps
-        only with ``sparse_stamps``); returns it and the position the next token takes."""
+        only with ``sparse_stamps``; groups before ``first`` left out); returns it and the position the next token
+        takes."""
         store = self.video.store
-        from_dense, index, pos = store.layout(dense_groups, sparse_stamps)
+        from_dense, index, pos = store.layout(dense_groups, sparse_stamps, first)
         keys, values = [], []
         move = None
         if positions == "contiguous":  # one rotation table for every layer
@@ -186,11 +187,11 @@ class Decoder:
                          sparse_stamps: bool = True) -> dict[int, torch.Tensor]:
         """Per layer, the question's queries (H, Q, D), position-free unless ``positions``: the question is run
         once over a cache where only the ``forced`` chunks are dense (the cheap cache scoring starts from; the
-        others sparse, with their timestamps if ``sparse_stamps``), up to the last scoring layer only (the
-        retrieval heads of SmolLM2-135M end at layer 20 of 30)."""
+        others sparse, with their timestamps if ``sparse_stamps``; groups before the first range left out), up to
+        the last scoring layer only (the retrieval heads of SmolLM2-135M end at layer 20 of 30)."""
         store = self.video.store
-        cache, position = self._cache(_dense_flags(len(store.groups), ranges, forced), "absolute", question.shape[0], layers=max(layers) + 1,
-                                      sparse_stamps=sparse_stamps)
+        cache, position = self._cache(_dense_flags(len(store.groups), ranges, forced), "absolute", question.shape[0],
+                                      layers=max(layers) + 1, sparse_stamps=sparse_stamps, first=ranges[0][0])
         _, step = self._step(cache, embed(self.model, question), position, capture=layers, queries_only=True)
         q_pos = torch.arange(position, position + question.shape[0], dtype=torch.float64)
         rope = self.summaries[positions].rope
@@ -215,8 +216,10 @@ class Decoder:
         for layer, q in queries.items():
             per_group, how = score_groups(scorer, q, layer, store, summaries, self.scale,
                                           None if heads is None else heads[layer], subset)
-            if subset is None:
-                out[layer] = reduce_to_chunks(per_group, how, ranges, counts)[..., chunks]
+            if subset is None:  # the groups from the first range on
+                first = ranges[0][0]
+                out[layer] = reduce_to_chunks(per_group[..., first:], how, [(s - first, e - first) for s, e in ranges],
+                                              counts[first:])[..., chunks]
             else:
                 out[layer] = reduce_to_chunks(per_group, how, local, counts[subset])[..., order]
         return out
@@ -316,10 +319,14 @@ class Decoder:
         return queries
 
     def select(self, question: torch.Tensor, selection: Selection = Selection(),
-               chunk_scores: Sequence[float] | None = None, ablation: Ablation = DEFAULT) -> Choice:
-        """The decoding chunks, which are reloaded dense, and why, for a question (after any fallback to dense)."""
+               chunk_scores: Sequence[float] | None = None, ablation: Ablation = DEFAULT,
+               first_group: int = 0) -> Choice:
+        """The decoding chunks, which are reloaded dense, and why, for a question (after any fallback to dense);
+        the chunks start at ``first_group`` (the groups before it are left out of the answer)."""
         store = self.video.store
-        ranges = chunk_ranges(len(store.groups), selection.chunk or self.video.config.chunk)
+        assert 0 <= first_group < len(store.groups), first_group
+        ranges = [(s + first_group, e + first_group)
+                  for s, e in chunk_ranges(len(store.groups) - first_group, selection.chunk or self.video.config.chunk)]
         n = len(ranges)
         if chunk_scores is not None:
             if not selection.selects:
@@ -336,7 +343,8 @@ class Decoder:
         dense_tok = [sum(store.groups[g].end - store.groups[g].start for g in range(s, e)) for s, e in ranges]
         sparse_tok = [sum(store.groups[g].sparse_end - store.sparse_first(store.groups[g], selection.sparse_stamps)
                           for g in range(s, e)) for s, e in ranges]
-        budget = None if selection.kv_budget is None else int(selection.kv_budget * store.length) - store.prefix_length
+        budget = None if selection.kv_budget is None else \
+            int(selection.kv_budget * self._dense_tokens(first_group)) - store.prefix_length
         candidates = [c for c in range(n) if c not in forced]
         dense = choose_dense(scores, candidates, forced, selection.limit, budget, dense_tok, sparse_tok, follow,
                              ablation.min_relevance if chunk_scores is None else None)
@@ -353,14 +361,16 @@ class Decoder:
     # -- answering --------------------------------------------------------------------------------------------
     def answer(self, question: torch.Tensor, selection: Selection = Selection(), generation: Generation = Generation(),
                *, chunk_scores: Sequence[float] | None = None, on_text: Callable[[str], None] | None = None,
-               ablation: Ablation = DEFAULT) -> Answer:
-        """Answer ``question`` (token ids, or embeddings) about the video; ``on_text`` streams text pieces."""
+               ablation: Ablation = DEFAULT, first_group: int = 0) -> Answer:
+        """Answer ``question`` (token ids, or embeddings) about the video, or about its groups from ``first_group``
+        on (the earlier ones are left out of its cache); ``on_text`` streams text pieces."""
         store = self.video.store
         t0 = time.perf_counter()
-        choice = self.select(question, selection, chunk_scores, ablation)
+        choice = self.select(question, selection, chunk_scores, ablation, first_group)
         t1 = time.perf_counter()
-        cache, position = self._cache(_dense_flags(len(store.groups), choice.ranges, choice.dense), ablation.positions, question.shape[0] + generation.max_new_tokens,
-                                      sparse_stamps=selection.sparse_stamps)
+        cache, position = self._cache(_dense_flags(len(store.groups), choice.ranges, choice.dense), ablation.positions,
+                                      question.shape[0] + generation.max_new_tokens,
+                                      sparse_stamps=selection.sparse_stamps, first=first_group)
         used_bytes = cache.nbytes
         hidden, _ = self._step(cache, embed(self.model, question), position)
         position += question.shape[0]
@@ -371,10 +381,15 @@ class Decoder:
         scores = choice.relevance
         return Answer(text, tokens, len(choice.ranges), choice.dense,
                       None if scores is None else [None if x != x else x for x in scores],
-                      store.dense_bytes, used_bytes,
+                      self._dense_tokens(first_group) * store.bytes_per_token, used_bytes,
                       {"select": t1 - t0, "question": t2 - t1, "generate": t3 - t2, **seconds}, choice.confidence,
                       choice.fallback, choice.tail,
                       "length" if len(tokens) >= generation.max_new_tokens else "stop")
+
+    def _dense_tokens(self, first_group: int) -> int:
+        """Tokens of the whole dense cache of the groups from ``first_group`` on (the prefix included)."""
+        store = self.video.store
+        return store.length - (store.groups[first_group].start - store.groups[0].start)
 
     def _generate(self, cache: DecodeCache, hidden: torch.Tensor, position: int, generation: Generation,
                   on_text: Callable[[str], None] | None, seconds: dict) -> tuple[list[int], str]:

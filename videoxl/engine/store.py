@@ -93,11 +93,14 @@ class KVStore:
         self.sparse_length = 0
         self.prefix_length = 0
         self.groups: list[GroupSpan] = []
+        self.expected = 0  # the dense tokens the store was reserved for (0: unknown)
         self._rows_memo: tuple | None = None  # the last layout's rows on the device (see _rows_of)
         self._host_rows: tuple | None = None  # the last layout's dense and sparse rows, worked out on the host
 
     # -- writing (pre-fill) ------------------------------------------------------------------------------------
     def reserve(self, tokens: int) -> None:
+        """Room for ``tokens`` dense tokens (the sparse buffer follows at its first growth: :meth:`add_groups`)."""
+        self.expected = max(self.expected, tokens)
         self.dense.reserve(tokens)
         if self.is_timestamp.numel() < self.dense.capacity:
             grown = torch.zeros(self.dense.capacity, dtype=torch.bool)
@@ -141,7 +144,12 @@ class KVStore:
                 positions.append(visual_start + w * self.pool + (count - 1) / 2)  # the window's mean position
             n_sparse = s0 + timestamp_tokens + n_pooled
             new_spans.append(GroupSpan(start, visual_start, end, s0, n_sparse))
-        self.sparse.reserve(n_sparse)
+        room = n_sparse
+        if self.sparse.capacity < n_sparse and 0 < spans[-1][2] < self.expected:
+            # the expected length is known: grow once to the sparse rows it will take (the rows so far scaled up,
+            # with a margin), not by doublings that each copy the buffer while the old one is alive
+            room = max(room, int(n_sparse * self.expected / spans[-1][2] * 1.05) + 1)
+        self.sparse.reserve(room)
         ts_index, vis_index, windows = torch.cat(ts_index), torch.cat(vis_index), torch.cat(windows)
         positions = torch.tensor(positions, dtype=torch.float64)  # every new sparse row's position, in order
         pooled = torch.tensor(pooled, dtype=torch.long)
@@ -190,23 +198,25 @@ class KVStore:
         first pooled token's."""
         return span.sparse_start + (0 if sparse_stamps else span.visual_start - span.start)
 
-    def layout(self, dense_groups, sparse_stamps: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Indices and positions of a mixed cache: the prefix, then each group dense or sparse, in order; a sparse
-        group without its timestamp tokens unless ``sparse_stamps``. ``dense_groups``: one bool per group (a list).
+    def layout(self, dense_groups, sparse_stamps: bool = True,
+               first: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Indices and positions of a mixed cache: the prefix, then each group from ``first`` on dense or sparse, in
+        order (earlier groups are left out); a sparse group without its timestamp tokens unless ``sparse_stamps``.
+        ``dense_groups``: one bool per group (a list).
 
         Returns (from_dense (N,) bool, index (N,) into the dense or sparse buffer, positions (N,) float64), on the
         host. The layout is host bookkeeping, worked out with NumPy from the group spans: no op here reads a
         device tensor, so nothing waits for the device (tests/test_host_sync.py).
         """
         spans = np.array([[g.start, g.end, self.sparse_first(g, sparse_stamps), g.sparse_end]
-                          for g in self.groups], dtype=np.int64).reshape(-1, 4)
-        dense = np.asarray(dense_groups, dtype=bool).reshape(-1)
-        first = np.where(dense, spans[:, 0], spans[:, 2])
-        lengths = np.where(dense, spans[:, 1], spans[:, 3]) - first
-        # row r of group g reads its buffer at first[g] + (r - where group g begins in the mixed cache)
+                          for g in self.groups[first:]], dtype=np.int64).reshape(-1, 4)
+        dense = np.asarray(dense_groups, dtype=bool).reshape(-1)[first:]
+        row0 = np.where(dense, spans[:, 0], spans[:, 2])  # each group's first row in its buffer
+        lengths = np.where(dense, spans[:, 1], spans[:, 3]) - row0
+        # row r of group g reads its buffer at row0[g] + (r - where group g begins in the mixed cache)
         begins = np.cumsum(lengths) - lengths
         prefix = np.arange(self.prefix_length, dtype=np.int64)
-        index = np.concatenate([prefix, np.repeat(first - begins, lengths) + np.arange(int(lengths.sum()))])
+        index = np.concatenate([prefix, np.repeat(row0 - begins, lengths) + np.arange(int(lengths.sum()))])
         from_dense = np.concatenate([np.ones(self.prefix_length, dtype=bool), np.repeat(dense, lengths)])
         d_rows, s_rows = torch.from_numpy(np.flatnonzero(from_dense)), torch.from_numpy(np.flatnonzero(~from_dense))
         index_t = torch.from_numpy(index)

@@ -175,9 +175,10 @@ class HorizonStore(KVStore):
         dense[: self.released_groups] = False
         return dense
 
-    def layout(self, dense_groups, sparse_stamps: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def layout(self, dense_groups, sparse_stamps: bool = True,
+               first: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """As :meth:`KVStore.layout`, with released groups sparse whatever ``dense_groups`` says."""
-        return super().layout(self._resident(dense_groups), sparse_stamps)
+        return super().layout(self._resident(dense_groups), sparse_stamps, first)
 
     def mixed_tokens(self, dense_groups, sparse_stamps: bool = True) -> int:
         return super().mixed_tokens(self._resident(dense_groups), sparse_stamps)

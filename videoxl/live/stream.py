@@ -14,6 +14,7 @@ question waits at most one chunk's pre-fill; ingest waits while a question is an
 
 from __future__ import annotations
 
+import bisect
 import logging
 import queue
 import threading
@@ -35,6 +36,7 @@ from ..model.videoxl2 import QUESTION_TOKENS, VideoXL2
 from ..video.preprocess import preprocess
 from ..video.sampling import FRAMES_PER_GROUP
 from .horizon import HorizonStore
+from .since import Since, parse_since
 from .source import LiveSource
 
 log = logging.getLogger(__name__)
@@ -90,10 +92,12 @@ class LiveStats:
 
 @dataclass
 class LiveAnswer:
-    """An answer about the stream up to ``stream_time`` seconds (the last frame it covers)."""
+    """An answer about the stream from ``start`` (its first group's stamp) up to ``stream_time`` seconds (the last
+    frame it covers)."""
 
     question: str
     answer: Answer
+    start: float
     stream_time: float
     groups: int  # groups the answer was chosen from
     waited: float  # seconds the question waited for the model (a chunk's pre-fill at most)
@@ -163,11 +167,14 @@ class LiveStream:
     # -- questions ------------------------------------------------------------------------------------------------
     def ask(self, question: str, selection: Selection | None = None, generation: Generation | None = None, *,
             on_text: Callable[[str], None] | None = None, max_question_tokens: int = QUESTION_TOKENS,
-            **given) -> LiveAnswer:
+            since: str | float | Since | None = None, **given) -> LiveAnswer:
         """Answer a question about everything ingested so far (bi-level selection over the whole history, then
-        generation). The options are the model's profile's with the ``given`` ones over them (as
+        generation), or with ``since`` ('-5m', '120': :mod:`videoxl.live.since`) about the groups that began in that
+        range. The options are the model's profile's with the ``given`` ones over them (as
         :meth:`videoxl.pipeline.Session.ask`), or exactly the ``selection`` and ``generation`` passed. OptionError
-        before the first chunk is pre-filled, or for a bad question or option."""
+        before the first chunk is pre-filled, before anything is ingested in the range, or for a bad question or
+        option."""
+        since = None if since is None else parse_since(since)
         default_selection, default_generation = options(self.model.profile, **given)
         selection, generation = selection or default_selection, generation or default_generation
         ids = self.model.question_ids(question, max_question_tokens)
@@ -178,10 +185,20 @@ class LiveStream:
                 if self.error is not None:
                     raise OptionError(f"the stream failed before anything was ingested: {self.error}")
                 raise OptionError("nothing is ingested yet: ask again once the first chunk is pre-filled")
-            groups, stream_time = len(self._ends), self._ends[-1]
-            answer = self._decoder.answer(ids, selection, generation, on_text=on_text)
+            first = 0 if since is None else self._first_since(since)
+            groups, stream_time = len(self._ends) - first, self._ends[-1]
+            answer = self._decoder.answer(ids, selection, generation, on_text=on_text, first_group=first)
             self.stats.questions += 1
-        return LiveAnswer(question, answer, stream_time, groups, waited)
+        return LiveAnswer(question, answer, self._stamps[first], stream_time, groups, waited)
+
+    def _first_since(self, since: Since) -> int:
+        """The first group that began in the range; OptionError when none has been ingested yet."""
+        begin = since.begin(self._ends[-1])
+        first = bisect.bisect_left(self._stamps, begin)  # stamps only grow
+        if first == len(self._stamps):
+            raise OptionError(f"nothing is ingested from stream time {begin:g} s on yet (the newest group began at "
+                              f"{self._stamps[-1]:g} s): ask again later, or move since back")
+        return first
 
     # -- reading --------------------------------------------------------------------------------------------------
     def _put(self, item) -> bool:

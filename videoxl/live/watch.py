@@ -1,9 +1,10 @@
 """``videoxl watch SOURCE``: ingest a live stream (or a growing file) and answer questions while it runs.
 
 Questions come from stdin, one per line, and from ``--ask`` (asked every ``--every`` seconds of stream, and once
-more when the stream ends). Each answer says the stream time it covers. Progress goes to stderr; answers to stdout,
-with ``--json`` one object per line (``question``, ``answer``, ``stream_time``, ...). Imports stay light until the
-command runs, so ``videoxl --help`` needs no torch.
+more when the stream ends), each about the whole stream so far or, with ``--since``, about part of it. Each answer
+says the stream time it covers. Progress goes to stderr; answers to stdout, with ``--json`` one object per line
+(``question``, ``answer``, ``stream_start``, ``stream_time``, ...). Imports stay light until the command runs, so
+``videoxl --help`` needs no torch.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from .. import decoding, defaults
 from ..errors import OptionError
 from ..options import device_name, rate
+from . import since
 
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -50,6 +52,7 @@ def add_parser(sub) -> None:
                    help="with --follow: the file has ended once it has not grown for this long (default 5s)")
     p.add_argument("--ask", action="append", default=[], metavar="QUESTION", help="a question to ask (repeatable)")
     p.add_argument("--every", type=duration, help="ask the --ask questions every this much stream time")
+    since.add_argument(p)
     p.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="one JSON object per answer")
     p.add_argument("--progress", action="store_true", help="print ingest progress to stderr even when not a terminal")
@@ -93,10 +96,10 @@ def run(args) -> int:
         while True:
             running = live.running
             while not questions.empty():
-                _answer(live, questions.get(), config, args.json)
+                _answer(live, questions.get(), config, args)
             if args.every is not None and live.stats.stream_time >= next_ask:
                 for question in args.ask:
-                    _answer(live, question, config, args.json)
+                    _answer(live, question, config, args)
                 while next_ask <= live.stats.stream_time:
                     next_ask += args.every
             if not running:
@@ -104,8 +107,8 @@ def run(args) -> int:
             time.sleep(0.05)
         if live.error is not None and not live.stats.groups:
             raise OptionError(str(live.error))
-        for question in args.ask:  # the final answers, about the whole stream
-            _answer(live, question, config, args.json)
+        for question in args.ask:  # the final answers, at the stream's end
+            _answer(live, question, config, args)
     finally:
         live.close()
     if live.error is not None:
@@ -125,18 +128,19 @@ def _read_questions(out: queue.Queue) -> None:
             out.put(line.strip())
 
 
-def _answer(live, question: str, config, as_json: bool) -> None:
+def _answer(live, question: str, config, args) -> None:
     from ..errors import InputError
 
     try:
-        reply = live.ask(question, *config)
+        reply = live.ask(question, *config, since=args.since)
     except InputError as e:
         print(f"videoxl: {e}", file=sys.stderr, flush=True)
         return
-    if as_json:
-        print(json.dumps({"question": question, "answer": reply.text.strip(),
+    if args.json:
+        print(json.dumps({"question": question, "answer": reply.text.strip(), "stream_start": round(reply.start, 3),
                           "stream_time": round(reply.stream_time, 3), "groups": reply.groups,
                           "dense_chunks": reply.answer.dense_chunks, "waited": round(reply.waited, 3),
                           "seconds": {k: round(v, 3) for k, v in reply.answer.seconds.items()}}), flush=True)
     else:
-        print(f"[{reply.stream_time:.1f}s] {question}\n{reply.text.strip()}", flush=True)
+        covered = f"{reply.start:.1f}-" if args.since is not None else ""
+        print(f"[{covered}{reply.stream_time:.1f}s] {question}\n{reply.text.strip()}", flush=True)

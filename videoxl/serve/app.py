@@ -230,6 +230,9 @@ async def _chat(qa: VideoQA, streams: Streams, request: Request, req: ChatReques
                          param="messages")
     if (req.media.url or "").startswith(STREAM_PREFIX):  # a live stream: its history so far
         return await streams.chat(req, decode_config(qa, req), qa.name)
+    if req.media.since is not None:
+        raise ServeError(400, f"'{req.media.where}.{req.media.kind}_url.since' is for live streams (stream://ID) only",
+                         param="messages")
     frames = req.num_frames or qa.config.max_frames
     if frames > qa.config.max_frames:
         raise ServeError(400, f"{frames} frames asked for; this server samples at most {qa.config.max_frames}",

@@ -16,12 +16,13 @@ import time
 import unicodedata
 import uuid as uuidlib
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from .. import decoding, defaults
 from ..errors import OptionError
+from ..live.since import Since, parse_since
 
 
 class ServeError(Exception):
@@ -46,12 +47,13 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
 @dataclass(frozen=True)
 class MediaRef:
     """The video (or image) a request is about: a URL to fetch, a uuid naming it, or both; ``where`` names the
-    request part it came from (for messages about it)."""
+    request part it came from (for messages about it). ``since``: the part of a live stream asked about."""
 
     kind: str  # "video" or "image"
     url: str | None
     uuid: str | None
     where: str = "messages"
+    since: Since | None = None
 
 
 @dataclass
@@ -123,6 +125,7 @@ class TextPart(_Part):
 
 class UrlObject(_Part):
     url: str | None = None
+    since: Any = None  # checked by videoxl.live.since.parse_since
 
 
 class VideoPart(_Part):
@@ -223,7 +226,14 @@ def _media(part: VideoPart | ImagePart, where: str) -> MediaRef:
     if url is None and part.uuid is None:
         raise ServeError(400, f"a '{part.type}' part needs a url, or a uuid sent with a url before",
                          param="messages")
-    return MediaRef(kind, url, part.uuid, where)
+    since = inner.since if isinstance(inner, UrlObject) else None
+    if since is not None:
+        try:
+            since = parse_since(since)
+        except OptionError as e:
+            raise ServeError(400, f"'{where}.{part.type}.since' {str(e).removeprefix('since ')}",
+                             param="messages") from None
+    return MediaRef(kind, url, part.uuid, where, since)
 
 
 def parse_chat(body: object, max_question_chars: int, max_tokens_limit: int) -> ChatRequest:

@@ -1,7 +1,8 @@
 """Live streams on the server: ``POST /v1/streams`` starts ingesting a stream, ``GET /v1/streams`` lists them,
 ``DELETE /v1/streams/{id}`` stops one (a stream's JSON: ``url``, and optionally ``fps``, 1 by default, and
 ``reconnect``, the seconds a dropped source may stay away before it has ended, 30 by default); a chat completion about ``{"type": "video_url", "video_url": {"url":
-"stream://ID"}}`` is answered from everything that stream has ingested so far, while ingest goes on.
+"stream://ID"}}`` is answered from everything that stream has ingested so far, while ingest goes on, or with
+``"since": "-5m"`` beside the url from that part of it (``videoxl.live.since``).
 
 Live schemes are off unless the server names them (``--allowed-stream-schemes tcp rtsp``): a stream URL whose
 scheme is not allowed is refused with 403, an unknown scheme with 400. Each stream ingests in its own threads with
@@ -113,13 +114,14 @@ class Streams:
         entry = self.get(req.media.url[len(PREFIX):])
         started = time.perf_counter()
         try:
-            reply = await asyncio.to_thread(entry.live.ask, req.question, *decoding)
+            reply = await asyncio.to_thread(entry.live.ask, req.question, *decoding, since=req.media.since)
         except InputError as e:
             raise ServeError(409 if "nothing is ingested" in str(e) else 400, str(e)) from None
         answer = reply.answer
         finish = "length" if len(answer.tokens) >= decoding[1].max_new_tokens else "stop"
         usage = {"prompt_tokens": 0, "completion_tokens": len(answer.tokens), "total_tokens": len(answer.tokens)}
-        report = {"stream": entry.id, "stream_time": round(reply.stream_time, 3), "groups": reply.groups,
+        report = {"stream": entry.id, "stream_start": round(reply.start, 3), "stream_time": round(reply.stream_time, 3),
+                  "groups": reply.groups,
                   "dense_chunks": answer.dense_chunks, "waited": round(reply.waited, 3),
                   "seconds": {**{k: round(v, 3) for k, v in answer.seconds.items()},
                               "total": round(time.perf_counter() - started, 3)}}
