@@ -160,6 +160,10 @@ def merge_lse(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Ten
     """:func:`merge` that also returns the merged log-sum-exp."""
     if len(parts) == 1:
         return parts[0]
+    if len(parts) == 2:  # the common case in fewer launches: the second part's weight is sigmoid(lse_2 - lse_1)
+        (o1, l1), (o2, l2) = parts
+        weight = torch.sigmoid(l2 - l1)[..., None]
+        return torch.lerp(o1.float(), o2.float(), weight).to(o1.dtype), torch.logaddexp(l1, l2)
     lse = parts[0][1]
     for _, l in parts[1:]:
         lse = torch.logaddexp(lse, l)

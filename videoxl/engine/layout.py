@@ -36,3 +36,21 @@ def embed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
         raise InputError(
             f"embeddings must have shape (tokens, {table.embedding_dim}), got {tuple(tokens.shape)}")
     return tokens.to(table.weight.device, table.weight.dtype)
+
+
+def embed_all(model: torch.nn.Module, parts: list[torch.Tensor]) -> torch.Tensor:
+    """:func:`embed` of several parts, concatenated in order: the token ids of every part are looked up in one call
+    (one launch, not one per part)."""
+    ids = [p for p in parts if p.dtype in (torch.int32, torch.int64)]
+    for p in ids:
+        if p.dim() != 1:
+            raise InputError(f"token ids must be 1-D, got shape {tuple(p.shape)}")
+    table = embed(model, torch.cat(ids)) if ids else None
+    out, at = [], 0
+    for p in parts:
+        if p.dtype in (torch.int32, torch.int64):
+            out.append(table[at: at + p.shape[0]])
+            at += p.shape[0]
+        else:
+            out.append(embed(model, p))
+    return torch.cat(out) if len(out) > 1 else out[0]

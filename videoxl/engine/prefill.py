@@ -31,7 +31,7 @@ from .. import defaults
 from ..errors import InputError
 from .accounting import attention_flops, causal_pairs, linear_flops_per_token
 from .attention import Anchors, PrefillStep, run_step
-from .layout import Group, embed
+from .layout import Group, embed, embed_all
 from .rope import Rope
 from .summaries import GroupSummaries
 from .store import KVStore
@@ -207,13 +207,13 @@ def _lay_out(model, chunks: list[list[Group]], config: PrefillConfig, stats: Pre
     for i, batch in enumerate(chunks):
         row = rows
         for g, group in enumerate(batch):
-            ts, vis = embed(model, group.timestamp), embed(model, group.visual)
-            if vis.shape[0] == 0:
+            n_ts, n_vis = group.timestamp.shape[0], group.visual.shape[0]
+            if n_vis == 0:
                 raise InputError(f"group {stats.groups + sum(map(len, chunks[:i])) + g} has no visual tokens")
-            ts_rows.extend(range(row, row + ts.shape[0]))
-            row += ts.shape[0] + vis.shape[0]
-            parts += [ts, vis]
-            is_ts += [torch.ones(ts.shape[0], dtype=torch.bool), torch.zeros(vis.shape[0], dtype=torch.bool)]
+            ts_rows.extend(range(row, row + n_ts))
+            row += n_ts + n_vis
+            parts += [group.timestamp, group.visual]
+            is_ts += [True] * n_ts + [False] * n_vis
         # chunks [first_visible, j) are seen in full: those before this forward as one contiguous range of the
         # store, those in it through the forward's own causal square; earlier ones through the anchors
         j = stats.chunks + i
@@ -227,7 +227,7 @@ def _lay_out(model, chunks: list[list[Group]], config: PrefillConfig, stats: Pre
         segments.append((rows, rows + n_chunk, window_start, anchor_len))
         ts_per_chunk.append(sum(group.timestamp.shape[0] for group in batch))
         rows += n_chunk
-    return torch.cat(parts), torch.cat(is_ts), segments, ts_rows, ts_per_chunk
+    return embed_all(model, parts), torch.tensor(is_ts), segments, ts_rows, ts_per_chunk
 
 
 def _spans(chunks: list[list[Group]], segments, ts_per_chunk: list[int], start: int, n_ts: int, anchors: int,

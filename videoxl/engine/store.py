@@ -131,10 +131,10 @@ class KVStore:
             n_visual = end - visual_start
             n_pooled = -(-n_visual // self.pool)
             s0 = n_sparse
-            ts_index.append(torch.arange(start, visual_start))
-            vis_index.append(torch.arange(visual_start, end))
+            ts_index.append(np.arange(start, visual_start))
+            vis_index.append(np.arange(visual_start, end))
             # pooled token w of this group lands on sparse row s0 + timestamp_tokens + w
-            windows.append(s0 - first + timestamp_tokens + torch.arange(n_visual) // self.pool)
+            windows.append(s0 - first + timestamp_tokens + np.arange(n_visual) // self.pool)
             sparse_rows.extend(range(s0 - first, s0 - first + timestamp_tokens))
             positions.extend(float(p) for p in range(start, visual_start))
             for w in range(n_pooled):
@@ -150,7 +150,7 @@ class KVStore:
             # with a margin), not by doublings that each copy the buffer while the old one is alive
             room = max(room, int(n_sparse * self.expected / spans[-1][2] * 1.05) + 1)
         self.sparse.reserve(room)
-        ts_index, vis_index, windows = torch.cat(ts_index), torch.cat(vis_index), torch.cat(windows)
+        ts_index, vis_index, windows = (torch.from_numpy(np.concatenate(x)) for x in (ts_index, vis_index, windows))
         positions = torch.tensor(positions, dtype=torch.float64)  # every new sparse row's position, in order
         pooled = torch.tensor(pooled, dtype=torch.long)
         dev = self.device

@@ -7,6 +7,7 @@ the boxes after each chunk, so the first question pays nothing for them.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .rope import Rope
@@ -92,10 +93,9 @@ class GroupSummaries:
             span = store.groups[g]  # visual tokens only: timestamps stay verbatim in the sparse form
             n = span.end - span.visual_start
             pages = -(-n // PAGE)
-            rows.append(span.visual_start - first
-                        + torch.clamp(torch.arange(pages * PAGE).view(pages, PAGE), max=n - 1))
+            rows.append(span.visual_start - first + np.minimum(np.arange(pages * PAGE), n - 1))
             new_owner += [g] * pages
-        index = torch.cat(rows).flatten().to(store.device)
+        index = torch.from_numpy(np.concatenate(rows)).to(store.device, non_blocking=True)
         table = None if self.rope.is_identity else self.rope.table(
             -torch.arange(first, store.length, dtype=torch.float64), store.device, store.dtype)
         # a few layers at a time (layer_slices; about 6 copies of a layer's keys live at once):
