@@ -122,34 +122,10 @@ class KVStore:
     def add_groups(self, spans: list[tuple[int, int, int]], rope: Rope) -> None:
         """Register groups whose dense KVs are written, given as (start, timestamp_tokens, end), and compute their
         sparse KVs: all groups of a chunk in one pass per layer."""
-        # every index, divisor and position is worked out from the spans' Python ints: no tensor is read back
         first = self.sparse_length
-        ts_index, vis_index, windows, sparse_rows, pooled, counts, positions, new_spans = ([] for _ in range(8))
-        n_sparse = first
-        for start, timestamp_tokens, end in spans:
-            visual_start = start + timestamp_tokens
-            n_visual = end - visual_start
-            n_pooled = -(-n_visual // self.pool)
-            s0 = n_sparse
-            ts_index.append(np.arange(start, visual_start))
-            vis_index.append(np.arange(visual_start, end))
-            # pooled token w of this group lands on sparse row s0 + timestamp_tokens + w
-            windows.append(s0 - first + timestamp_tokens + np.arange(n_visual) // self.pool)
-            sparse_rows.extend(range(s0 - first, s0 - first + timestamp_tokens))
-            positions.extend(float(p) for p in range(start, visual_start))
-            for w in range(n_pooled):
-                count = min(self.pool, n_visual - w * self.pool)
-                pooled.append(s0 - first + timestamp_tokens + w)
-                counts.append(count)
-                positions.append(visual_start + w * self.pool + (count - 1) / 2)  # the window's mean position
-            n_sparse = s0 + timestamp_tokens + n_pooled
-            new_spans.append(GroupSpan(start, visual_start, end, s0, n_sparse))
-        room = n_sparse
-        if self.sparse.capacity < n_sparse and 0 < spans[-1][2] < self.expected:
-            # the expected length is known: grow once to the sparse rows it will take (the rows so far scaled up,
-            # with a margin), not by doublings that each copy the buffer while the old one is alive
-            room = max(room, int(n_sparse * self.expected / spans[-1][2] * 1.05) + 1)
-        self.sparse.reserve(room)
+        ts_index, vis_index, windows, sparse_rows, pooled, counts, positions, new_spans, n_sparse = \
+            _pooling_plan(spans, first, self.pool)
+        self._reserve_sparse(n_sparse, spans[-1][2])
         ts_index, vis_index, windows = (torch.from_numpy(np.concatenate(x)) for x in (ts_index, vis_index, windows))
         positions = torch.tensor(positions, dtype=torch.float64)  # every new sparse row's position, in order
         pooled = torch.tensor(pooled, dtype=torch.long)
@@ -184,6 +160,15 @@ class KVStore:
         self.sparse_pos = torch.cat([self.sparse_pos[:first], positions])
         self.sparse_length = n_sparse
         self.groups.extend(new_spans)
+
+    def _reserve_sparse(self, n_sparse: int, dense_end: int) -> None:
+        """Room for ``n_sparse`` sparse rows, the groups so far ending at dense row ``dense_end``. When the expected
+        length is known, grow once to the sparse rows it will take (the rows so far scaled up, with a margin), not by
+        doublings that each copy the buffer while the old one is alive."""
+        room = n_sparse
+        if self.sparse.capacity < n_sparse and 0 < dense_end < self.expected:
+            room = max(room, int(n_sparse * self.expected / dense_end * 1.05) + 1)
+        self.sparse.reserve(room)
 
     def to(self, device) -> "KVStore":
         """Move the stored KVs (e.g. to CPU memory after a GPU pre-fill)."""
@@ -319,3 +304,31 @@ class KVStore:
         store.length, store.sparse_length, store.prefix_length = length, sparse_length, prefix_length
         store.groups = [GroupSpan(*row) for row in state["groups"].tolist()]
         return store
+
+
+def _pooling_plan(spans: list[tuple[int, int, int]], first: int, pool: int):
+    """Where the sparse rows of groups given as (start, timestamp tokens, end) come from, from the spans' Python ints
+    (no tensor is read back): per group the timestamp and visual rows, each visual row's pooled window, the rows
+    the timestamps take, the pooled rows with their token counts, every new row's position, the groups' spans, and
+    the sparse length after them (the new rows start at ``first``)."""
+    ts_index, vis_index, windows, sparse_rows, pooled, counts, positions, new_spans = ([] for _ in range(8))
+    n_sparse = first
+    for start, timestamp_tokens, end in spans:
+        visual_start = start + timestamp_tokens
+        n_visual = end - visual_start
+        n_pooled = -(-n_visual // pool)
+        s0 = n_sparse
+        ts_index.append(np.arange(start, visual_start))
+        vis_index.append(np.arange(visual_start, end))
+        # pooled token w of this group lands on sparse row s0 + timestamp_tokens + w
+        windows.append(s0 - first + timestamp_tokens + np.arange(n_visual) // pool)
+        sparse_rows.extend(range(s0 - first, s0 - first + timestamp_tokens))
+        positions.extend(float(p) for p in range(start, visual_start))
+        for w in range(n_pooled):
+            count = min(pool, n_visual - w * pool)
+            pooled.append(s0 - first + timestamp_tokens + w)
+            counts.append(count)
+            positions.append(visual_start + w * pool + (count - 1) / 2)  # the window's mean position
+        n_sparse = s0 + timestamp_tokens + n_pooled
+        new_spans.append(GroupSpan(start, visual_start, end, s0, n_sparse))
+    return ts_index, vis_index, windows, sparse_rows, pooled, counts, positions, new_spans, n_sparse
