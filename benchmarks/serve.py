@@ -156,10 +156,15 @@ def main_ray(args: argparse.Namespace) -> None:
                 "--allowed-local-media-path", str(videos[0].parent), "--max-frames", str(frames),
                 "--replicas", str(replicas), "--replica-cpus", "1", "--port", str(port), "--max-queue", "64"])
             serve.run(application(serve_args, affinity=routing == "video"), name=APP, route_prefix="/")
-            while True:  # until every replica reports
-                with urllib.request.urlopen(url + "/health", timeout=5) as r:
-                    if json.loads(r.read())["replicas"] >= replicas:
-                        break
+            deadline = time.monotonic() + 300
+            while True:  # until every replica reports (503 while none is up yet)
+                try:
+                    with urllib.request.urlopen(url + "/health", timeout=5) as r:
+                        if json.loads(r.read())["replicas"] >= replicas:
+                            break
+                except urllib.error.HTTPError as e:
+                    if e.code != 503 or time.monotonic() > deadline:
+                        raise
                 time.sleep(0.5)
             for clients, chosen in ((4, videos[:8]), (16, videos[8:])):  # fresh videos: no store yet
                 row = {"replicas": replicas, "routing": routing, "frames": frames,
