@@ -364,8 +364,8 @@ def test_selection_run_keeps_every_sparse_groups_timestamps(clips, monkeypatch):
     sizes = []
     real = Decoder._cache
 
-    def measured(self, dense_groups, positions, room, layers=None, sparse_stamps=True):
-        cache, position = real(self, dense_groups, positions, room, layers, sparse_stamps)
+    def measured(self, dense_groups, positions, room, layers=None, sparse_stamps=True, first=0):
+        cache, position = real(self, dense_groups, positions, room, layers, sparse_stamps, first)
         if layers is None:  # the answer's cache (selection reads only the first layers)
             sizes.append(cache.length)
         return cache, position

@@ -43,6 +43,7 @@ import multiprocessing
 import random
 import signal
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -292,11 +293,20 @@ def run(model: VideoXL2 | str, lengths: list[int], cases: int, depths: int = 10,
         raise ValueError("parallel workers load the model themselves: pass a checkpoint path, not a loaded model")
     threads = max(1, torch.get_num_threads() // workers)
     todo.sort(key=lambda case: -case.frames)  # longest first, so the last cases to finish are short ones
-    context = multiprocessing.get_context("spawn")
     jobs = [(case, str(model), device, threads, folder, prefill_config, bilevel) for case in todo]
-    with context.Pool(workers, initializer=_ignore_interrupts) as pool:
-        for row in pool.imap_unordered(_run_in_worker, jobs):
-            done(row)
+    # an executor, not multiprocessing.Pool: a worker that dies fails the run (BrokenProcessPool) instead of
+    # leaving its case unanswered and the parent waiting for it forever
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_ignore_interrupts)
+    try:
+        for future in as_completed([pool.submit(_run_in_worker, job) for job in jobs]):
+            done(future.result())
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()  # cases in progress are not waited for: their rows are not written
+        raise
+    pool.shutdown()
     return rows
 
 
