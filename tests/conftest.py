@@ -3,6 +3,10 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: idle threads sleep (as videoxl sets)
+# the many `python -m videoxl.cli` and server subprocesses reuse compiled bytecode instead of compiling videoxl on
+# every start (about 2 s each where the environment sets PYTHONDONTWRITEBYTECODE)
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
