@@ -394,7 +394,7 @@ def markdown(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", default="2048,4096,8192", help="haystack sizes in tokens")
     parser.add_argument("--cases", type=int, default=30, help="cases per (length, task)")
@@ -423,12 +423,11 @@ def main() -> None:
                                                          "spread over the depths, e.g. 3,1)")
     parser.add_argument("--workers", type=int, default=1, help="run every WORKERS-th case from --worker")
     parser.add_argument("--worker", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     lengths = [2048] if args.quick else [int(x) for x in args.lengths.split(",")]
     cases = 4 if args.quick else args.cases
     tasks = args.tasks.split(",")
     prefill_config = PrefillConfig(chunk=PREFILL.chunk, window=None if args.window == -1 else args.window)
-    model, tokenizer = load_smollm2()
     rows = []
     if args.rows and args.rows.is_file():
         rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.strip().endswith("}")]
@@ -445,9 +444,10 @@ def main() -> None:
     print(f"{'tokens':>6} {'task':<10} {'case':>4}  dense chunked | " + " ".join(f"{s:>11}" for s in scorers)
           + "   (answer right? needle recall)", flush=True)
     mark = {1.0: "+", 0.0: "-", None: " "}  # right, wrong, not run; "~": partly right (multivalue)
-    for n, (tokens, task, i) in enumerate(schedule(lengths, tasks, cases)):
-        if (tokens, task, i) in done or n % args.workers != args.worker or i % every[0] != every[1]:
-            continue
+    todo = [(tokens, task, i) for n, (tokens, task, i) in enumerate(schedule(lengths, tasks, cases))
+            if (tokens, task, i) not in done and n % args.workers == args.worker and i % every[0] == every[1]]
+    model, tokenizer = load_smollm2() if todo else (None, None)  # a summary of kept rows loads nothing
+    for tokens, task, i in todo:
         case = make_case(tokenizer, task, tokens, i, cases, args.seed)
         row = {"target": tokens, **({"seed": args.seed} if args.seed else {}),
                **run_case(model, tokenizer, case, args.topk, prefill_config, scorers, baselines=not args.scorers_only)}

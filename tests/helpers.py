@@ -155,3 +155,22 @@ def heads_of(model, tokenizer=None):
     from videoxl.engine.heads import retrieval_heads
 
     return lambda: retrieval_heads(model, tokenizer).heads
+
+
+class Ran:
+    """What a ``videoxl`` command run in this process printed, and its exit code (as subprocess.run's result)."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def videoxl_here(capsys, *args) -> Ran:
+    """The ``videoxl`` command in this process: the same parser and code as ``python -m videoxl.cli``, without a new
+    interpreter importing torch (about 6 s a run) or the signal handlers. Tests of exit codes on signals, of what
+    is imported, and the README's own command run the real process instead."""
+    from videoxl.cli import run
+
+    capsys.readouterr()  # what the test printed before
+    code = run([str(a) for a in args])
+    out = capsys.readouterr()
+    return Ran(code, out.out, out.err)

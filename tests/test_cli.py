@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from helpers import videoxl_here
+
 from videoxl.synth import make_qa, write
 
 
@@ -28,17 +30,18 @@ def clip(tmp_path_factory):
     return write(script, tmp_path_factory.mktemp("cli") / "clip.mp4")
 
 
-def test_ask_prints_answer_and_stats(tiny_checkpoint, clip):
-    run = videoxl("ask", clip, "What object appears in the video?", "--model", tiny_checkpoint, "--max-new-tokens", 3)
+def test_ask_prints_answer_and_stats(tiny_checkpoint, clip, capsys):
+    run = videoxl_here(capsys, "ask", clip, "What object appears in the video?", "--model", tiny_checkpoint,
+                       "--max-new-tokens", 3)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip()  # the answer (a random tiny model says something)
     assert "64 frames" in run.stderr and "chunks" in run.stderr and "MB used" in run.stderr
     assert "pre-fill FLOPs vs dense: attention" in run.stderr
 
 
-def test_ask_json(tiny_checkpoint, clip):
-    run = videoxl("ask", clip, "What colour is the shape at 2.0s?", "--model", tiny_checkpoint, "--json",
-                  "--topk", 1, "--max-new-tokens", 2, "--window", 1)
+def test_ask_json(tiny_checkpoint, clip, capsys):
+    run = videoxl_here(capsys, "ask", clip, "What colour is the shape at 2.0s?", "--model", tiny_checkpoint,
+                       "--json", "--topk", 1, "--max-new-tokens", 2, "--window", 1)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     for key in ("answer", "frames", "tokens", "chunks", "dense_chunks", "kv_bytes_dense", "kv_bytes_used", "seconds"):
@@ -50,15 +53,15 @@ def test_ask_json(tiny_checkpoint, clip):
     assert set(out["seconds"]) >= {"load", "decode", "encode", "prefill", "answer"}
     assert 0 < out["tail_share"] <= 1 and out["followed_tail"] == (out["tail_share"] >= 0.25)
     assert out["profile"] == "published"  # a checkpoint in the release's layout, without videoxl's own marker
-    dense = videoxl("ask", clip, "What colour is the shape at 2.0s?", "--model", tiny_checkpoint, "--json",
-                    "--dense", "--max-new-tokens", 2, "--window", 1)
+    dense = videoxl_here(capsys, "ask", clip, "What colour is the shape at 2.0s?", "--model", tiny_checkpoint, "--json",
+                         "--dense", "--max-new-tokens", 2, "--window", 1)
     assert json.loads(dense.stdout)["dense_chunks"] == 16 and json.loads(dense.stdout)["tail_share"] is None
 
 
-def test_explain_writes_a_picture(tiny_checkpoint, clip, tmp_path):
+def test_explain_writes_a_picture(tiny_checkpoint, clip, tmp_path, capsys):
     png = tmp_path / "why.png"
-    run = videoxl("ask", clip, "What object appears in the video?", "--model", tiny_checkpoint, "--explain", png,
-                  "--max-new-tokens", 2)
+    run = videoxl_here(capsys, "ask", clip, "What object appears in the video?", "--model", tiny_checkpoint,
+                       "--explain", png, "--max-new-tokens", 2)
     assert run.returncode == 0, run.stderr
     with Image.open(png) as image:
         assert image.format == "PNG" and image.size[0] > 1000
@@ -98,23 +101,23 @@ def test_bundled_model_answers_the_readme_question_on_the_demo(tmp_path):
     assert out["kv_bytes_used"] < 0.62 * out["kv_bytes_dense"]
 
 
-def test_eval_needle_resumes_merges_and_runs_workers(tiny_checkpoint, tmp_path, monkeypatch):
+def test_eval_needle_resumes_merges_and_runs_workers(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("VIDEOXL_CACHE", str(tmp_path / "cache"))  # haystack videos are written under it
     rows, table, png = tmp_path / "rows.jsonl", tmp_path / "needle.json", tmp_path / "heat.png"
     common = ("eval", "needle", "--model", tiny_checkpoint, "--cases", "2", "--rows", rows, "--json", table)
-    first = videoxl(*common, "--lengths", "32")
+    first = videoxl_here(capsys, *common, "--lengths", "32")
     assert first.returncode == 0, first.stderr
     before = [json.loads(line) for line in rows.read_text().splitlines()]
     assert [(r["frames"], r["index"], r["topk"], r["chunk"], r["sparse_stamps"]) for r in before] == \
         [(32, 0, 4, 1, False), (32, 1, 4, 1, False)]
     for flag, value, message in [("--topk", "2", "topk 4, not 2"),
                                  ("--sparse-stamps", "on", "sparse_stamps False, not True")]:
-        mixed = videoxl(*common, "--lengths", "32", flag, value)
+        mixed = videoxl_here(capsys, *common, "--lengths", "32", flag, value)
         assert mixed.returncode == 2 and message in mixed.stderr  # one decoding per rows file
     with open(rows, "a") as f:
         f.write('{"frames": 48, "dep')  # the last line of a run killed while writing it
 
-    second = videoxl(*common, "--lengths", "32,48", "--workers", "2", "--heatmap", png)
+    second = videoxl_here(capsys, *common, "--lengths", "32,48", "--workers", "2", "--heatmap", png)
     assert second.returncode == 0, second.stderr
     assert "2 of 4 cases already measured" in second.stdout
     after = [json.loads(line) for line in rows.read_text().splitlines()]  # every line whole again
@@ -209,19 +212,18 @@ def test_the_answer_is_printed_before_the_picture_and_kept_if_it_fails(tiny_chec
     assert not png.exists() and not _leftovers(tmp_path)
 
 
-def test_demo_cache_is_regenerated_when_cut_short_and_has_normal_permissions(tmp_path):
-    env = {**os.environ, "VIDEOXL_CACHE": str(tmp_path / "cache")}
+def test_demo_cache_is_regenerated_when_cut_short_and_has_normal_permissions(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VIDEOXL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
     question = ["ask", "demo", "What object appears in the video?", "--json"]
-    first = subprocess.run([sys.executable, "-m", "videoxl.cli", *question], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=300)
+    first = videoxl_here(capsys, *question)
     assert first.returncode == 0, first.stderr
     demo = tmp_path / "cache" / "demo.mp4"
     assert stat.S_IMODE(demo.stat().st_mode) == 0o666 & ~_umask()  # an ordinary file, not mkstemp's 0600
     whole = demo.read_bytes()
     demo.write_bytes(whole[: len(whole) // 2])  # a copy cut short (a full disk, a killed copy)
     (tmp_path / "demo").mkdir()  # a folder named demo in the working directory does not shadow 'ask demo'
-    second = subprocess.run([sys.executable, "-m", "videoxl.cli", *question], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    second = videoxl_here(capsys, *question)
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout)["answer"] == "moon"
     assert demo.read_bytes() == whole  # written again, identically (the demo is deterministic)

@@ -1,11 +1,10 @@
 """The needle-in-a-video benchmark machinery, on a tiny model and short haystacks."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import videoxl_here
 from PIL import Image
 
 from videoxl.decoding import Selection
@@ -83,15 +82,13 @@ def test_rows_of_each_haystack_are_keyed_and_summarized_apart():
         needle.plan([32], 1, haystack="busy")
 
 
-def test_cli_haystack_option_runs_and_resumes_each_haystack_apart(tiny_checkpoint, tmp_path, monkeypatch):
+def test_cli_haystack_option_runs_and_resumes_each_haystack_apart(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("VIDEOXL_CACHE", str(tmp_path / "cache"))  # haystack videos are written under it
     rows, table, png = tmp_path / "rows.jsonl", tmp_path / "needle.json", tmp_path / "heat.png"
 
     def videoxl(*args):
-        common = ["eval", "needle", "--model", tiny_checkpoint, "--lengths", "32", "--cases", "2", "--rows", rows,
-                  "--json", table, "--heatmap", png]
-        run = subprocess.run([sys.executable, "-m", "videoxl.cli", *map(str, common + list(args))],
-                             capture_output=True, text=True, timeout=300)
+        run = videoxl_here(capsys, "eval", "needle", "--model", tiny_checkpoint, "--lengths", "32", "--cases", "2",
+                           "--rows", rows, "--json", table, "--heatmap", png, *args)
         assert run.returncode == 0, run.stderr
         return run.stdout
 

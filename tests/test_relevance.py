@@ -1,7 +1,6 @@
 """In-model relevance: retrieval heads, content tokens, confidence and the dense fallback."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -232,22 +231,22 @@ def test_retrieval_head_discovery_finds_few_heads_on_smollm2(smollm2, tmp_path, 
         assert all(rates[layer, h] >= 0.5 for h in heads)
 
 
-def test_cli_reports_the_confidence(tiny_checkpoint, tmp_path):
-    import json
+def test_cli_reports_the_confidence(tiny_checkpoint, tmp_path, capsys):
     import random
-    import subprocess
+
+    from helpers import videoxl_here
 
     from videoxl.synth import make_qa, write
 
     script, _ = make_qa(random.Random(5), 32, family="needle")
     clip = write(script, tmp_path / "clip.mp4")
-    common = [sys.executable, "-m", "videoxl.cli", "ask", str(clip), "What object appears in the video?", "--model",
-              str(tiny_checkpoint), "--topk", "1", "--max-new-tokens", "2"]
-    run = subprocess.run(common + ["--json"], capture_output=True, text=True, timeout=300)
+    common = ["ask", clip, "What object appears in the video?", "--model", tiny_checkpoint, "--topk", "1",
+              "--max-new-tokens", "2"]
+    run = videoxl_here(capsys, *common, "--json")
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     assert 0 <= out["confidence"] <= 1 and out["fallback"] is None
-    run = subprocess.run(common, capture_output=True, text=True, timeout=300)
+    run = videoxl_here(capsys, *common)
     assert run.returncode == 0, run.stderr
     assert f"relevance confidence {out['confidence']:.2f}" in run.stderr
 
@@ -266,6 +265,7 @@ def test_benchmark_schedule_leaves_balanced_cells_when_stopped():
 
 def test_benchmark_oracle_and_table(smollm2, tmp_path):
     """The oracle reference reloads the needle's group; the README table is the summary of the rows, by hand."""
+    import relevance
     from relevance import PREFILL, make_case, markdown, merged, run_case, summarize
 
     model, tokenizer = smollm2
@@ -300,11 +300,8 @@ def test_benchmark_oracle_and_table(smollm2, tmp_path):
     del rows[1]["bounds"]
     path, summary = tmp_path / "rows.jsonl", tmp_path / "summary.json"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "relevance.py"
-    for flags, cases in (([], 2), (["--default-cases"], 1)):
-        run = subprocess.run([sys.executable, script, "--lengths", "2048", "--cases", "0", "--rows", path,
-                              "--json", summary, *flags], capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr
+    for flags, cases in (([], 2), (["--default-cases"], 1)):  # the benchmark's command line, in this process
+        relevance.main(["--lengths", "2048", "--cases", "0", "--rows", str(path), "--json", str(summary), *flags])
         by = {s["scorer"]: s for s in json.loads(summary.read_text())}
         assert by["oracle"]["cases"] == cases and by["bounds"]["cases"] == 1
 
@@ -399,7 +396,7 @@ def test_template_prior_finds_more_of_several_equal_needles(smollm2):
     question = torch.tensor(case["question"])
     found = {}
     for prior in (False, True):
-        answer = decoder.answer(question, **decoding(topk=3, chunk=1, max_new_tokens=64, template_prior=prior,
+        answer = decoder.answer(question, **decoding(topk=3, chunk=1, max_new_tokens=40, template_prior=prior,
                                                        sparse_stamps=True))
         found[prior] = (len(set(answer.dense_chunks) & set(case["needle_groups"])),
                             correct(answer.text, case["answers"]))
@@ -420,7 +417,7 @@ def test_sparse_chunks_without_timestamps_leave_the_model_reading_text(smollm2):
                       heads=heads_of(model, tokenizer))
     question = torch.tensor(case["question"])
     # the chunks as selected when this case was measured: with the template prior
-    answers = {stamps: decoder.answer(question, **decoding(topk=3, chunk=1, max_new_tokens=64, template_prior=True,
+    answers = {stamps: decoder.answer(question, **decoding(topk=3, chunk=1, max_new_tokens=40, template_prior=True,
                                                              sparse_stamps=stamps))
                for stamps in (True, False)}
     assert answers[True].dense_chunks == answers[False].dense_chunks

@@ -97,12 +97,17 @@ def _ask(args) -> int:
     given = decoding.given(args)
     decoding.options(**given)  # a bad combination is refused before anything loads
 
-    from .engine.prefill import PrefillConfig
-    from .pipeline import ingest, load, open_video
+    from .model.files import check as check_checkpoint  # neither imports torch: bad input is refused at once
+    from .video.reader import open_video
 
-    source = open_video(video)  # a bad video fails here, before the model loads
+    source = open_video(video)
+    folder = check_checkpoint(args.model or default_model())
+
+    from .engine.prefill import PrefillConfig
+    from .pipeline import ingest, load
+
     started = time.perf_counter()
-    model = load(args.model or default_model(), args.device, args.dtype, args.question, args.max_question_tokens)
+    model = load(folder, args.device, args.dtype, args.question, args.max_question_tokens)
     model.compile_generation = args.compile
     load_s = time.perf_counter() - started
     bars = ProgressBars(args.progress or sys.stderr.isatty())
@@ -204,7 +209,8 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
-def _run(argv: list[str] | None) -> int:
+def run(argv: list[str] | None) -> int:
+    """The command without the signal handling of :func:`main`: parse ``argv`` and run it; the exit code."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = _parser(argv).parse_args(argv)  # a bad option exits 2 here, naming it, before anything is loaded
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -225,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     130 or 143, after cleaning up."""
     interrupt.install()  # from here on a signal unwinds, so files are cleaned up
     try:
-        code = _run(argv)
+        code = run(argv)
     except KeyboardInterrupt:
         interrupt.leave()
     interrupt.finished()

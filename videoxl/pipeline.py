@@ -14,7 +14,6 @@ import os
 import queue
 import threading
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +32,10 @@ from .engine.prefill import PrefillConfig, PrefilledVideo, prefill
 from .errors import OptionError, VideoError
 from .model.videoxl2 import QUESTION_TOKENS, VideoXL2
 from .video import VideoInfo, check_file, check_sampling, decode_frames, plan_frames, probe
-from .video.reader import check_pixels
+from .video.reader import IMAGE_SUFFIXES, open_image
 from .video.preprocess import preprocess
 from .video.sampling import FRAMES_PER_GROUP
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
@@ -103,25 +101,16 @@ def load(model: str | os.PathLike, device: str | None = None, dtype: str | None 
          max_question_tokens: int = QUESTION_TOKENS) -> VideoXL2:
     """Load a checkpoint (folder or hub id) on ``device`` (None: cuda when available); a ``question`` given is
     checked against the tokenizer first, so a question too long is refused before the weights load."""
-    from .model import checkpoint
+    from .model import checkpoint, files
     from .model.videoxl2 import question_ids, resolve_device
 
     resolved = resolve_device(device)
-    folder = checkpoint.resolve(model)
+    folder = files.check(model)
     tokenizer = checkpoint.load_tokenizer(folder)
     if question is not None:
         question_ids(tokenizer, question, max_question_tokens)
     return VideoXL2.from_pretrained(folder, dtype=getattr(torch, dtype) if dtype else None, device=resolved,
                                     tokenizer=tokenizer)
-
-
-def open_video(path: str | os.PathLike) -> str | VideoInfo:
-    """An image path as it is (its header checked), or a video probed (VideoError for a file FFmpeg cannot read, or
-    frames over the pixel limit): bad input is refused before the model loads."""
-    if Path(path).suffix.lower() in IMAGE_SUFFIXES:
-        open_image(path).close()
-        return str(path)
-    return probe(path)
 
 
 def ingest(model: VideoXL2, video: str | os.PathLike | Sequence | VideoInfo, *,
@@ -272,23 +261,6 @@ def _prefill(model: VideoXL2, groups: Iterator[Group], group_times: list, stats:
     stats.seconds["ingest"] = total
     stats.tokens, stats.chunks = video_kv.stats.tokens, video_kv.stats.chunks
     return Session(model, video_kv, list(group_times), stats, thumbs)
-
-
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file, reading only its header; VideoError if it is unreadable or has more pixels than
-    ``videoxl.video.reader.MAX_PIXELS`` (checked here, so PIL's own decompression-bomb warning is not shown)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(path)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise VideoError(f"{path}: not a readable image ({e})") from None
-    try:
-        check_pixels(str(path), *opened.size)
-    except VideoError:
-        opened.close()
-        raise
-    return opened
 
 
 def _frame_source(video, max_frames, fps, max_fps, frame_times, remainder="pad"):

@@ -46,18 +46,16 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from ..cache import cache_dir
 from ..decoding import Generation, Selection
-from ..engine.decode import DEFAULT, Ablation
-from ..engine.prefill import PrefillConfig
-from ..model.videoxl2 import VideoXL2
-from ..pipeline import encode_video, ingest_tokens
 from ..synth import is_correct, make_qa, write
 from ..synth.haystack import HAYSTACKS, fill_lookalikes
+
+if TYPE_CHECKING:  # the cases, rows and summaries need no torch: a bad --rows file is refused before it loads
+    from ..engine.prefill import PrefillConfig
+    from ..model.videoxl2 import VideoXL2
 
 FPS = 4.0
 BILEVEL = Selection(topk=4, chunk=1)  # bi-level decoding's settings: 4 groups dense (16 frames)
@@ -90,6 +88,11 @@ class NeedleCase:
 
 def run_case(model: VideoXL2, case: NeedleCase, folder: Path, prefill_config: PrefillConfig,
              bilevel: Selection) -> dict:
+    import torch
+
+    from ..engine.decode import DEFAULT, Ablation
+    from ..pipeline import encode_video, ingest_tokens
+
     script, qa = case.make()
     path = case.video(folder)
     t0 = time.perf_counter()
@@ -255,6 +258,10 @@ def _ignore_interrupts() -> None:
 def _run_in_worker(job: tuple) -> dict:
     """One case in a worker process; the process loads the model on its first case and keeps it. (Loading in the
     task, not a pool initializer, lets a bad checkpoint reach the parent as an error instead of respawning.)"""
+    import torch
+
+    from ..model.videoxl2 import VideoXL2
+
     case, model_path, device, threads, folder, prefill_config, bilevel = job
     if "model" not in _worker:
         torch.set_num_threads(threads)
@@ -263,7 +270,7 @@ def _run_in_worker(job: tuple) -> dict:
 
 
 def run(model: VideoXL2 | str, lengths: list[int], cases: int, depths: int = 10, seed: int = 0,
-        prefill_config: PrefillConfig = PrefillConfig(), bilevel: Selection | None = None,
+        prefill_config: PrefillConfig | None = None, bilevel: Selection | None = None,
         folder: Path | None = None, on_case: Callable[[dict], None] | None = None,
         skip: set[tuple[str, int, int, int]] = frozenset(), workers: int = 1, device: str | None = None,
         haystack: str = "plain") -> list[dict]:
@@ -271,10 +278,23 @@ def run(model: VideoXL2 | str, lengths: list[int], cases: int, depths: int = 10,
 
     ``model`` is a loaded model, or a checkpoint path (needed for ``workers`` > 1: each worker process loads it).
     """
+    from ..model import files
+
+    todo = [case for case in plan(lengths, cases, depths, seed, haystack) if key(case) not in skip]
+    if not todo:  # a finished run resumed: nothing loads
+        return []
+    if isinstance(model, (str, Path)):
+        model = str(files.check(model))  # a broken checkpoint fails here, not in every worker
+
+    import torch
+
+    from ..engine.prefill import PrefillConfig
+    from ..model.videoxl2 import VideoXL2
+
+    prefill_config = prefill_config or PrefillConfig()
     bilevel = bilevel or BILEVEL
     folder = folder or cache_dir() / "needle"
     folder.mkdir(parents=True, exist_ok=True)
-    todo = [case for case in plan(lengths, cases, depths, seed, haystack) if key(case) not in skip]
     rows = []
 
     def done(row):
@@ -284,12 +304,12 @@ def run(model: VideoXL2 | str, lengths: list[int], cases: int, depths: int = 10,
             on_case(row)
 
     if workers <= 1:
-        if isinstance(model, (str, Path)):
-            model = VideoXL2.from_pretrained(str(model), device=device)
+        if isinstance(model, str):
+            model = VideoXL2.from_pretrained(model, device=device)
         for case in todo:
             done(run_case(model, case, folder, prefill_config, bilevel))
         return rows
-    if not isinstance(model, (str, Path)):
+    if not isinstance(model, str):
         raise ValueError("parallel workers load the model themselves: pass a checkpoint path, not a loaded model")
     threads = max(1, torch.get_num_threads() // workers)
     todo.sort(key=lambda case: -case.frames)  # longest first, so the last cases to finish are short ones

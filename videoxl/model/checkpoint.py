@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
+from .files import refuse_code, resolve, shards  # noqa: F401 (re-exported: checkpoint.resolve, .shards)
 
 # created by the official model classes but never used: tolerated (skipped, with a warning naming them) when present
 IGNORED_PREFIXES = ("model.text_mlp.", "model.image_newline")
@@ -46,37 +46,6 @@ def from_checkpoint_key(key: str) -> str:
     if key.startswith(VISUAL_PREFIXES):
         return "visual." + key[len("model."):]
     return "llm." + key
-
-
-def resolve(path_or_id: str | os.PathLike) -> Path:
-    """A local checkpoint folder, or a hub id downloaded through huggingface_hub (clear error when offline)."""
-    path = Path(path_or_id).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists() or str(path_or_id).startswith((".", "/", "~")) or str(path_or_id).count("/") != 1:
-        raise CheckpointError(f"{path_or_id}: not a checkpoint folder (expected a folder with config.json and "
-                              "*.safetensors, or a hub id such as BAAI/Video-XL-2)")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(str(path_or_id), allow_patterns=[
-            "*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*"]))
-    except Exception as e:  # network, auth, missing repo: all end the same way for the user
-        raise CheckpointError(
-            f"could not download {path_or_id} from the Hugging Face hub ({type(e).__name__}: {str(e)[:200]}). "
-            f"Download it where the hub is reachable (huggingface-cli download {path_or_id} --local-dir DIR), "
-            "copy DIR here and pass that folder instead") from None
-
-
-def shards(folder: Path) -> list[Path]:
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [folder / n for n in names]
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{folder}: no *.safetensors weights found")
-    return files
 
 
 def check_keys(module: torch.nn.Module, files: list[Path]) -> None:
@@ -127,28 +96,6 @@ def load_weights(module: torch.nn.Module, files: list[Path], device: torch.devic
 
 def _reason(e: Exception) -> str:
     return f"{type(e).__name__}: {str(e)[:200]}"
-
-
-def refuse_code(folder: Path) -> None:
-    """CheckpointError if loading the tokenizer would need code from the folder: videoxl never runs it.
-
-    transformers follows an ``auto_map`` in ``tokenizer_config.json`` to a Python file in the folder (and asks
-    on stdin whether to run it). ``config.json``'s own ``auto_map`` (the official release has one) is harmless:
-    videoxl reads config.json itself and builds its own modules.
-    """
-    tokenizer_config = folder / "tokenizer_config.json"
-    if not tokenizer_config.is_file():
-        return
-    try:
-        auto_map = json.loads(tokenizer_config.read_text()).get("auto_map")
-    except (ValueError, AttributeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{tokenizer_config}: not a valid JSON object ({e})") from None
-    if auto_map:
-        code = sorted(p.name for p in folder.glob("*.py"))
-        raise CheckpointError(
-            f"{tokenizer_config}: its auto_map asks to run custom tokenizer code"
-            + (f" ({', '.join(code)})" if code else "") + "; videoxl never runs code from a model folder. "
-            "Remove auto_map from tokenizer_config.json if the tokenizer is a standard one")
 
 
 def load_tokenizer(folder: Path):

@@ -17,7 +17,7 @@ from .. import defaults
 from ..engine.attention import prepare
 from ..errors import CheckpointError, OptionError
 from ..question import check_question_text, convert_times
-from . import checkpoint
+from . import checkpoint, files
 from .config import VideoXL2Config
 from .vision import VisualEncoder
 
@@ -129,26 +129,22 @@ class VideoXL2(nn.Module):
         (float16 for the released weights, as every published run loads them), else to the checkpoint's own
         (config.json ``torch_dtype``), else bf16 on GPU and fp32 on CPU.
         """
-        import json
-
         device = resolve_device(device)
-        folder = checkpoint.resolve(path_or_id)
-        config_file = folder / "config.json"
-        if not config_file.is_file():
-            raise CheckpointError(f"{folder}: no config.json")
+        folder = files.check(path_or_id)  # the folder, config.json, the shards' headers, tokenizer code: no torch
+        raw = files.read_config(folder)
         try:
-            raw = json.loads(config_file.read_text())
             config = VideoXL2Config.from_dict(raw)
-        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{config_file}: not a usable Video-XL-2 config ({type(e).__name__}: {e})") from None
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise CheckpointError(f"{folder / 'config.json'}: not a usable Video-XL-2 config "
+                                  f"({type(e).__name__}: {e})") from None
         tokenizer = tokenizer if tokenizer is not None else checkpoint.load_tokenizer(folder)
         dtype = dtype or (device.type == "cuda" and _profile_dtype(config.profile)) or checkpoint_dtype(raw) \
             or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        files = checkpoint.shards(folder)
+        shards = files.shards(folder)
         with torch.device("meta"):
             model = cls(config, tokenizer)
-        checkpoint.check_keys(model, files)
-        checkpoint.load_weights(model, files, device, dtype)
+        checkpoint.check_keys(model, shards)
+        checkpoint.load_weights(model, shards, device, dtype)
         model._materialize_buffers(device)
         prepare(model.llm)  # route attention through videoxl once, before any thread shares the model
         return model.eval()

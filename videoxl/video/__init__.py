@@ -3,8 +3,8 @@
 light)."""
 
 from ..errors import VideoError
-from .reader import VideoInfo, check_file, decode_frames, probe, upright
+from .reader import VideoInfo, check_file, decode_frames, open_image, open_video, probe, upright
 from .sampling import SampledFrames, check_sampling, plan_frames, sample_indices
 
-__all__ = ["VideoError", "VideoInfo", "check_file", "probe", "decode_frames", "upright", "sample_indices",
-           "plan_frames", "check_sampling", "SampledFrames"]
+__all__ = ["VideoError", "VideoInfo", "check_file", "open_video", "open_image", "probe", "decode_frames", "upright",
+           "sample_indices", "plan_frames", "check_sampling", "SampledFrames"]

@@ -14,11 +14,14 @@ import bisect
 import logging
 import os
 import stat
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import av
 import numpy as np
+from PIL import Image
 
 from ..errors import VideoError
 
@@ -68,6 +71,7 @@ NOT_VIDEO_FORMATS = {"tty"}
 # The largest frame accepted, in pixels (4096 x 4096; 4K UHD is 3840 x 2160). Frames are shrunk to 384 x 384
 # for the vision tower anyway, and one RGB frame of 16000 x 16000 alone takes 768 MB: a few hundred kilobytes of
 # video or PNG could otherwise take gigabytes of memory.
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 MAX_PIXELS = 4096 * 4096
 
 
@@ -235,3 +239,29 @@ def decode_frames(info: VideoInfo, indices: list[int], *, skip_unused: bool = Tr
         raise VideoError(f"{info.path}: corrupt or truncated video, decoding failed ({e})") from None
     finally:
         container.close()
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file, reading only its header; VideoError if it is unreadable or has more pixels than
+    ``MAX_PIXELS`` (checked here, so PIL's own decompression-bomb warning is not shown)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise VideoError(f"{path}: not a readable image ({e})") from None
+    try:
+        check_pixels(str(path), *opened.size)
+    except VideoError:
+        opened.close()
+        raise
+    return opened
+
+
+def open_video(path: str | os.PathLike) -> str | VideoInfo:
+    """An image path as it is (its header checked), or a video probed (VideoError for a file FFmpeg cannot read, or
+    frames over the pixel limit): bad input is refused before the model loads."""
+    if Path(path).suffix.lower() in IMAGE_SUFFIXES:
+        open_image(path).close()
+        return str(path)
+    return probe(path)
