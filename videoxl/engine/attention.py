@@ -108,8 +108,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
             k, v = k.repeat_interleave(qg.shape[0] // k.shape[0], 0), v.repeat_interleave(qg.shape[0] // k.shape[0], 0)
         out, lse = attend_math(qg, k, v, scale, causal)
     else:
-        out, lse = fused[0][0], fused[1][0]
-    return out.reshape(heads, n, dim), lse.float().reshape(heads, n)
+        out, lse = fused
+    if lse.dtype != torch.float32:  # the fused kernels' is already
+        lse = lse.float()
+    return out.reshape(heads, n, dim), lse.reshape(heads, n)
 
 
 _SMS: dict = {}
@@ -154,6 +156,35 @@ def attend_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
     if full * seg < kk:
         parts.append(attend(q, k[:, full * seg :], v[:, full * seg :], scale))
     return merge_lse(parts)
+
+
+def _segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ranges: list[tuple[int, int, int, int]],
+              scale: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`attend` of query rows ``[r0, r1)`` over keys ``[lo, hi)``, for each ``(r0, r1, lo, hi)`` of
+    ``ranges``: the fused kernel called on 4-D views made once, about half the ops of a call to :func:`attend`
+    per range (where the kernel or the split choice differs, :func:`attend_split` per range)."""
+    heads, _, dim = q.shape
+    kv_heads = k.shape[0]
+    if k.dtype != q.dtype or k.device != q.device:
+        k, v = k.to(q.device, q.dtype), v.to(q.device, q.dtype)
+    group = heads // kv_heads
+    q4, k4, v4 = q[None], k[None], v[None]
+    parts = []
+    for r0, r1, lo, hi in ranges:
+        rows = r1 - r0
+        fused = None
+        if _splits(q.device, kv_heads, group * rows, hi - lo) == 1:
+            try:
+                fused = _fused(q4[:, :, r0:r1].reshape(1, kv_heads, group * rows, dim), k4[:, :, lo:hi],
+                               v4[:, :, lo:hi], scale, False)
+            except RuntimeError:
+                fused = None
+        if fused is None:
+            parts.append(attend_split(q[:, r0:r1], k[:, lo:hi], v[:, lo:hi], scale))
+            continue
+        lse = fused[1] if fused[1].dtype == torch.float32 else fused[1].float()
+        parts.append((fused[0].view(heads, rows, dim), lse.reshape(heads, rows)))
+    return parts
 
 
 def merge_lse(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,16 +266,16 @@ class PrefillStep:
         # global rows see everything before the step, unless every segment's past already is everything
         sees_all = all(a == 0 and ws == 0 for _, _, ws, a in self.segments)
         self.global_past = bool(global_rows) and self.start > 0 and not sees_all
-        # the rows each segment's past is computed for: the global rows get theirs separately, so they are left
-        # out (a slice where the segment has none of them, else local row indices)
-        self._plain: list = []
-        for r0, r1, ws, a in self.segments:
-            plain = [r for r in range(r0, r1) if not is_global[r]]
-            if not self.global_past or len(plain) == r1 - r0:
-                self._plain.append((slice(r0, r1), ws, a))
-            elif plain:
-                self._plain.append((torch.tensor(plain, dtype=torch.long), ws, a))
-        # attention-score entries this step computes (the accounting's unit)
+        # what a segment sees before the step is one contiguous range of [dense[w0:start] | anchors[:A]]: its window
+        # is a suffix of the first part, its anchors a prefix of the second. The global rows' past is computed
+        # with their segment's rows and then replaced (a few rows of wasted work against an index per segment).
+        pasts = [(r0, r1, ws, a) for r0, r1, ws, a in self.segments if a or ws < self.start]
+        self.w0 = min((ws for _, _, ws, _ in pasts), default=self.start)
+        self.a_max = max((a for *_, a in pasts), default=0)
+        self._ranges = [(r0, r1, ws - self.w0, self.start - self.w0 + a) for r0, r1, ws, a in pasts]
+        self._gaps = sum(r1 - r0 for r0, r1, _, _ in pasts) < n  # rows that see nothing before the step
+        # attention-score entries the pattern gives this step's rows (the accounting's unit; not counted: a global
+        # row's segment past, computed with its segment and then replaced, about T/(T+V) of the window work)
         self.pairs = n * (n + 1) // 2 + len(global_rows) * self.start
         for r0, r1, ws, a in self.segments:
             self.pairs += (r1 - r0 - sum(is_global[r0:r1])) * (a + self.start - ws)
@@ -253,23 +284,41 @@ class PrefillStep:
     def _on(self, device: torch.device) -> dict:
         if self._device is None:
             self._device = {"global_rows": self.global_rows.to(device, non_blocking=True),
-                            "anchor_rows": self.anchor_rows.to(device, non_blocking=True),
-                            "plain": [(r if isinstance(r, slice) else r.to(device, non_blocking=True), ws, a)
-                                      for r, ws, a in self._plain]}
+                            "anchor_rows": self.anchor_rows.to(device, non_blocking=True)}
         return self._device
 
-    def _past(self, layer: int, window_start: int, anchor_len: int):
-        """The keys and values a segment sees before the step, as one contiguous pair (or None)."""
-        past = []
-        if anchor_len:
-            past.append((self.anchors.buf.k[layer][:, :anchor_len], self.anchors.buf.v[layer][:, :anchor_len]))
-        if window_start < self.start:
-            dense = self.store.dense
-            past.append((dense.k[layer][:, window_start: self.start], dense.v[layer][:, window_start: self.start]))
-        if len(past) == 2:  # one call over both: copying the keys is cheaper than a second kernel and a merge
-            return (torch.cat([past[0][0], past[1][0].to(past[0][0].dtype)], 1),
-                    torch.cat([past[0][1], past[1][1].to(past[0][1].dtype)], 1))
-        return past[0] if past else None
+    def _past_keys(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """[dense[w0:start] | anchors[:A]] of one layer: a view when either part is empty, else one copy."""
+        dense, anchors = self.store.dense, self.anchors.buf
+        parts = []
+        if self.w0 < self.start:
+            parts.append((dense.k[layer][:, self.w0: self.start], dense.v[layer][:, self.w0: self.start]))
+        if self.a_max:
+            parts.append((anchors.k[layer][:, : self.a_max], anchors.v[layer][:, : self.a_max]))
+        if len(parts) == 1:
+            return parts[0]
+        (k1, v1), (k2, v2) = parts
+        if k2.dtype != k1.dtype:
+            k2, v2 = k2.to(k1.dtype), v2.to(v1.dtype)
+        return torch.cat([k1, k2], 1), torch.cat([v1, v2], 1)
+
+    def _past(self, layer: int, q: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(out, lse) of every row over what its segment sees before the step: one fused call per segment, on views
+        of one key buffer, joined along the rows (lse -inf and out 0 where a row sees nothing before the step)."""
+        if not self._ranges:
+            return None
+        k, v = self._past_keys(layer)
+        if len(self._ranges) == 1 and not self._gaps:
+            _, _, lo, hi = self._ranges[0]
+            return attend_split(q, k[:, lo:hi], v[:, lo:hi], scale)
+        parts = _segments(q, k, v, self._ranges, scale)
+        if not self._gaps:
+            return torch.cat([o for o, _ in parts], 1), torch.cat([l for _, l in parts], 1)
+        out = q.new_zeros(q.shape)
+        lse = torch.full(q.shape[:2], -math.inf, dtype=torch.float32, device=q.device)
+        for (r0, r1, _, _), (o, l) in zip(self._ranges, parts):
+            out[:, r0:r1], lse[:, r0:r1] = o, l
+        return out, lse
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         store, anchors = self.store, self.anchors
@@ -279,28 +328,17 @@ class PrefillStep:
             a = anchors.length
             anchors.buf.write(layer, a, k.index_select(1, d["anchor_rows"]), v.index_select(1, d["anchor_rows"]))
         own = attend(q, k, v, scale, causal=True)  # the step's own tokens
-        plain = d["plain"]
-        if len(plain) == 1 and plain[0][0] == slice(0, self.n):  # one past for every row: no scatter
-            past = self._past(layer, *plain[0][1:])
-            out = own[0] if past is None else merge([own, attend_split(q, past[0], past[1], scale)])
-        else:
-            out = own[0].clone()
-            for rows, ws, a in plain:
-                past = self._past(layer, ws, a)
-                if past is None:
-                    continue
-                if isinstance(rows, slice):
-                    mine, qs = (own[0][:, rows], own[1][:, rows]), q[:, rows]
-                else:
-                    mine, qs = (own[0].index_select(1, rows), own[1].index_select(1, rows)), q.index_select(1, rows)
-                out[:, rows] = merge([mine, attend_split(qs, past[0], past[1], scale)])
-        if self.global_past:
+        past = self._past(layer, q, scale)
+        if self.global_past:  # the global rows' past is everything before the step: it replaces their segment's
             rows = d["global_rows"]
-            dense_k, dense_v = store.dense.k[layer], store.dense.v[layer]
-            mine = (own[0].index_select(1, rows), own[1].index_select(1, rows))
-            out[:, rows] = merge([mine, attend_split(q.index_select(1, rows), dense_k[:, : self.start],
-                                                     dense_v[:, : self.start], scale)])
-        return out
+            out, lse = attend_split(q.index_select(1, rows), store.dense.k[layer][:, : self.start],
+                                    store.dense.v[layer][:, : self.start], scale)
+            if past is None:
+                past = (q.new_zeros(q.shape), torch.full(q.shape[:2], -math.inf, dtype=torch.float32,
+                                                         device=q.device))
+            past[0].index_copy_(1, rows, out)
+            past[1].index_copy_(1, rows, lse)
+        return own[0] if past is None else merge([own, past])
 
     def finish(self) -> None:
         self.anchors.length += self.n_anchor_rows

@@ -155,8 +155,8 @@ class KVStore:
             k_new[:, :, rows_d] = k_all[:, :, n_vis:]  # timestamps verbatim
             v_new[:, :, rows_d] = v_all[:, :, n_vis:]
             del k_all, v_all
-            for i in range(hi - lo):
-                self.sparse.write(lo + i, first, k_new[i], v_new[i])
+            for i, (k_layer, v_layer) in enumerate(zip(k_new.unbind(0), v_new.unbind(0))):
+                self.sparse.write(lo + i, first, k_layer, v_layer)
         self.sparse_pos = torch.cat([self.sparse_pos[:first], positions])
         self.sparse_length = n_sparse
         self.groups.extend(new_spans)

@@ -107,10 +107,11 @@ class GroupSummaries:
             if table is not None:
                 k = self.rope.apply(k, table)
             paged = k.index_select(2, index).unflatten(2, (-1, PAGE))
-            lows += paged.amin(3).unbind(0)
-            highs += paged.amax(3).unbind(0)
-        centre.append([(high + low) / 2 for low, high in zip(lows, highs)])
-        radius.append([(high - low) / 2 for low, high in zip(lows, highs)])
+            lows.append(paged.amin(3))
+            highs.append(paged.amax(3))
+        low, high = (parts[0] if len(parts) == 1 else torch.cat(parts) for parts in (lows, highs))
+        centre.append((high + low) / 2)  # (layers, Hkv, pages, D): a few ops for all layers
+        radius.append((high - low) / 2)
         owner.extend(new_owner)
         self._owner = None
         self._page_groups = total
@@ -126,24 +127,30 @@ class GroupSummaries:
 
 
 class _Growing:
-    """Per-layer (Hkv, rows, D) tensors appended to along the rows, with doubling capacity (no quadratic copying)."""
+    """A (layers, Hkv, rows, D) tensor appended to along the rows, with doubling capacity (no quadratic copying);
+    read as one (Hkv, rows, D) view per layer."""
 
     def __init__(self, layers: int):
         self.layers, self.rows = layers, 0
-        self.bufs: list[torch.Tensor] | None = None
+        self.buf: torch.Tensor | None = None
+        self._views: list[torch.Tensor] | None = None
 
-    def append(self, parts: list[torch.Tensor]) -> None:
-        n = parts[0].shape[1]
-        if self.bufs is None or self.rows + n > self.bufs[0].shape[1]:
-            capacity = max(self.rows + n, 2 * (0 if self.bufs is None else self.bufs[0].shape[1]))
-            grown = [p.new_empty(p.shape[0], capacity, p.shape[2]) for p in parts]
-            if self.bufs is not None:
-                for new, old in zip(grown, self.bufs):
-                    new[:, : self.rows] = old[:, : self.rows]
-            self.bufs = grown
-        for buf, p in zip(self.bufs, parts):
-            buf[:, self.rows : self.rows + n] = p
+    def append(self, parts: torch.Tensor | list[torch.Tensor]) -> None:
+        """Append (layers, Hkv, n, D) rows (or one (Hkv, n, D) tensor per layer)."""
+        if isinstance(parts, list):
+            parts = torch.stack(parts)
+        n = parts.shape[2]
+        if self.buf is None or self.rows + n > self.buf.shape[2]:
+            capacity = max(self.rows + n, 2 * (0 if self.buf is None else self.buf.shape[2]))
+            grown = parts.new_empty(parts.shape[0], parts.shape[1], capacity, parts.shape[3])
+            if self.buf is not None:
+                grown[:, :, : self.rows] = self.buf[:, :, : self.rows]
+            self.buf = grown
+        self.buf[:, :, self.rows : self.rows + n] = parts
         self.rows += n
+        self._views = None
 
     def views(self) -> list[torch.Tensor]:
-        return [b[:, : self.rows] for b in self.bufs]
+        if self._views is None:
+            self._views = list(self.buf[:, :, : self.rows].unbind(0))
+        return self._views
