@@ -184,3 +184,29 @@ def test_bad_inputs(tiny_checkpoint, tmp_path):
     session = ingest(model, [np.zeros((8, 8, 3), np.uint8)] * 4)
     with pytest.raises(ValueError, match="empty"):
         session.ask("   ")
+
+
+def test_checkpoint_files_are_checked_without_torch(tiny_checkpoint, tmp_path):
+    """videoxl.model.files refuses what loading would refuse, from the files alone: bytes past the data the
+    safetensors header describes, a shard the index lists but the folder lacks; a whole checkpoint passes."""
+    import json
+    import shutil
+
+    from videoxl.errors import CheckpointError
+    from videoxl.model import files
+
+    assert files.check(tiny_checkpoint) == tiny_checkpoint
+    padded = tmp_path / "padded"
+    shutil.copytree(tiny_checkpoint, padded)
+    with open(padded / "model.safetensors", "ab") as f:
+        f.write(b"\0" * 16)
+    with pytest.raises(CheckpointError, match=r"padded/model.safetensors: not a valid safetensors file .*"
+                                              r"the header describes \d+ bytes, the file has \d+"):
+        files.check(padded)
+    indexed = tmp_path / "indexed"
+    shutil.copytree(tiny_checkpoint, indexed)
+    (indexed / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "lm_head.weight": "model.safetensors", "model.norm.weight": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(CheckpointError, match="model-00002-of-00002.safetensors: weight shard listed in the index "
+                                              "is missing"):
+        files.check(indexed)
