@@ -105,7 +105,7 @@ def load(model: str | os.PathLike, device: str | None = None, dtype: str | None 
     from .model.videoxl2 import question_ids, resolve_device
 
     resolved = resolve_device(device)
-    folder = files.check(model)
+    folder = files.resolve(model)  # from_pretrained checks the files
     tokenizer = checkpoint.load_tokenizer(folder)
     if question is not None:
         question_ids(tokenizer, question, max_question_tokens)

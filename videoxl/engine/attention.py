@@ -109,7 +109,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
         out, lse = attend_math(qg, k, v, scale, causal)
     else:
         out, lse = fused
-    if lse.dtype != torch.float32:  # the fused kernels' is already
+    if lse.dtype != torch.float32:  # the fused kernels return it in float32 already
         lse = lse.float()
     return out.reshape(heads, n, dim), lse.reshape(heads, n)
 
@@ -185,6 +185,11 @@ def _segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ranges: list[tu
         lse = fused[1] if fused[1].dtype == torch.float32 else fused[1].float()
         parts.append((fused[0].view(heads, rows, dim), lse.reshape(heads, rows)))
     return parts
+
+
+def _nothing_seen(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse) of rows that see no key: 0 and -inf, which :func:`merge` weighs 0."""
+    return q.new_zeros(q.shape), torch.full(q.shape[:2], -math.inf, dtype=torch.float32, device=q.device)
 
 
 def merge_lse(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -314,8 +319,7 @@ class PrefillStep:
         parts = _segments(q, k, v, self._ranges, scale)
         if not self._gaps:
             return torch.cat([o for o, _ in parts], 1), torch.cat([l for _, l in parts], 1)
-        out = q.new_zeros(q.shape)
-        lse = torch.full(q.shape[:2], -math.inf, dtype=torch.float32, device=q.device)
+        out, lse = _nothing_seen(q)
         for (r0, r1, _, _), (o, l) in zip(self._ranges, parts):
             out[:, r0:r1], lse[:, r0:r1] = o, l
         return out, lse
@@ -334,8 +338,7 @@ class PrefillStep:
             out, lse = attend_split(q.index_select(1, rows), store.dense.k[layer][:, : self.start],
                                     store.dense.v[layer][:, : self.start], scale)
             if past is None:
-                past = (q.new_zeros(q.shape), torch.full(q.shape[:2], -math.inf, dtype=torch.float32,
-                                                         device=q.device))
+                past = _nothing_seen(q)
             past[0].index_copy_(1, rows, out)
             past[1].index_copy_(1, rows, lse)
         return own[0] if past is None else merge([own, past])

@@ -283,8 +283,9 @@ def run(model: VideoXL2 | str, lengths: list[int], cases: int, depths: int = 10,
     todo = [case for case in plan(lengths, cases, depths, seed, haystack) if key(case) not in skip]
     if not todo:  # a finished run resumed: nothing loads
         return []
-    if isinstance(model, (str, Path)):
-        model = str(files.check(model))  # a broken checkpoint fails here, not in every worker
+    model = str(model) if isinstance(model, Path) else model
+    if isinstance(model, str) and workers > 1:
+        files.check(model)  # a broken checkpoint fails here, once, not in every worker
 
     import torch
 
