@@ -131,6 +131,66 @@ def test_horizon_store_prefills_like_a_store_and_reads_released_groups_sparse():
     assert horizon.mixed_tokens(wanted) == plain.mixed_tokens(told) < plain.mixed_tokens(wanted)
 
 
+def test_forgetting_drops_the_oldest_groups_and_later_chunks_no_longer_see_their_timestamps():
+    """A second horizon: groups whose dense KVs are released can be forgotten between chunks. Their sparse rows, page
+    boxes and timestamp anchors leave memory, and the chunks pre-filled afterwards equal a dense-mask reference in
+    which those timestamps are hidden from them; decoding layouts start at the first group kept."""
+    from helpers import full_embeddings, reference_mask
+    from transformers import DynamicCache
+
+    model = tiny_qwen2(layers=2)
+    groups = random_groups(12, hidden=64)
+    prefix = torch.randint(0, 96, (5,))
+    config = PrefillConfig(chunk=2, window=1, timestamps="chunk", per_forward=1)
+    cfg = model.config
+    store = HorizonStore(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads,
+                         torch.float32, "cpu")
+    seen, held = {}, []
+
+    def chunk_done(chunks: int, tokens: int) -> None:
+        store.release(max(0, (chunks - 2) * 2))  # this chunk and the window stay dense
+        if chunks >= 4:
+            seen["video"].forget((chunks - 2) * 2)  # after chunk 4: groups 0-3; after chunk 5: 0-5
+        held.append((seen["video"].anchors.length, store.sparse.k[0].data.shape[1]))
+
+    video = prefill(model, prefix, groups, config, store=store, on_chunk=chunk_done, keep_hidden=True,
+                    on_start=lambda v: seen.update(video=v))
+    assert store.forgotten_groups == 8 and store.released_groups == 8
+    # the reference: the chunk pattern, minus the forgotten timestamps for the chunks pre-filled after each forget
+    mask = reference_mask(5, groups, 2, 1, "chunk")
+    starts = [5 + sum(len(g) for g in groups[:i]) for i in range(13)]
+    for chunk, forgotten in ((4, 4), (5, 6)):  # chunks 4 and 5 (0-based) came after the forgets of 4 and 6 groups
+        for g in range(forgotten):
+            ts = groups[g].timestamp.shape[0]
+            mask[starts[2 * chunk]: starts[2 * chunk + 2], starts[g]: starts[g] + ts] = False
+    cache = DynamicCache(config=cfg)
+    with torch.no_grad():
+        ref = model(inputs_embeds=full_embeddings(model, prefix, groups)[None], attention_mask=mask[None, None],
+                    cache=cache, use_cache=True)
+        logits = model.lm_head(torch.cat(video.hidden))
+    torch.testing.assert_close(logits, ref.logits[0], atol=1e-4, rtol=0)
+    kept = slice(starts[8], starts[12])  # the groups still dense
+    for layer in range(cfg.num_hidden_layers):
+        torch.testing.assert_close(store.dense.k[layer][:, kept], cache.layers[layer].keys[0][:, kept], atol=1e-4, rtol=0)
+    # what is held: the anchors hold the prefix and the kept groups' stamps, the sparse buffer the kept groups' rows
+    stamps = [g.timestamp.shape[0] for g in groups]
+    assert [a for a, _ in held] == [5 + sum(stamps[:2 * c]) for c in (1, 2, 3)] + \
+        [5 + sum(stamps[f: 2 * c]) for c, f in ((4, 4), (5, 6), (6, 8))]
+    first_kept = store.groups[8].sparse_start
+    physical = store.sparse_length - store.forgotten_sparse
+    assert store.forgotten_sparse == first_kept and physical == sum(g.sparse_end - g.sparse_start
+                                                                    for g in store.groups[8:])
+    centre, _, owner = video.summaries.pages()
+    assert owner.tolist() == sorted(owner.tolist()) and int(owner.min()) == 8 and centre[0].shape[1] == owner.numel()
+    # decoding reads the kept groups exactly as a plain store of the same KVs would: dense rows and sparse rows
+    from_dense, index, _ = store.layout([True] * 12, first=8)
+    for layer in range(cfg.num_hidden_layers):
+        k, v = store.gather(layer, from_dense, index)
+        torch.testing.assert_close(k[:, 5:], cache.layers[layer].keys[0][:, kept], atol=1e-4, rtol=0)
+    with pytest.raises(AssertionError, match="forgotten"):
+        store.layout([True] * 12, first=7)
+
+
 # -- streams ----------------------------------------------------------------------------------------------------------
 def test_live_tcp_stream_answers_about_what_happened_and_not_what_has_not(model, tmp_path):
     """A TCP MPEG-TS stream at twice real time: asked mid-stream, the answer is the object already shown (moon at 4 s), not
@@ -206,6 +266,12 @@ def test_watch_refuses_a_bad_source_with_exit_2(tmp_path):
         run = subprocess.run([sys.executable, "-m", "videoxl.cli", "watch", source, "--follow"],
                              capture_output=True, text=True, timeout=60, env=ENV)
         assert run.returncode == 2 and words in run.stderr and run.stderr.count("\n") == 1, run.stderr
+    growing = tmp_path / "growing.ts"
+    growing.write_bytes(b"")
+    run = subprocess.run([sys.executable, "-m", "videoxl.cli", "watch", str(growing), "--follow", "--keep", "1m"],
+                         capture_output=True, text=True, timeout=60, env=ENV)
+    assert run.returncode == 2 and "keep (60 s) must be at least the horizon (600.0 s)" in run.stderr, run.stderr
+    assert run.stderr.count("\n") == 1, run.stderr
 
 
 def test_horizon_bounds_resident_chunks_over_a_ten_minute_stream(model):
@@ -228,6 +294,45 @@ def test_horizon_bounds_resident_chunks_over_a_ten_minute_stream(model):
     reply = live.ask("What object appears in the video?")  # the released past is still there, sparse
     assert reply.stream_time == 596.0 and reply.groups == 38
     assert reply.answer.kv_bytes_used < reply.answer.kv_bytes_dense
+
+
+def test_keep_holds_memory_flat_over_a_forty_minute_stream(model):
+    """Forty minutes of stream (a frame every 4 s of stream) with a one-minute horizon and two minutes kept: what the
+    stream holds (groups with any KV, sparse rows, page boxes, timestamp anchors) stops growing once two minutes
+    have streamed, while the stream goes on four times longer than the first ten minutes; answers cover what is
+    kept, and a range reaching further back covers the same."""
+    from videoxl.errors import OptionError
+    from videoxl.live.stream import LiveOptions, LiveStream
+
+    script = _script(9600, 5)  # 40 minutes at 4 fps
+    frames = ((i / FPS, render(script, i)) for i in range(0, script.frames, 16))  # 600 frames: 150 groups
+    held = []
+
+    def progress(stats) -> None:
+        video = live._video
+        if video is not None and video.anchors is not None:
+            store = video.store
+            held.append((stats.groups, stats.groups - stats.forgotten_groups, store.sparse.k[0].data.shape[1],
+                         store.sparse_length - store.forgotten_sparse, video.summaries.pages()[0][0].shape[1],
+                         video.anchors.length))
+
+    live = LiveStream(model, frames, LiveOptions(horizon=60.0, keep=120.0, chunk=1, window=1), on_progress=progress)
+    assert live.start().wait(timeout=240)
+    assert live.stats.groups == 150 and live.stats.stream_time == 2396.0
+    steady = [h for h in held if h[0] >= 40]  # two minutes are about 8 groups of 16 s; 40 are ten minutes
+    assert len(steady) > 100
+    for column in range(1, 6):  # each held quantity: its largest over the last 30 minutes is within 10% of the
+        late = max(h[column] for h in steady)  # first ten's (stamps grow a token longer at 1000 s: "Time 1000.0s:")
+        early = max(h[column] for h in held if 8 < h[0] < 40)
+        assert early <= late <= 1.1 * early, (column, early, late, held)
+    assert max(h[1] for h in steady) <= 9  # groups held: two minutes of them and the chunk being written
+    reply = live.ask("What object appears in the video?")
+    kept = live.stats.groups - live.stats.forgotten_groups
+    assert reply.groups == kept <= 9 and reply.start >= 2396.0 - 120 - 16 and reply.stream_time == 2396.0
+    assert reply.answer.kv_bytes_dense < live._video.store.length * live._video.store.bytes_per_token / 10
+    assert live.ask("What object appears in the video?", since="-30m").start == reply.start
+    with pytest.raises(OptionError, match="keep"):
+        LiveOptions(horizon=600.0, keep=60.0)
 
 
 # -- the server ---------------------------------------------------------------------------------------------------------
@@ -264,10 +369,13 @@ def test_server_streams_obey_the_allow_list_and_answer_from_the_stream(tmp_path)
             status, body = _request("POST", base + "/v1/streams", {"url": url})
             assert status == 403 and body["error"]["type"] == "permission_error", body
         assert _request("POST", base + "/v1/streams", {"url": "gopher://x"})[0] == 400
+        status, body = _request("POST", base + "/v1/streams", {"url": "tcp://127.0.0.1:9", "keep": 30})
+        assert status == 400 and "keep (30 s) must be at least the horizon (600.0 s)" in body["error"]["message"], body
         script = _script(48, 5, Event("object", 12, 18, word="heart"))
         url, sender = _tcp_stream(tmp_path, script, "--speed", "0")
-        status, stream = _request("POST", base + "/v1/streams", {"url": url, "fps": 4, "reconnect": 4})
-        assert status == 200 and stream["status"] == "ingesting", stream
+        status, stream = _request("POST", base + "/v1/streams", {"url": url, "fps": 4, "reconnect": 4,
+                                                                  "horizon": 8, "keep": 3600})
+        assert status == 200 and stream["status"] == "ingesting" and stream["forgotten_groups"] == 0, stream
         deadline = time.monotonic() + 90
         while _request("GET", f"{base}/v1/streams/{stream['id']}")[1]["status"] == "ingesting":
             assert time.monotonic() < deadline

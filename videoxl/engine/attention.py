@@ -224,10 +224,20 @@ class Anchors:
 
     def __init__(self, store: KVStore, device: torch.device, dtype: torch.dtype):
         self.buf = _Buffer(store.layers, store.kv_heads, store.head_dim, dtype, device)
-        self.length = 0
+        self.length = 0  # rows held
+        self.dropped = 0  # rows dropped by :meth:`drop` (a forgotten history's timestamps); rows written = both
 
     def reserve(self, n: int) -> None:
         self.buf.reserve(n)
+
+    def drop(self, start: int, n: int) -> None:
+        """Drop held rows [start, start + n) (the later ones move down): the timestamps of groups a live stream has
+        forgotten, which later chunks then no longer see."""
+        for kv in (self.buf.k, self.buf.v):
+            for t in kv:
+                t[:, start: self.length - n] = t[:, start + n: self.length].clone()
+        self.length -= n
+        self.dropped += n
 
 
 class PrefillStep:

@@ -129,6 +129,22 @@ class PrefilledVideo:
     stats: PrefillStats
     hidden: list[torch.Tensor] | None = None  # per step final hidden states, if asked for
     summaries: GroupSummaries | None = None  # position-free key summaries for chunk scoring, built during pre-fill
+    anchors: Anchors | None = None  # what every later chunk sees (the prefix, then the timestamps), while pre-filling
+
+    def forget(self, groups: int) -> None:
+        """Forget the first ``groups`` groups for good, between chunks of a live pre-fill (a store that can:
+        :meth:`videoxl.live.horizon.HorizonStore.forget`): their sparse KVs, page summaries and timestamp anchors
+        are dropped; later chunks no longer see those timestamps, and no question can reach those groups."""
+        store = self.store
+        done = store.forgotten_groups
+        if groups <= done:
+            return
+        stamps = sum(g.visual_start - g.start for g in store.groups[done:groups])
+        store.forget(groups)
+        if self.summaries is not None:
+            self.summaries.forget(groups)
+        if self.anchors is not None:
+            self.anchors.drop(store.prefix_length, stamps)  # held anchors: the prefix, then the kept stamps
 
     @property
     def num_groups(self) -> int:
@@ -197,9 +213,10 @@ def _prefill_prefix(model, embeds: torch.Tensor, store: KVStore, anchors: Anchor
 
 
 def _lay_out(model, chunks: list[list[Group]], config: PrefillConfig, stats: PrefillStats, start: int,
-             chunk_starts: list[int], anchors_after: list[int]):
+             chunk_starts: list[int], anchors_after: list[int], dropped: int = 0):
     """One forward's inputs: (embeddings, timestamp mask, per-chunk segments (first row, end row, window start,
-    anchors seen), timestamp rows, timestamp tokens per chunk), all counted on the host (no tensor is read back)."""
+    anchors seen), timestamp rows, timestamp tokens per chunk), all counted on the host (no tensor is read back).
+    ``anchors_after`` counts anchor rows written; ``dropped`` of them are gone (a forgotten history's)."""
     parts, is_ts, segments = [], [], []
     ts_rows: list[int] = []
     ts_per_chunk: list[int] = []
@@ -222,7 +239,7 @@ def _lay_out(model, chunks: list[list[Group]], config: PrefillConfig, stats: Pre
             window_start, anchor_len = 0, 0  # nothing evicted yet: the whole history is one range
         else:
             window_start = chunk_starts[first_visible] if first_visible < stats.chunks else start
-            anchor_len = anchors_after[first_visible - 1]
+            anchor_len = anchors_after[first_visible - 1] - dropped
         n_chunk = sum(len(group) for group in batch)
         segments.append((rows, rows + n_chunk, window_start, anchor_len))
         ts_per_chunk.append(sum(group.timestamp.shape[0] for group in batch))
@@ -295,7 +312,7 @@ def prefill(
     started = time.perf_counter()
     anchors = Anchors(store, param.device, param.dtype)
     summaries = GroupSummaries(store, rope)
-    video = PrefilledVideo(store, config, stats, hidden, summaries)
+    video = PrefilledVideo(store, config, stats, hidden, summaries, anchors)
     if on_start is not None:
         on_start(video)
     _prefill_prefix(model, embed(model, prefix), store, anchors, stats, hidden, expected_tokens)
@@ -305,10 +322,10 @@ def prefill(
     for chunks in _forwards(_chunks(groups, config.chunk), config.chunks_per_forward):
         start = store.length
         embeds, is_ts, segments, ts_rows, ts_per_chunk = _lay_out(model, chunks, config, stats, start, chunk_starts,
-                                                                  anchors_after)
+                                                                  anchors_after, anchors.dropped)
         out, pairs = _forward(model, store, anchors, embeds, is_ts, segments, ts_rows, config.timestamps)
-        store.add_groups(_spans(chunks, segments, ts_per_chunk, start, len(ts_rows), anchors.length, chunk_starts,
-                                anchors_after), rope)
+        store.add_groups(_spans(chunks, segments, ts_per_chunk, start, len(ts_rows), anchors.length + anchors.dropped,
+                                chunk_starts, anchors_after), rope)
         summaries.extend()
         stats.pairs += pairs
         stats.tokens = store.length
@@ -325,4 +342,5 @@ def prefill(
         raise InputError("the input has no groups: chunked pre-fill needs at least one group of visual tokens")
     stats.tokens = store.length
     stats.seconds = time.perf_counter() - started
+    video.anchors = None  # only later chunks read them
     return video

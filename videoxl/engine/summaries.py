@@ -7,6 +7,8 @@ the boxes after each chunk, so the first question pays nothing for them.
 
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 import torch
 
@@ -116,6 +118,19 @@ class GroupSummaries:
         self._owner = None
         self._page_groups = total
 
+    def forget(self, groups: int) -> None:
+        """Drop the page boxes of the first ``groups`` groups (a live stream's forgotten history; pages keep their
+        groups' absolute numbers, so scores of the forgotten groups read as -inf)."""
+        if self._pages is None:
+            return
+        centre, radius, owner = self._pages
+        n = bisect.bisect_left(owner, groups)  # pages are in group order
+        if n:
+            centre.drop_front(n)
+            radius.drop_front(n)
+            del owner[:n]
+            self._owner = None
+
     def pages(self) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
         """Per layer (Hkv, pages, D) centre and radius of the box of each page of PAGE un-rotated visual keys (pages
         never cross groups), and the group of each page."""
@@ -148,6 +163,12 @@ class _Growing:
             self.buf = grown
         self.buf[:, :, self.rows : self.rows + n] = parts
         self.rows += n
+        self._views = None
+
+    def drop_front(self, n: int) -> None:
+        """Forget the first ``n`` rows (the later ones move down; the capacity stays)."""
+        self.buf[:, :, : self.rows - n] = self.buf[:, :, n: self.rows].clone()
+        self.rows -= n
         self._views = None
 
     def views(self) -> list[torch.Tensor]:

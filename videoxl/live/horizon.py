@@ -1,4 +1,5 @@
-"""A KV store with a horizon: the dense KVs of old groups are released, their sparse KVs stay.
+"""A KV store with two horizons: the dense KVs of old groups are released, their sparse KVs stay; groups older
+still can be forgotten altogether.
 
 A live stream pre-fills chunk after chunk for hours. Its recent chunks stay dense (what pre-fill's window and the
 newest questions need); groups older than the horizon keep only their sparse KVs (timestamps verbatim, visual
@@ -9,6 +10,11 @@ below the released range and after it are where they were (shifted down in memor
 its group's sparse KV (a pooled key rotated to the row's own position, the pooled value; timestamp rows exactly).
 So relevance scoring over the whole history keeps working, on the sparse form for released groups, and the
 mixed caches of decoding hold released groups sparse whatever the selection chose.
+
+Sparse KVs still grow with the stream. :meth:`HorizonStore.forget` drops the first groups' sparse KVs too (their
+dense ones must be released already); sparse rows keep their absolute numbers, and no reader may ask for a
+forgotten group (decoding starts at :attr:`HorizonStore.forgotten_groups` or later). With both horizons set, what a
+stream holds in memory is flat: a few bytes of bookkeeping per group (its spans, its sparse rows' positions) aside.
 """
 
 from __future__ import annotations
@@ -20,18 +26,20 @@ from ..engine.rope import Rope
 from ..engine.store import KVStore, _Buffer
 
 
-class _Rows:
-    """One layer's dense keys or values (heads, rows, dim) of a :class:`HorizonStore`, indexed by absolute row;
-    ``data`` holds the rows before the released range and those after it, contiguously."""
+class _Absolute:
+    """One layer's keys or values (heads, rows, dim) of a :class:`HorizonStore` read by absolute row, of which
+    ``data`` holds only some rows: what readers of a plain buffer use of a tensor."""
 
     def __init__(self, store: "HorizonStore", layer: int, kind: str, data: torch.Tensor):
         self.store, self.layer, self.kind, self.data = store, layer, kind, data
 
-    # what readers of a dense buffer use of a tensor
+    def missing(self) -> int:
+        """Rows the logical buffer has and ``data`` does not."""
+        raise NotImplementedError
+
     @property
     def shape(self) -> torch.Size:
-        gap = self.store.release_end - self.store.release_start
-        return torch.Size((self.data.shape[0], self.data.shape[1] + gap, self.data.shape[2]))
+        return torch.Size((self.data.shape[0], self.data.shape[1] + self.missing(), self.data.shape[2]))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -50,14 +58,47 @@ class _Rows:
     def new_empty(self, *shape, **kwargs) -> torch.Tensor:
         return self.data.new_empty(*shape, **kwargs)
 
-    def to(self, *args, **kwargs) -> "_Rows":
-        return _Rows(self.store, self.layer, self.kind, self.data.to(*args, **kwargs))
+    def to(self, *args, **kwargs) -> "_Absolute":
+        return type(self)(self.store, self.layer, self.kind, self.data.to(*args, **kwargs))
 
     def _rows(self, key) -> tuple[int, int]:
         assert isinstance(key, tuple) and len(key) == 2 and key[0] == slice(None) and isinstance(key[1], slice), key
         start, stop, step = key[1].indices(self.shape[1])
         assert step == 1, key
         return start, stop
+
+
+class _Tail(_Absolute):
+    """Sparse rows of which the first ``store.forgotten_sparse`` (the forgotten groups') are gone."""
+
+    def missing(self) -> int:
+        return self.store.forgotten_sparse
+
+    def __getitem__(self, key) -> torch.Tensor:
+        a, b = self._rows(key)
+        gone = self.store.forgotten_sparse
+        assert a >= gone or a == b, "forgotten sparse rows cannot be read"
+        return self.data[:, max(a - gone, 0): max(b - gone, 0)]
+
+    def __setitem__(self, key, value: torch.Tensor) -> None:
+        a, b = self._rows(key)
+        gone = self.store.forgotten_sparse
+        assert a >= gone, "forgotten sparse rows cannot be written"
+        self.data[:, a - gone: b - gone] = value
+
+    def index_select(self, dim: int, index: torch.Tensor) -> torch.Tensor:
+        """Rows by absolute number; none of them forgotten (readers start at the first group kept)."""
+        assert dim == 1
+        gone = self.store.forgotten_sparse
+        return self.data.index_select(1, index - gone if gone else index)
+
+
+class _Rows(_Absolute):
+    """Dense rows of which the released range ``[store.release_start, store.release_end)`` is gone from ``data``
+    (it holds the rows before and after it, contiguously) and reads as the released groups' sparse KVs."""
+
+    def missing(self) -> int:
+        return self.store.release_end - self.store.release_start
 
     def __getitem__(self, key) -> torch.Tensor:
         a, b = self._rows(key)
@@ -94,12 +135,13 @@ class _Rows:
 
 
 class _HorizonBuffer(_Buffer):
-    """A dense buffer whose rows can be released from the front (after the prefix)."""
+    """A buffer read by absolute row (``rows``: :class:`_Rows` for the dense buffer, whose rows after the prefix
+    can be released, :class:`_Tail` for the sparse one, whose first rows can be forgotten)."""
 
-    def __init__(self, store: "HorizonStore", layers: int, heads: int, dim: int, dtype, device):
+    def __init__(self, store: "HorizonStore", layers: int, heads: int, dim: int, dtype, device, rows=_Rows):
         super().__init__(layers, heads, dim, dtype, device)
-        self.k = [_Rows(store, i, "k", t) for i, t in enumerate(self.k)]
-        self.v = [_Rows(store, i, "v", t) for i, t in enumerate(self.v)]
+        self.k = [rows(store, i, "k", t) for i, t in enumerate(self.k)]
+        self.v = [rows(store, i, "v", t) for i, t in enumerate(self.v)]
 
     def reserve(self, n: int) -> None:
         if n <= self.capacity:
@@ -119,13 +161,17 @@ class _HorizonBuffer(_Buffer):
 
 class HorizonStore(KVStore):
     """A :class:`KVStore` that can release the dense KVs of its oldest groups (:meth:`release`), keeping their
-    sparse KVs. Pre-fill fills it like any store (``prefill(..., store=HorizonStore(...))``)."""
+    sparse KVs, and forget older groups altogether (:meth:`forget`). Pre-fill fills it like any store
+    (``prefill(..., store=HorizonStore(...))``)."""
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device, pool: int = 4):
         super().__init__(layers, kv_heads, head_dim, dtype, device, pool=pool)
         self.dense = _HorizonBuffer(self, layers, kv_heads, head_dim, dtype, self.device)
+        self.sparse = _HorizonBuffer(self, layers, kv_heads, head_dim, dtype, self.device, rows=_Tail)
         self.release_start = self.release_end = 0  # absolute dense rows [start, end) released
         self.released_groups = 0  # the first groups, whose dense KVs are gone
+        self.forgotten_groups = 0  # the first groups, whose sparse KVs are gone too
+        self.forgotten_sparse = 0  # their sparse rows
         self.rope: Rope | None = None
         self._starts = torch.empty(0, dtype=torch.long)
 
@@ -152,6 +198,16 @@ class HorizonStore(KVStore):
         self.release_start, self.release_end = first, end
         self.released_groups = groups
 
+    def forget(self, groups: int) -> None:
+        """Forget the first ``groups`` groups (those already forgotten stay so): their sparse KVs are dropped. Their
+        dense KVs must be released already; no layout may start before them afterwards."""
+        if groups <= self.forgotten_groups:
+            return
+        assert groups <= self.released_groups, "only groups whose dense KVs are released can be forgotten"
+        end = self.groups[groups - 1].sparse_end
+        self.sparse.drop(0, end - self.forgotten_sparse, self.sparse_length - self.forgotten_sparse)
+        self.forgotten_sparse, self.forgotten_groups = end, groups
+
     def released_rows(self, layer: int, kind: str, rows: torch.Tensor) -> torch.Tensor:
         """Released dense rows (heads, n, dim) read from their groups' sparse KVs: a timestamp row exactly, a
         visual row as its pooled window's value, or key rotated from the window's mean position to the row's."""
@@ -170,7 +226,8 @@ class HorizonStore(KVStore):
             out = self.rope.rotate(out, rows.double() - self.sparse_pos[sparse_row])
         return out
 
-    def _resident(self, dense_groups) -> np.ndarray:
+    def _resident(self, dense_groups, first: int = 0) -> np.ndarray:
+        assert first >= self.forgotten_groups, f"groups before {self.forgotten_groups} are forgotten, not {first}"
         dense = np.array(dense_groups, dtype=bool).reshape(-1)  # a copy: the caller's flags stay as they were
         dense[: self.released_groups] = False
         return dense
@@ -178,7 +235,8 @@ class HorizonStore(KVStore):
     def layout(self, dense_groups, sparse_stamps: bool = True,
                first: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """As :meth:`KVStore.layout`, with released groups sparse whatever ``dense_groups`` says."""
-        return super().layout(self._resident(dense_groups), sparse_stamps, first)
+        return super().layout(self._resident(dense_groups, first), sparse_stamps, first)
 
     def mixed_tokens(self, dense_groups, sparse_stamps: bool = True) -> int:
+        """As :meth:`KVStore.mixed_tokens`, with released groups sparse (for a store that has forgotten nothing)."""
         return super().mixed_tokens(self._resident(dense_groups), sparse_stamps)

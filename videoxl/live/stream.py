@@ -3,7 +3,9 @@ far while ingest goes on, in bounded memory.
 
 Pre-fill uses the published streaming mode (``timestamps="chunk"``: a timestamp token sees what its chunk sees), so
 a chunk needs nothing that has not arrived; the store grows chunk by chunk. Groups older than the ``horizon`` keep
-only their sparse KVs (:class:`~videoxl.live.horizon.HorizonStore`), so the dense KVs in memory stay flat.
+only their sparse KVs (:class:`~videoxl.live.horizon.HorizonStore`), so the dense KVs in memory stay flat; with
+``keep``, groups older than that are forgotten (their sparse KVs, page summaries and timestamps dropped), so all
+the stream holds stays flat, and questions cover the last ``keep`` seconds.
 
 Three threads share the work: a reader (source -> sampled frames -> preprocessed 4-frame groups, a bounded queue
 ahead), the ingest thread (encode a chunk's groups, then pre-fill it under the model lock) and the callers of
@@ -46,9 +48,10 @@ _DONE = object()
 
 @dataclass(frozen=True)
 class LiveOptions:
-    """How a stream is ingested: pre-fill chunking and the horizon of dense memory."""
+    """How a stream is ingested: pre-fill chunking, the horizon of dense memory and the history kept at all."""
 
     horizon: float | None = 600.0  # seconds of stream kept dense; older groups keep their sparse KVs (None: all)
+    keep: float | None = None  # seconds of stream kept answerable; older groups are forgotten (None: everything)
     chunk: int = defaults.CHUNK  # pre-fill chunk, in 4-frame groups
     window: int = defaults.WINDOW  # earlier chunks a chunk attends to in full
     queue_groups: int = 64  # sampled groups the reader may hold ahead of ingest
@@ -56,6 +59,12 @@ class LiveOptions:
     def __post_init__(self):
         if self.horizon is not None and not (isinstance(self.horizon, (int, float)) and self.horizon > 0):
             raise OptionError(f"horizon must be a positive number of seconds or None, got {self.horizon!r}")
+        if self.keep is not None:
+            if isinstance(self.keep, bool) or not isinstance(self.keep, (int, float)) or not self.keep > 0:
+                raise OptionError(f"keep must be a positive number of seconds or None, got {self.keep!r}")
+            if self.horizon is None or self.keep < self.horizon:
+                raise OptionError(f"keep ({self.keep:g} s) must be at least the horizon ({self.horizon} s): only "
+                                  "groups already sparse can be forgotten")
         if not isinstance(self.queue_groups, int) or self.queue_groups < 1:
             raise OptionError(f"queue_groups must be a positive integer, got {self.queue_groups!r}")
         self.prefill_config  # validates chunk and window
@@ -72,6 +81,7 @@ class LiveStats:
     groups: int = 0
     chunks: int = 0
     resident_chunks: int = 0  # chunks whose dense KVs are in memory
+    forgotten_groups: int = 0  # the first groups, dropped for good (LiveOptions.keep)
     most_resident_chunks: int = 0
     stream_time: float = 0.0  # seconds of stream pre-filled (the last pre-filled frame's stamp)
     source_time: float = 0.0  # stamp of the newest frame read from the source
@@ -168,7 +178,7 @@ class LiveStream:
     def ask(self, question: str, selection: Selection | None = None, generation: Generation | None = None, *,
             on_text: Callable[[str], None] | None = None, max_question_tokens: int = QUESTION_TOKENS,
             since: str | float | Since | None = None, **given) -> LiveAnswer:
-        """Answer a question about everything ingested so far (bi-level selection over the whole history, then
+        """Answer a question about everything ingested so far (bi-level selection over the whole history kept, then
         generation), or with ``since`` ('-5m', '120': :mod:`videoxl.live.since`) about the groups that began in that
         range. The options are the model's profile's with the ``given`` ones over them (as
         :meth:`videoxl.pipeline.Session.ask`), or exactly the ``selection`` and ``generation`` passed. OptionError
@@ -185,7 +195,8 @@ class LiveStream:
                 if self.error is not None:
                     raise OptionError(f"the stream failed before anything was ingested: {self.error}")
                 raise OptionError("nothing is ingested yet: ask again once the first chunk is pre-filled")
-            first = 0 if since is None else self._first_since(since)
+            # a range reaching back past the kept history covers what is kept (the answer's start says from where)
+            first = max(0 if since is None else self._first_since(since), self.stats.forgotten_groups)
             groups, stream_time = len(self._ends) - first, self._ends[-1]
             answer = self._decoder.answer(ids, selection, generation, on_text=on_text, first_group=first)
             self.stats.questions += 1
@@ -315,14 +326,18 @@ class LiveStream:
         return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
     def _release(self, store: HorizonStore, chunks: int) -> None:
-        """Release the dense KVs of whole chunks older than the horizon, keeping the window pre-fill reads."""
+        """Release the dense KVs of whole chunks older than the horizon, keeping the window pre-fill reads; forget
+        whole chunks older than ``keep``."""
         chunk = self.options.chunk
         if self.options.horizon is not None:
-            cutoff = self._ends[-1] - self.options.horizon
-            old = sum(1 for end in self._ends if end < cutoff)  # stamps only grow
+            old = bisect.bisect_left(self._ends, self._ends[-1] - self.options.horizon)  # stamps only grow
             keep_from = min(old // chunk, chunks - self.options.window - 1) * chunk
             if keep_from > store.released_groups:
                 store.release(keep_from)
+        if self.options.keep is not None:
+            old = bisect.bisect_left(self._ends, self._ends[-1] - self.options.keep)
+            self._video.forget(min(old // chunk * chunk, store.released_groups))
+            self.stats.forgotten_groups = store.forgotten_groups
         resident = -(-store.resident_groups // chunk)
         self.stats.resident_chunks = resident
         self.stats.most_resident_chunks = max(self.stats.most_resident_chunks, resident)

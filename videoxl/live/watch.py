@@ -38,14 +38,17 @@ def add_parser(sub) -> None:
     p = sub.add_parser("watch", help="ingest a live stream and answer questions about it as it runs", description=(
         "Ingest a live stream (tcp://, udp://, rtsp://, rtmp://, srt://, an HLS .m3u8 URL, or a file being written "
         "with --follow) chunk by chunk, and answer questions about everything seen so far: one per line on "
-        "stdin, or --ask (every --every seconds of stream, and when it ends). Memory stays bounded: groups older "
-        "than --horizon keep only their sparse KVs."))
+        "stdin, or --ask (every --every seconds of stream, and when it ends). Groups older than --horizon keep only "
+        "their sparse KVs; with --keep, groups older than that are forgotten, and memory stays flat for good."))
     p.add_argument("source", help="stream URL, or a local file with --follow")
     p.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the bundled model)")
     p.add_argument("--fps", type=rate, default=defaults.FPS, help=f"frames kept per second (default {defaults.FPS:g})")
     p.add_argument("--follow", action="store_true", help="SOURCE is a file still being written: read it as it grows")
     p.add_argument("--horizon", type=duration, default=600.0,
                    help="keep everything dense for this much recent stream (default 10m); older groups stay sparse")
+    p.add_argument("--keep", type=duration, default=None,
+                   help="answer about this much recent stream at most, forgetting older groups, so that memory stays "
+                        "flat however long the stream runs (at least --horizon; default: keep everything)")
     p.add_argument("--reconnect", type=duration, default=30.0,
                    help="how long a dropped source may stay away before it counts as ended (default 30s)")
     p.add_argument("--idle", type=duration, default=5.0,
@@ -76,6 +79,7 @@ def run(args) -> int:
     from .source import LiveSource, SourceOptions
     from .stream import LiveOptions, LiveStream
 
+    options = LiveOptions(horizon=args.horizon, keep=args.keep)  # refused before the model loads
     model = VideoXL2.from_pretrained(args.model or _default_model(), device=resolve_device(args.device))
     source = LiveSource(args.source, SourceOptions(fps=args.fps, follow=args.follow, reconnect=args.reconnect,
                                                    idle=args.idle))
@@ -87,7 +91,7 @@ def run(args) -> int:
                   f"({stats.resident_chunks} dense in memory), ingest paused {stats.paused:.1f}s for questions]",
                   file=sys.stderr, flush=True)
 
-    live = LiveStream(model, source, LiveOptions(horizon=args.horizon), on_progress=progress).start()
+    live = LiveStream(model, source, options, on_progress=progress).start()
     config = decoding.options(model.profile, **decoding.given(args))
     questions: queue.Queue = queue.Queue()
     threading.Thread(target=_read_questions, args=(questions,), daemon=True).start()

@@ -1,7 +1,9 @@
 """Live streams on the server: ``POST /v1/streams`` starts ingesting a stream, ``GET /v1/streams`` lists them,
-``DELETE /v1/streams/{id}`` stops one (a stream's JSON: ``url``, and optionally ``fps``, 1 by default, and
-``reconnect``, the seconds a dropped source may stay away before it has ended, 30 by default); a chat completion about ``{"type": "video_url", "video_url": {"url":
-"stream://ID"}}`` is answered from everything that stream has ingested so far, while ingest goes on, or with
+``DELETE /v1/streams/{id}`` stops one (a stream's JSON: ``url``, and optionally ``fps``, 1 by default,
+``reconnect``, the seconds a dropped source may stay away before it has ended, 30 by default, and ``horizon`` and
+``keep``, in seconds, as :class:`videoxl.live.stream.LiveOptions`); a chat completion about ``{"type": "video_url",
+"video_url": {"url": "stream://ID"}}`` is answered from everything that stream has ingested (and kept) so far,
+while ingest goes on, or with
 ``"since": "-5m"`` beside the url from that part of it (``videoxl.live.since``).
 
 Live schemes are off unless the server names them (``--allowed-stream-schemes tcp rtsp``): a stream URL whose
@@ -43,6 +45,7 @@ class _Entry:
                 "status": "ingesting" if self.live.running else ("failed" if self.live.error else "ended"),
                 "stream_time": round(stats.stream_time, 3), "lag": round(stats.lag, 3), "groups": stats.groups,
                 "chunks": stats.chunks, "resident_chunks": stats.resident_chunks,
+                "forgotten_groups": stats.forgotten_groups,
                 "paused_seconds": round(stats.paused, 3), "gaps": stats.gaps,
                 "error": None if self.live.error is None else str(self.live.error)}
 
@@ -76,13 +79,14 @@ class Streams:
                              param="url")
         try:
             source = LiveSource(url, SourceOptions(fps=fps, reconnect=body.get("reconnect", 30.0)))
+            options = LiveOptions(horizon=body.get("horizon", self.horizon), keep=body.get("keep"))
         except (InputError, TypeError) as e:
             raise ServeError(400, str(e)) from None
         with self._lock:
             if sum(e.live.running for e in self._streams.values()) >= self.max_streams:
                 raise ServeError(429, f"this server ingests at most {self.max_streams} streams at once")
             entry = _Entry(uuid.uuid4().hex[:16], url, float(fps), time.time(),
-                           LiveStream(self.model, source, LiveOptions(horizon=self.horizon)))
+                           LiveStream(self.model, source, options))
             self._streams[entry.id] = entry
         entry.live.start()
         return entry.describe()
