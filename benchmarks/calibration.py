@@ -36,10 +36,14 @@ from videoxl.engine.heads import retrieval_heads  # noqa: E402
 from videoxl.engine.prefill import prefill  # noqa: E402
 from videoxl.llm import load_smollm2  # noqa: E402
 
-VARIANTS = {"calibrated": {"template_prior": True}, "uncalibrated": {"template_prior": False}}
+# the template prior's exponent: 1 the full prior (the default before), 0 none, 0.5 ranks as p(c|q)^2 / p(c|template),
+# 0.75 the default (docs/calibration.md)
+VARIANTS = {"calibrated": {"template_prior": 1.0}, "uncalibrated": {"template_prior": 0.0},
+            "pmi2": {"template_prior": 0.5}, "tempered": {"template_prior": 0.75}}
 COMMITTED_CASES = {2048: 20, 4096: 20, 8192: 20, 16384: 6}  # benchmarks/results/engine.json
 # relevance.py columns: the default, the default without calibration, and the dense reference
-RELEVANCE_COLUMNS = {"bounds": "calibrated", "bounds-nocal-nostamps": "uncalibrated"}
+RELEVANCE_COLUMNS = {"bounds": "calibrated", "bounds-nocal-nostamps": "uncalibrated", "bounds-pmi2": "pmi2",
+                     "bounds-tempered": "tempered"}
 
 
 def run_case(model, tokenizer, tokens: int, index: int, cases: int, dense: bool) -> dict:
@@ -91,26 +95,30 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def relevance_summary(paths: list[Path]) -> list[dict]:
-    """Per (length, task): bi-level accuracy of each RELEVANCE_COLUMNS column and dense, over the cases that have
-    every one of them (the same haystacks)."""
+    """Per (length, seed, task): bi-level accuracy of each RELEVANCE_COLUMNS column over the cases that have it,
+    and dense over the cases that have any (the same haystacks: cases are matched by length, seed, task and index)."""
     cases = {}
     for path in paths:
         for line in path.read_text().splitlines():
             row = json.loads(line)
-            key = (row["target"], row["task"], row["index"])
+            key = (row["target"], row.get("seed", 0), row["task"], row["index"])
             merged = cases.setdefault(key, {})
             merged.update({k: v for k, v in row.items()
                            if v is not None and (merged.get(k) is None or k in RELEVANCE_COLUMNS)})
     out = []
-    for target, task in sorted({k[:2] for k in cases}):
-        mine = [r for k, r in cases.items() if k[:2] == (target, task) and all(c in r for c in RELEVANCE_COLUMNS)]
+    for target, seed, task in sorted({k[:3] for k in cases}):
+        mine = [r for k, r in cases.items() if k[:3] == (target, seed, task) and any(c in r for c in RELEVANCE_COLUMNS)]
         if not mine:
             continue
-        summary = {"benchmark": "relevance", "target_tokens": target, "task": task, "cases": len(mine),
-                   "acc_dense": 100 * sum(float(r["acc_dense"]) for r in mine) / len(mine)}
+        dense = [float(r["acc_dense"]) for r in mine if "acc_dense" in r]
+        summary = {"benchmark": "relevance", "target_tokens": target, "seed": seed, "task": task, "cases": len(mine),
+                   "acc_dense": 100 * sum(dense) / len(dense) if dense else None, "dense_cases": len(dense)}
         for column, name in RELEVANCE_COLUMNS.items():
-            summary[f"acc_{name}"] = 100 * sum(float(r[column]["acc"]) for r in mine) / len(mine)
-            summary[f"recall_{name}"] = 100 * sum(r[column]["recall"] for r in mine) / len(mine)
+            have = [r[column] for r in mine if column in r]
+            if have:
+                summary[f"acc_{name}"] = 100 * sum(float(x["acc"]) for x in have) / len(have)
+                summary[f"recall_{name}"] = 100 * sum(x["recall"] for x in have) / len(have)
+                summary[f"cases_{name}"] = len(have)
         out.append(summary)
     return out
 
@@ -170,18 +178,18 @@ def main() -> None:
             if s["benchmark"] == "engine" and "acc_dense" not in s and committed:
                 s.update(acc_dense=committed["needle_acc_dense"], dense_cases=committed["cases"],
                          dense_from=str(args.engine_dense))
-    print(f"{'benchmark':<10} {'cell':<22} {'cases':>5} {'dense':>6} {'calibrated':>10} {'uncalibrated':>12}")
+    print(f"{'benchmark':<10} {'cell':<22} {'cases':>5} {'dense':>6} " + " ".join(f"{v:>12}" for v in VARIANTS))
     for s in summary:
-        cell = (f"{s['target_tokens']} tokens" + (f" {s['task']}" if "task" in s else "")) if "target_tokens" in s \
-            else f"{s['frames']} frames"
+        cell = (f"{s['target_tokens']} tokens" + (f" {s['task']}" if "task" in s else "")
+                + (f" seed {s['seed']}" if s.get("seed") else "")) if "target_tokens" in s \
+            else f"{s['frames']} frames ({s['decoding']})"
+        values = [s.get(f"acc_{v}") for v in VARIANTS]
         if s["benchmark"] == "needle":
-            cell += f" ({s['decoding']})"
-            values = [s["acc_dense"], s["acc_bilevel"] if s["decoding"] == "calibrated" else None,
-                      s["acc_bilevel"] if s["decoding"] == "uncalibrated" else None]
-        else:
-            values = [s.get("acc_dense"), s.get("acc_calibrated"), s.get("acc_uncalibrated")]
-        print(f"{s['benchmark']:<10} {cell:<22} {s['cases']:>5} " + " ".join(
-            f"{'-' if v is None else f'{v:.0f}':>{w}}" for v, w in zip(values, (6, 10, 12))))
+            values = [s["acc_bilevel"] if v == s["decoding"] else None for v in VARIANTS]
+        counts = [s.get(f"cases_{v}", s["cases"]) for v in VARIANTS]
+        dense = "-" if s.get("acc_dense") is None else f"{s['acc_dense']:.0f}"
+        shown = ["-" if v is None else f"{v:.0f}" + ("" if n == s["cases"] else f" ({n})") for v, n in zip(values, counts)]
+        print(f"{s['benchmark']:<10} {cell:<22} {s['cases']:>5} {dense:>6} " + " ".join(f"{x:>12}" for x in shown))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2))

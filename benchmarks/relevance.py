@@ -22,7 +22,8 @@ For every case the same haystack is answered by dense decoding (transformers, on
 the chunked pre-fill with every chunk dense, and by bi-level decoding (decoding chunks of one group, first and last
 dense, ``--topk`` more chosen by each relevance variant) for each variant side by side (``SCORERS``): the default
 (Quest-style bounds over the model's retrieval heads, the best 32 re-ranked by their exact attention mass divided by
-the chat template's own mass over them, ``template_prior``; the best chunk brings the one after it, within the same
+the chat template's own mass over them to the power 0.75, ``template_prior``, ``bounds-tempered``; before, to the
+power 1, ``bounds``; the best chunk brings the one after it, within the same
 top-k, when a quarter of its attention falls on its last sixteenth, four times a uniform share:
 ``follow_tail=0.25``; sparse chunks decoded without their timestamp tokens, ``sparse_stamps=False``), the same
 with the sparse chunks' timestamps (``bounds-stamps``), without calibration too
@@ -74,15 +75,18 @@ TASKS = ("single", "multikey", "multivalue", "neighbours")
 # relevance variants side by side: decoding options (videoxl.engine.decode.configure) (the default first); "exact" and "oracle" are the references
 # below
 SCORERS = {
-    # the default before the template prior was turned off (docs/calibration.md; "bounds-nocal-nostamps" is the
-    # default now): the re-ranked chunks' mass calibrated by the chat template's; the best chunk brings the one after
-    # it (within topk) when a quarter of its attention is on its last sixteenth; sparse chunks are decoded without
-    # their timestamp tokens
+    # the default before the template prior was tempered (docs/calibration.md; "bounds-tempered" is the default
+    # now): the re-ranked chunks' mass divided by the chat template's; the best chunk brings the one after it (within
+    # topk) when a quarter of its attention is on its last sixteenth; sparse chunks are decoded without their
+    # timestamp tokens. Each entry names what differs from the engine's default decoding (engine.decode.DEFAULT).
     "bounds": {"heads": "retrieval", "score_tokens": "all", "refine": 32, "template_prior": True, "follow_tail": 0.25,
                "sparse_stamps": False},
-    "bounds-stamps": {"sparse_stamps": True},  # sparse chunks with their timestamps
-    "bounds-nocal-nostamps": {"template_prior": False, "sparse_stamps": False},  # the default: "bounds" uncalibrated
+    "bounds-stamps": {"template_prior": True, "sparse_stamps": True},  # sparse chunks with their timestamps
+    "bounds-nocal-nostamps": {"template_prior": False, "sparse_stamps": False},  # "bounds" uncalibrated
     "bounds-nocal": {"template_prior": False, "sparse_stamps": True},  # and without the template prior
+    # the default: the re-ranked mass over the template's to the power 0.75 (docs/calibration.md)
+    "bounds-tempered": {"template_prior": 0.75, "sparse_stamps": False},
+    "bounds-pmi2": {"template_prior": 0.5, "sparse_stamps": False},  # to the power 0.5: ranks as p(c|q)^2 / p(c|t)
     # the ablations below are of the scorer without the template prior, as their rows were measured
     "bounds-notail": {"follow_tail": None, "template_prior": False, "sparse_stamps": True},  # the top-k by relevance alone
     "bounds-follow": {"follow": 1, "follow_tail": None, "template_prior": False,

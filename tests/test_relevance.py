@@ -340,7 +340,8 @@ def _mass(decoder, queries, heads, groups, group_size) -> torch.Tensor:
 
 def test_template_prior_divides_the_question_mass_by_the_templates(prose_needle):
     """Calibrated relevance over the re-ranked chunks is the question's exact attention mass on each, divided by the
-    mass its chat template alone puts there, renormalized; the template's queries are computed once."""
+    mass its chat template alone puts there (by default to the power 0.75), renormalized; the template's queries are
+    computed once."""
     from videoxl.engine.select import chunk_ranges
 
     model, tokenizer, case, video = prose_needle
@@ -363,22 +364,24 @@ def test_template_prior_divides_the_question_mass_by_the_templates(prose_needle)
     torch.testing.assert_close(plain[candidates], m_question.to(plain), rtol=1e-4, atol=1e-6)
     ratio = m_question / m_template
     torch.testing.assert_close(with_prior[candidates], (ratio / ratio.sum()).to(with_prior), rtol=1e-4, atol=1e-6)
-    assert len(decoder._template_queries) == 1
+    tempered = decoder.score(question, ranges, forced)  # the default: the template's mass to the power 0.75
+    ratio = m_question / m_template ** 0.75
+    torch.testing.assert_close(tempered[candidates], (ratio / ratio.sum()).to(tempered), rtol=1e-4, atol=1e-6)
+    assert len(decoder._template_queries) == 1  # computed once, for both calls with a prior
     other = torch.tensor(tokenizer("\nWhat is the first word of the text?<|im_end|>\n"
                                    "<|im_start|>assistant\n")["input_ids"])
     decoder.score(other, ranges, forced)
     assert len(decoder._template_queries) == 1  # the same template: its queries were reused
     # no template to divide by: without a tokenizer, or a question given as embeddings
     bare = Decoder(model, video, heads=heads_of(model))
-    torch.testing.assert_close(bare.score(question, ranges, forced), plain,
-                               equal_nan=True)
+    torch.testing.assert_close(bare.score(question, ranges, forced), plain, equal_nan=True)
     from videoxl.engine.layout import embed
 
     embedded = embed(model, question)
     torch.testing.assert_close(decoder.score(embedded, ranges, forced),
                                decoder.score(embedded, ranges, forced, ablation=Ablation(template_prior=False)),
                                equal_nan=True)
-    assert not Ablation().template_prior  # off by default (test_default_decoding_reloads_a_needle_the_prompt_announced)
+    assert Ablation().template_prior == 0.75  # tempered (test_default_decoding_reloads_a_needle_the_prompt_announced)
 
 
 def test_template_prior_finds_more_of_several_equal_needles(smollm2):
@@ -431,8 +434,9 @@ def test_default_decoding_reloads_a_needle_the_prompt_announced(smollm2):
     """benchmarks/engine.py's passkey case 8 of 20 at 2,048 tokens: the text before the haystack says a pass key is
     hidden in it, so the chat template alone already attends to the needle (a prior as high as the question's), and
     dividing by it flattens the relevance: the needle's group (5) drops to rank 3 and is not reloaded. The answer
-    prefix in the assistant turn ("The pass key is") is content, not template. Default decoding (no template
-    prior) reloads the needle and answers the key, as dense decoding does."""
+    prefix in the assistant turn ("The pass key is") is content, not template. Default decoding (the prior tempered:
+    the template's mass to the power 0.75) and decoding without a prior reload the needle and answer the key, as
+    dense decoding does."""
     from engine import BILEVEL, PREFILL, QUESTION, make_case, to_groups
 
     model, tokenizer = smollm2
@@ -443,7 +447,8 @@ def test_default_decoding_reloads_a_needle_the_prompt_announced(smollm2):
     assert case["needle_group"] == 5
     decoder = Decoder(model, prefill(model, torch.tensor(case["prefix"]), to_groups(case), PREFILL), tokenizer,
                       heads=heads_of(model, tokenizer))
-    default = decoder.answer(question, **decoding(**BILEVEL))
-    assert 5 in default.dense_chunks and case["key"] in default.text
+    for prior in (0.75, 0.0):
+        answer = decoder.answer(question, **decoding(template_prior=prior, **BILEVEL))
+        assert 5 in answer.dense_chunks and case["key"] in answer.text, prior
     with_prior = decoder.answer(question, **decoding(template_prior=True, **BILEVEL))
     assert 5 not in with_prior.dense_chunks and case["key"] not in with_prior.text

@@ -14,17 +14,19 @@ The default scorer:
 2. **Retrieval heads only** (``heads.py``): each (layer, head, question token) turns its chunk scores into a
    distribution over the candidates (softmax); relevance is the average of these distributions.
 3. **Re-ranking**: the 32 chunks with the best bounds are re-ranked by their exact position-free attention mass at
-   the retrieval heads (a fixed number of chunks: the cost does not grow with the video).
+   the retrieval heads (a fixed number of chunks: the cost does not grow with the video), over the template prior
+   below.
 4. **Follow the tail**: when the best chunk's attention sits on its last sixteenth (:func:`tail_share`), what the
    question looks for runs past its end, and the chunk after it is reloaded too.
 
-Off by default, an ablation (``Ablation.template_prior``): the re-ranked mass divided by the mass the question's
-chat template alone puts on the same chunks, ``p(chunk | question) / p(chunk | template)`` (contextual calibration;
-Zhao et al., "Calibrate Before Use", 2021), so that chunks which draw any question's attention do not outrank the
-ones this question asks about. The template's attention is not question-free, though, when the text before the
-video says what to look for ("There is a pass key hidden in the following text"): the template alone then puts
-55-82% of its mass on the needle, as the question does, the ratio is flat and the needle's chunk is not reloaded
-(``benchmarks/engine.py``'s passkey cases at 2k tokens: 65% found with it, 100% without; docs/calibration.md).
+The template prior (``Ablation.template_prior``): the re-ranked mass divided by the mass the question's chat
+template alone puts on the same chunks, to a power: ``p(chunk | question) / p(chunk | template) ** 0.75`` by
+default, so that chunks which draw any question's attention do not outrank the ones this question asks about
+(contextual calibration, Zhao et al., "Calibrate Before Use", 2021, is the power 1). The template's attention is
+not question-free, though, when the text before the video says what to look for ("There is a pass key hidden in
+the following text"): the template alone then puts 55-82% of its mass on the needle, as the question does, and the
+full ratio is flat; the tempered one keeps the needle on top (``benchmarks/engine.py``'s passkey cases: 65% found
+with the power 1, 100% with 0.75; docs/calibration.md).
 
 Timestamp keys are left out of every score: stamps are alike across chunks, and a question about "time" would pick
 chunks by their stamps. The other scorers (``"mean"``, ``"sparse"``, ``"dense"``) and switches exist for the

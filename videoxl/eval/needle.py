@@ -102,7 +102,7 @@ def run_case(model: VideoXL2, case: NeedleCase, folder: Path, prefill_config: Pr
     row = {"haystack": case.haystack, "frames": case.frames, "depth": case.depth, "index": case.index,
            "seed": case.seed, "answer": qa.answer,
            "threads": torch.get_num_threads(), "encode_s": encode_s,
-           **dataclasses.asdict(bilevel), "follow_tail": DEFAULT.follow_tail, "calibrate": DEFAULT.template_prior}
+           **dataclasses.asdict(bilevel), "follow_tail": DEFAULT.follow_tail, "template_prior": DEFAULT.template_prior}
 
     t0 = time.perf_counter()
     ids = model.prompt_ids(times, qa.question)
