@@ -46,7 +46,7 @@ RELEVANCE_COLUMNS = {"bounds": "calibrated", "bounds-nocal-nostamps": "uncalibra
                      "bounds-tempered": "tempered"}
 
 
-def run_case(model, tokenizer, tokens: int, index: int, cases: int, dense: bool) -> dict:
+def run_case(model, tokenizer, tokens: int, index: int, cases: int, dense: bool, variants=VARIANTS) -> dict:
     """One engine.py case: chunked pre-fill once, bi-level answers per variant (and the dense reference)."""
     case = engine.make_case(tokenizer, tokens, (index + 0.5) / cases, seed=1000 * tokens + index)
     ids = engine.video_ids(case)
@@ -67,7 +67,7 @@ def run_case(model, tokenizer, tokens: int, index: int, cases: int, dense: bool)
     video = prefill(model, torch.tensor(case["prefix"]), engine.to_groups(case), engine.PREFILL,
                     expected_tokens=ids.numel())
     decoder = Decoder(model, video, tokenizer, heads=lambda: retrieval_heads(model, tokenizer).heads)
-    for name, options in VARIANTS.items():
+    for name, options in variants.items():
         answer = decoder.answer(question, **configure(**options, **engine.BILEVEL))
         scored = [c for c, r in enumerate(answer.relevance) if r is not None]
         order = sorted(scored, key=lambda c: -answer.relevance[c])
@@ -88,6 +88,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             if not have:
                 continue
             summary[f"acc_{name}"] = 100 * sum(x["acc"] for x in have) / len(have)
+            summary[f"cases_{name}"] = len(have)
             if name != "dense":
                 summary[f"needle_dense_{name}"] = 100 * sum(x["hit"] for x in have) / len(have)
         out.append(summary)
@@ -150,6 +151,7 @@ def main() -> None:
                         help="an engine.py --json: its dense accuracy per length fills the engine rows run without "
                              "--dense (dense decoding does not depend on the template prior)")
     parser.add_argument("--summarize-only", action="store_true", help="run no case: summarize --rows")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"of {', '.join(VARIANTS)} (default: all)")
     args = parser.parse_args()
 
     rows = [json.loads(x) for x in args.rows.read_text().splitlines()] if args.rows and args.rows.is_file() else []
@@ -161,7 +163,8 @@ def main() -> None:
             for i in range(cases):
                 if (tokens, i) in done or i % args.every:
                     continue
-                row = run_case(model, tokenizer, tokens, i, cases, args.dense)
+                row = run_case(model, tokenizer, tokens, i, cases, args.dense,
+                               {v: VARIANTS[v] for v in args.variants.split(",")})
                 rows.append(row)
                 if args.rows:
                     with args.rows.open("a") as f:
