@@ -233,9 +233,7 @@ class Anchors:
     def drop(self, start: int, n: int) -> None:
         """Drop held rows [start, start + n) (the later ones move down): the timestamps of groups a live stream has
         forgotten, which later chunks then no longer see."""
-        for kv in (self.buf.k, self.buf.v):
-            for t in kv:
-                t[:, start: self.length - n] = t[:, start + n: self.length].clone()
+        self.buf.drop(start, n, self.length)
         self.length -= n
         self.dropped += n
 

@@ -41,8 +41,9 @@ class Ablation:
 
     ``scorer`` over the ``heads`` ("retrieval", or every head for a model without any; "all") and the question's
     ``score_tokens`` ("content": without the chat template); with "bounds", the ``refine`` best chunks are re-ranked
-    by their exact position-free mass (0: not), divided by the chat template's own mass to the power ``template_prior`` (1: the full
-    contextual calibration; 0.5 ranks them as PMI², p(c | q)² / p(c | template); 0: off).
+    by their exact position-free mass (0: not), divided by the chat template's own mass to the power
+    ``template_prior`` (1: the full contextual calibration; 0.5 ranks them as PMI², p(c | q)² / p(c | template); 0:
+    off).
     ``follow`` best chunks each bring the next; ``follow_tail``: the best one does when that share of its attention
     sits on its last sixteenth (None: never). ``min_relevance``: reload only chunks at least that fraction as
     relevant as the best. ``score_layers`` and ``score_positions`` (keep RoPE) change what is scored;
@@ -64,7 +65,6 @@ class Ablation:
     def __post_init__(self):
         assert self.scorer in SCORERS and self.heads in ("retrieval", "all") and self.refine >= 0
         assert self.score_tokens in ("content", "all") and self.positions in ("absolute", "contiguous")
-        assert not isinstance(self.template_prior, bool) or self.template_prior in (0, 1)
         assert 0 <= self.template_prior <= 1, self.template_prior
         for share in (self.follow_tail, self.min_relevance):
             assert share is None or (not isinstance(share, bool) and 0 < share <= 1), share

@@ -63,6 +63,14 @@ class _Buffer:
                 new[:, : old.shape[1]] = old
                 kv[i] = new
 
+    def drop(self, start: int, n: int, valid: int) -> None:
+        """Forget rows [start, start + n) of the first ``valid``, moving the later ones down (the capacity stays)."""
+        for t in self._tensors():
+            t[:, start: valid - n] = t[:, start + n: valid].clone()
+
+    def _tensors(self) -> list[torch.Tensor]:
+        return self.k + self.v
+
     def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
         self.k[layer][:, start : start + k.shape[1]] = k
         self.v[layer][:, start : start + v.shape[1]] = v

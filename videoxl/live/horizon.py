@@ -153,10 +153,8 @@ class _HorizonBuffer(_Buffer):
             rows.data = old.new_empty(old.shape[0], physical, old.shape[2])
             rows.data[:, : old.shape[1]] = old
 
-    def drop(self, start: int, n: int, valid: int) -> None:
-        """Forget physical rows [start, start + n) of ``valid`` rows, moving the later ones down."""
-        for rows in self.k + self.v:
-            rows.data[:, start: valid - n] = rows.data[:, start + n: valid].clone()
+    def _tensors(self) -> list[torch.Tensor]:  # drop() works on the rows held, by physical row
+        return [rows.data for rows in self.k + self.v]
 
 
 class HorizonStore(KVStore):
