@@ -29,7 +29,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from .store import KVStore, _Buffer
+from .store import KVStore, _Buffer, layer_slices
 
 ATTENTION_NAME = "videoxl"
 log = logging.getLogger(__name__)
@@ -158,48 +158,69 @@ def attend_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
     return merge_lse(parts)
 
 
+def _causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A step's own tokens, causally, on 4-D inputs: q (1, H, n, D), k and v (1, Hkv, n, D) -> out (1, H, n, D),
+    lse (1, H, n) float32 (the fused kernel called directly: no reshapes; :func:`attend` where none applies)."""
+    heads, kv_heads = q.shape[1], k.shape[1]
+    fused = None
+    if kv_heads == heads or q.device.type == "cpu":  # the CPU kernel reads grouped KV heads itself
+        try:
+            fused = _fused(q, k, v, scale, True)
+        except RuntimeError:
+            fused = None
+    if fused is None:
+        out, lse = attend(q[0], k[0], v[0], scale, causal=True)
+        return out[None], lse[None]
+    return fused[0], fused[1] if fused[1].dtype == torch.float32 else fused[1].float()
+
+
 def _segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ranges: list[tuple[int, int, int, int]],
               scale: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """:func:`attend` of query rows ``[r0, r1)`` over keys ``[lo, hi)``, for each ``(r0, r1, lo, hi)`` of
-    ``ranges``: the fused kernel called on 4-D views made once, about half the ops of a call to :func:`attend`
-    per range (where the kernel or the split choice differs, :func:`attend_split` per range)."""
-    heads, _, dim = q.shape
-    kv_heads = k.shape[0]
+    """Attention of query rows ``[r0, r1)`` over keys ``[lo, hi)``, for each ``(r0, r1, lo, hi)`` of ``ranges``, on
+    4-D inputs q (1, H, n, D), k and v (1, Hkv, K, D) -> per range out (1, H, rows, D), lse (1, H, rows): the fused
+    kernel called on views (where the kernel or the split choice differs, :func:`attend_split`)."""
+    _, heads, _, dim = q.shape
+    kv_heads = k.shape[1]
     if k.dtype != q.dtype or k.device != q.device:
         k, v = k.to(q.device, q.dtype), v.to(q.device, q.dtype)
     group = heads // kv_heads
-    q4, k4, v4 = q[None], k[None], v[None]
     parts = []
     for r0, r1, lo, hi in ranges:
         rows = r1 - r0
         fused = None
         if _splits(q.device, kv_heads, group * rows, hi - lo) == 1:
             try:
-                fused = _fused(q4[:, :, r0:r1].reshape(1, kv_heads, group * rows, dim), k4[:, :, lo:hi],
-                               v4[:, :, lo:hi], scale, False)
+                fused = _fused(q[:, :, r0:r1].reshape(1, kv_heads, group * rows, dim), k[:, :, lo:hi],
+                               v[:, :, lo:hi], scale, False)
             except RuntimeError:
                 fused = None
         if fused is None:
-            parts.append(attend_split(q[:, r0:r1], k[:, lo:hi], v[:, lo:hi], scale))
+            out, lse = attend_split(q[0, :, r0:r1], k[0, :, lo:hi], v[0, :, lo:hi], scale)
+            parts.append((out[None], lse[None]))
             continue
         lse = fused[1] if fused[1].dtype == torch.float32 else fused[1].float()
-        parts.append((fused[0].view(heads, rows, dim), lse.reshape(heads, rows)))
+        parts.append((fused[0].view(1, heads, rows, dim), lse.reshape(1, heads, rows)))
     return parts
 
 
 def _nothing_seen(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, lse) of rows that see no key: 0 and -inf, which :func:`merge` weighs 0."""
-    return q.new_zeros(q.shape), torch.full(q.shape[:2], -math.inf, dtype=torch.float32, device=q.device)
+    """(out, lse) of rows that see no key, for q (1, H, n, D): 0 and -inf, which :func:`merge` weighs 0."""
+    return q.new_zeros(q.shape), torch.full(q.shape[:3], -math.inf, dtype=torch.float32, device=q.device)
+
+
+def _lerp(o1: torch.Tensor, l1: torch.Tensor, o2: torch.Tensor, l2: torch.Tensor) -> torch.Tensor:
+    """Two parts merged: the second one's weight is sigmoid(lse_2 - lse_1). In the outputs' dtype (one rounding of
+    that dtype, like the parts' own), so a half-precision merge moves no float32 copies."""
+    return torch.lerp(o1, o2, torch.sigmoid(l2 - l1).unsqueeze(-1).to(o1.dtype))
 
 
 def merge_lse(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`merge` that also returns the merged log-sum-exp."""
     if len(parts) == 1:
         return parts[0]
-    if len(parts) == 2:  # the common case in fewer launches: the second part's weight is sigmoid(lse_2 - lse_1)
+    if len(parts) == 2:  # the common case, in a few launches
         (o1, l1), (o2, l2) = parts
-        weight = torch.sigmoid(l2 - l1)[..., None]
-        return torch.lerp(o1.float(), o2.float(), weight).to(o1.dtype), torch.logaddexp(l1, l2)
+        return _lerp(o1, l1, o2, l2), torch.logaddexp(l1, l2)
     lse = parts[0][1]
     for _, l in parts[1:]:
         lse = torch.logaddexp(lse, l)
@@ -211,6 +232,9 @@ def merge_lse(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Ten
 
 def merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """Exact softmax attention over the union of disjoint key sets from each set's (out, lse)."""
+    if len(parts) == 2:  # without the merged log-sum-exp nobody reads
+        (o1, l1), (o2, l2) = parts
+        return _lerp(o1, l1, o2, l2)
     return merge_lse(parts)[0]
 
 
@@ -247,7 +271,8 @@ class PrefillStep:
     ``anchors[:anchor_len]`` (prefix + timestamps of chunks out of its window) and to the contiguous window
     ``[window_start, start)`` of the store. ``global_rows`` (timestamp tokens in the published evaluation's
     semantics) attend to every earlier token instead. ``anchor_rows`` (prefix and timestamp rows of this step) are
-    appended to the anchors. Index tensors are moved to the compute device once per step, on the first layer.
+    appended to the anchors after the forward (:meth:`finish`). Index tensors are moved to the compute device once
+    per step.
     """
 
     def __init__(self, store: KVStore, anchors: Anchors, n: int, segments: list[tuple[int, int, int, int]],
@@ -270,8 +295,8 @@ class PrefillStep:
                 merged.append([r0, r1, ws, a])
         self.segments = [tuple(m) for m in merged]
         # every index is built here from Python ints, so nothing in the step reads a tensor's values on the host
-        self.global_rows, self.anchor_rows = torch.tensor(global_rows, dtype=torch.long), \
-            torch.tensor(anchor_rows, dtype=torch.long)
+        self.global_rows = torch.tensor(global_rows, dtype=torch.long)
+        self.anchor_index = torch.tensor([self.start + r for r in anchor_rows], dtype=torch.long)
         self.n_anchor_rows = len(anchor_rows)
         is_global = [False] * n
         for r in global_rows:
@@ -293,27 +318,37 @@ class PrefillStep:
         for r0, r1, ws, a in self.segments:
             self.pairs += (r1 - r0 - sum(is_global[r0:r1])) * (a + self.start - ws)
         self._device: dict | None = None
+        self._past_layers: range | None = None  # the layers whose past keys _past_kv holds
+        self._past_kv: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
     def _on(self, device: torch.device) -> dict:
         if self._device is None:
-            self._device = {"global_rows": self.global_rows.to(device, non_blocking=True),
-                            "anchor_rows": self.anchor_rows.to(device, non_blocking=True)}
+            self._device = {"global_rows": self.global_rows.to(device, non_blocking=True)}
         return self._device
 
     def _past_keys(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """[dense[w0:start] | anchors[:A]] of one layer: a view when either part is empty, else one copy."""
-        dense, anchors = self.store.dense, self.anchors.buf
-        parts = []
-        if self.w0 < self.start:
-            parts.append((dense.k[layer][:, self.w0: self.start], dense.v[layer][:, self.w0: self.start]))
-        if self.a_max:
-            parts.append((anchors.k[layer][:, : self.a_max], anchors.v[layer][:, : self.a_max]))
-        if len(parts) == 1:
-            return parts[0]
-        (k1, v1), (k2, v2) = parts
-        if k2.dtype != k1.dtype:
-            k2, v2 = k2.to(k1.dtype), v2.to(v1.dtype)
-        return torch.cat([k1, k2], 1), torch.cat([v1, v2], 1)
+        """[dense[w0:start] | anchors[:A]] of one layer: a view when either part is empty, else a copy made for a
+        slice of layers at once (:func:`layer_slices`: two ops per slice, not per layer)."""
+        if self._past_layers is None or layer not in self._past_layers:
+            dense, anchors = self.store.dense, self.anchors.buf
+            self._past_kv = None  # the previous slice's copy goes first
+            per_layer = self.store.bytes_per_token // self.store.layers * (self.start - self.w0 + self.a_max)
+            layers = next(s for s in layer_slices(self.store.layers, per_layer) if layer in s)
+            parts = []
+            if self.w0 < self.start:
+                parts.append(dense.block(layers, self.w0, self.start))
+            if self.a_max:
+                parts.append(anchors.block(layers, 0, self.a_max))
+            if len(parts) == 1:
+                k, v = parts[0]
+            else:
+                (k1, v1), (k2, v2) = parts
+                if k2.dtype != k1.dtype:
+                    k2, v2 = k2.to(k1.dtype), v2.to(v1.dtype)
+                k, v = torch.cat([k1, k2], 2), torch.cat([v1, v2], 2)
+            self._past_layers, self._past_kv = layers, (k.split(1), v.split(1))  # (1, Hkv, T, D) views
+        i = layer - self._past_layers.start
+        return self._past_kv[0][i], self._past_kv[1][i]
 
     def _past(self, layer: int, q: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(out, lse) of every row over what its segment sees before the step: one fused call per segment, on views
@@ -321,38 +356,43 @@ class PrefillStep:
         if not self._ranges:
             return None
         k, v = self._past_keys(layer)
-        if len(self._ranges) == 1 and not self._gaps:
-            _, _, lo, hi = self._ranges[0]
-            return attend_split(q, k[:, lo:hi], v[:, lo:hi], scale)
         parts = _segments(q, k, v, self._ranges, scale)
+        if len(parts) == 1 and not self._gaps:
+            return parts[0]
         if not self._gaps:
-            return torch.cat([o for o, _ in parts], 1), torch.cat([l for _, l in parts], 1)
+            return torch.cat([o for o, _ in parts], 2), torch.cat([l for _, l in parts], 2)
         out, lse = _nothing_seen(q)
         for (r0, r1, _, _), (o, l) in zip(self._ranges, parts):
-            out[:, r0:r1], lse[:, r0:r1] = o, l
+            out[:, :, r0:r1], lse[:, :, r0:r1] = o, l
         return out, lse
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        store, anchors = self.store, self.anchors
-        store.write(layer, k, v)
-        d = self._on(q.device)
-        if self.n_anchor_rows:
-            a = anchors.length
-            anchors.buf.write(layer, a, k.index_select(1, d["anchor_rows"]), v.index_select(1, d["anchor_rows"]))
-        own = attend(q, k, v, scale, causal=True)  # the step's own tokens
+        """q (1, H, n, D), the new k and v (1, Hkv, n, D) -> out (1, H, n, D)."""
+        store = self.store
+        store.write(layer, k[0], v[0])
+        own = _causal(q, k, v, scale)  # the step's own tokens
         past = self._past(layer, q, scale)
         if self.global_past:  # the global rows' past is everything before the step: it replaces their segment's
-            rows = d["global_rows"]
-            out, lse = attend_split(q.index_select(1, rows), store.dense.k[layer][:, : self.start],
-                                    store.dense.v[layer][:, : self.start], scale)
+            rows = self._on(q.device)["global_rows"]
+            k_all, v_all = store.dense.k[layer][:, : self.start], store.dense.v[layer][:, : self.start]
+            (out, lse), = _segments(q.index_select(2, rows), k_all[None], v_all[None],
+                                    [(0, rows.numel(), 0, self.start)], scale)
             if past is None:
                 past = _nothing_seen(q)
-            past[0].index_copy_(1, rows, out)
-            past[1].index_copy_(1, rows, lse)
+            past[0].index_copy_(2, rows, out)
+            past[1].index_copy_(2, rows, lse)
         return own[0] if past is None else merge([own, past])
 
     def finish(self) -> None:
-        self.anchors.length += self.n_anchor_rows
+        """After the forward: the step's anchor rows, copied from the store for every layer at once (no chunk of
+        this step reads them), then counted."""
+        anchors = self.anchors
+        self._past_layers = self._past_kv = None
+        if self.n_anchor_rows:
+            every, buf = range(self.store.layers), anchors.buf
+            k, v = self.store.dense.rows(every, self.anchor_index.to(self.store.device, non_blocking=True))
+            buf.write_block(every, anchors.length, k.to(buf.K.device, buf.K.dtype), v.to(buf.K.device, buf.K.dtype))
+        anchors.length += self.n_anchor_rows
 
 
 # -- decoding ----------------------------------------------------------------------------------------------------
@@ -389,6 +429,10 @@ class DecodeStep:
         self.start = cache.length
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        """q (1, H, n, D), the new k and v (1, Hkv, n, D) -> out (1, H, n, D)."""
+        return self._attend(layer, q[0], k[0], v[0], scale)[None]
+
+    def _attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         if layer in self.capture:
             self.queries[layer] = q
             if layer == self.last:
@@ -423,8 +467,7 @@ def videoxl_attention(module, query, key, value, attention_mask, scaling=None, d
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     assert query.shape[0] == 1, "videoxl steps run one sequence at a time"
-    out = videoxl_step.attend(module.layer_idx, query[0], key[0], value[0], scaling)
-    return out.transpose(0, 1).unsqueeze(0), None
+    return videoxl_step.attend(module.layer_idx, query, key, value, scaling).transpose(1, 2), None
 
 
 AttentionInterface.register(ATTENTION_NAME, videoxl_attention)

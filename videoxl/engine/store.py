@@ -43,11 +43,22 @@ def layer_slices(layers: int, bytes_per_layer: int) -> list[range]:
 
 
 class _Buffer:
-    """A (heads, capacity, dim) tensor pair per layer that grows by doubling; rows [0, length) are valid."""
+    """Keys and values of every layer, one (layers, heads, capacity, dim) tensor each, growing by doubling; rows
+    [0, length) are valid. ``k[layer]`` and ``v[layer]`` are one layer's views (a list lookup, no op); :meth:`rows`,
+    :meth:`block` and :meth:`write_block` work on several layers at once (a few ops per forward, not per layer)."""
 
     def __init__(self, layers: int, heads: int, dim: int, dtype: torch.dtype, device: torch.device):
-        self.k = [torch.empty(heads, 0, dim, dtype=dtype, device=device) for _ in range(layers)]
-        self.v = [torch.empty(heads, 0, dim, dtype=dtype, device=device) for _ in range(layers)]
+        self.K = torch.empty(layers, heads, 0, dim, dtype=dtype, device=device)
+        self.V = torch.empty_like(self.K)
+        self._views()
+
+    def _views(self) -> None:
+        self.k, self.v = list(self.K.unbind(0)), list(self.V.unbind(0))
+
+    def assign(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        """Hold exactly these per-layer tensors (heads, rows, dim) (capacity = rows)."""
+        self.K, self.V = torch.stack(keys), torch.stack(values)
+        self._views()
 
     @property
     def capacity(self) -> int:
@@ -57,27 +68,49 @@ class _Buffer:
         if n <= self.capacity:
             return
         n = max(n, 2 * self.capacity)
-        for kv in (self.k, self.v):
-            for i, old in enumerate(kv):
-                new = old.new_empty(old.shape[0], n, old.shape[2])
-                new[:, : old.shape[1]] = old
-                kv[i] = new
+        self.k = self.v = []  # their views would keep the old tensors alive (one is copied at a time)
+        for name in ("K", "V"):
+            old = getattr(self, name)
+            new = old.new_empty(old.shape[0], old.shape[1], n, old.shape[3])
+            new[:, :, : old.shape[2]] = old
+            setattr(self, name, new)
+            del old, new
+        self._views()
 
     def drop(self, start: int, n: int, valid: int) -> None:
         """Forget rows [start, start + n) of the first ``valid``, moving the later ones down (the capacity stays)."""
         for t in self._tensors():
-            t[:, start: valid - n] = t[:, start + n: valid].clone()
+            t[..., start: valid - n, :] = t[..., start + n: valid, :].clone()
 
     def _tensors(self) -> list[torch.Tensor]:
-        return self.k + self.v
+        return [self.K, self.V]
 
     def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
         self.k[layer][:, start : start + k.shape[1]] = k
         self.v[layer][:, start : start + v.shape[1]] = v
 
+    def rows(self, layers: range, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``index`` of ``layers``: (layers, heads, len(index), dim) keys and values (copies)."""
+        lo, hi = layers.start, layers.stop
+        return self.K[lo:hi].index_select(2, index), self.V[lo:hi].index_select(2, index)
+
+    def keys(self, layers: range, start: int, end: int) -> torch.Tensor:
+        """Keys of rows [start, end) of ``layers``, (layers, heads, end - start, dim) (a view here)."""
+        return self.K[layers.start: layers.stop, :, start:end]
+
+    def block(self, layers: range, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`keys` and the values beside them."""
+        return self.keys(layers, start, end), self.V[layers.start: layers.stop, :, start:end]
+
+    def write_block(self, layers: range, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write (layers, heads, n, dim) keys and values to rows [start, start + n) of ``layers``."""
+        lo, hi, end = layers.start, layers.stop, start + k.shape[2]
+        self.K[lo:hi, :, start:end] = k
+        self.V[lo:hi, :, start:end] = v
+
     def to(self, device: torch.device) -> None:
-        self.k = [t.to(device) for t in self.k]
-        self.v = [t.to(device) for t in self.v]
+        self.K, self.V = self.K.to(device), self.V.to(device)
+        self._views()
 
 
 class KVStore:
@@ -151,8 +184,7 @@ class KVStore:
         per_layer = 6 * 2 * self.kv_heads * gather.numel() * self.head_dim * torch.finfo(self.dtype).bits // 8
         for layers in layer_slices(self.layers, per_layer):
             lo, hi = layers.start, layers.stop
-            k_all = torch.stack([k.index_select(1, gather) for k in self.dense.k[lo:hi]])  # (l, Hkv, vis + ts, D)
-            v_all = torch.stack([v.index_select(1, gather) for v in self.dense.v[lo:hi]])
+            k_all, v_all = self.dense.rows(layers, gather)  # (l, Hkv, vis + ts, D)
             k_new = torch.zeros((hi - lo, self.kv_heads, n_sparse - first, self.head_dim), dtype=self.dtype,
                                 device=dev)
             v_new = torch.zeros_like(k_new)
@@ -163,8 +195,7 @@ class KVStore:
             k_new[:, :, rows_d] = k_all[:, :, n_vis:]  # timestamps verbatim
             v_new[:, :, rows_d] = v_all[:, :, n_vis:]
             del k_all, v_all
-            for i, (k_layer, v_layer) in enumerate(zip(k_new.unbind(0), v_new.unbind(0))):
-                self.sparse.write(lo + i, first, k_layer, v_layer)
+            self.sparse.write_block(layers, first, k_new, v_new)
         self.sparse_pos = torch.cat([self.sparse_pos[:first], positions])
         self.sparse_length = n_sparse
         self.groups.extend(new_spans)
@@ -300,10 +331,9 @@ class KVStore:
         dtype = state["dense.k.0"].dtype
         store = cls(layers, kv_heads, head_dim, dtype, device, pool=pool)
         device = store.device
-        store.dense.k = [state[f"dense.k.{i}"].to(device).contiguous() for i in range(layers)]
-        store.dense.v = [state[f"dense.v.{i}"].to(device).contiguous() for i in range(layers)]
-        store.sparse.k = [state[f"sparse.k.{i}"].to(device).contiguous() for i in range(layers)]
-        store.sparse.v = [state[f"sparse.v.{i}"].to(device).contiguous() for i in range(layers)]
+        for name in ("dense", "sparse"):
+            getattr(store, name).assign([state[f"{name}.k.{i}"].to(device) for i in range(layers)],
+                                        [state[f"{name}.v.{i}"].to(device) for i in range(layers)])
         for name, n in (("dense", length), ("sparse", sparse_length)):
             for t in getattr(store, name).k + getattr(store, name).v:
                 assert t.shape == (kv_heads, n, head_dim), f"{name} KVs of shape {tuple(t.shape)}"

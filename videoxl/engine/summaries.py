@@ -105,7 +105,7 @@ class GroupSummaries:
         per_layer = 6 * store.kv_heads * (store.length - first) * store.head_dim * torch.finfo(store.dtype).bits // 8
         lows, highs = [], []
         for layers in layer_slices(store.layers, per_layer):
-            k = torch.stack([store.dense.k[layer][:, first: store.length] for layer in layers])
+            k = store.dense.keys(layers, first, store.length)
             if table is not None:
                 k = self.rope.apply(k, table)
             paged = k.index_select(2, index).unflatten(2, (-1, PAGE))

@@ -156,6 +156,25 @@ class _HorizonBuffer(_Buffer):
     def _tensors(self) -> list[torch.Tensor]:  # drop() works on the rows held, by physical row
         return [rows.data for rows in self.k + self.v]
 
+    # the all-layer methods of _Buffer, a layer at a time through the absolute-row readers
+    def rows(self, layers: range, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.stack([self.k[i].index_select(1, index) for i in layers]),
+                torch.stack([self.v[i].index_select(1, index) for i in layers]))
+
+    def keys(self, layers: range, start: int, end: int) -> torch.Tensor:
+        return torch.stack([self.k[i][:, start:end] for i in layers])
+
+    def block(self, layers: range, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.keys(layers, start, end), torch.stack([self.v[i][:, start:end] for i in layers])
+
+    def write_block(self, layers: range, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        for i, layer in enumerate(layers):
+            self.write(layer, start, k[i], v[i])
+
+    def to(self, device: torch.device) -> None:
+        for rows in self.k + self.v:
+            rows.data = rows.data.to(device)
+
 
 class HorizonStore(KVStore):
     """A :class:`KVStore` that can release the dense KVs of its oldest groups (:meth:`release`), keeping their
