@@ -105,3 +105,35 @@ def test_mixed_cache_layout_follows_the_groups_in_order():
     from_dense, index, pos = store.layout(dense_groups, sparse_stamps=False)
     assert from_dense.tolist() == want_dense and index.tolist() == want_index and pos.tolist() == want_pos
     assert index.numel() == store.mixed_tokens(dense_groups, sparse_stamps=False) < store.mixed_tokens(dense_groups)
+
+
+def test_sparse_buffer_grows_once_when_the_length_is_known():
+    """The sparse buffer is sized from the first forward's sparse rows per *video* token: a long prefix (which has no
+    sparse rows) must not make the estimate fall short and double the buffer near the end."""
+    model = tiny_qwen2()
+    groups = random_groups(12, hidden=64, ts_len=(3, 3), vis_len=(12, 12))
+    prefix = torch.arange(60)  # longer than a chunk
+    tokens = 60 + sum(len(g) for g in groups)
+    video = prefill(model, prefix, groups, PrefillConfig(chunk=1, window=1, per_forward=1), expected_tokens=tokens)
+    store = video.store
+    assert store.sparse_length == 12 * (3 + 3)  # each group: 3 timestamps + 12 visual tokens pooled by 4
+    assert store.sparse_length <= store.sparse.capacity <= store.sparse_length * 1.1  # one growth, no doubling
+
+
+def test_a_cpu_forward_keeps_its_activations_within_the_budget():
+    from videoxl.engine import prefill as prefill_module
+
+    model = tiny_qwen2()
+    cfg = model.config
+    per_token = (3 * cfg.intermediate_size + 6 * cfg.hidden_size) * 4
+    assert prefill_module.forward_tokens(model) == min(prefill_module.FORWARD_TOKENS,
+                                                       prefill_module.CPU_FORWARD_BYTES // per_token)
+    budget = 3 * 15 * per_token  # room for three 15-token groups per forward
+    old = prefill_module.CPU_FORWARD_BYTES
+    prefill_module.CPU_FORWARD_BYTES = budget
+    try:
+        video = prefill(model, torch.arange(4), random_groups(8, hidden=64, ts_len=(3, 3), vis_len=(12, 12)),
+                        PrefillConfig(chunk=1, window=7))
+    finally:
+        prefill_module.CPU_FORWARD_BYTES = old
+    assert video.stats.forwards == 1 + 3  # the prefix, then 3 + 3 + 2 groups (window 7 alone would take all 8)

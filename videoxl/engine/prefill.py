@@ -38,6 +38,20 @@ from .store import KVStore
 
 SUPPORTED_FAMILIES = ("llama", "qwen2")
 FORWARD_TOKENS = 8192  # a forward takes several chunks only while they stay within this many tokens
+CPU_FORWARD_BYTES = 48 << 20  # on a CPU, and within the activations of a forward's MLP and attention, this many bytes
+
+
+def forward_tokens(model: torch.nn.Module) -> int:
+    """The most tokens one pre-fill forward takes: :data:`FORWARD_TOKENS`, and on a CPU as many as keep the forward's
+    activations (about 3 x intermediate + 6 x hidden values per token) within :data:`CPU_FORWARD_BYTES`: there the
+    KV store and the activations share host memory, and a bigger forward raises the peak that streaming bounds
+    (docs/performance.md). On a GPU, speed decides: a forward of several chunks amortizes its launches."""
+    param = next(model.parameters())
+    if param.device.type == "cuda":
+        return FORWARD_TOKENS
+    cfg = model.config
+    per_token = (3 * cfg.intermediate_size + 6 * cfg.hidden_size) * param.element_size()
+    return max(1, min(FORWARD_TOKENS, CPU_FORWARD_BYTES // per_token))
 
 
 @dataclass(frozen=True)
@@ -49,7 +63,8 @@ class PrefillConfig:
 
     ``per_forward`` is how many consecutive chunks one forward of the LLM pre-fills (the same attention pattern,
     fewer and larger matrix products): at most ``window + 1``, so a chunk sees the earlier chunks of its forward in
-    full; None (the default) takes that many, up to 8 chunks and :data:`FORWARD_TOKENS` tokens.
+    full; None (the default) takes that many, up to 8 chunks and :func:`forward_tokens` tokens (a memory budget
+    on a CPU).
     """
 
     chunk: int = defaults.CHUNK
@@ -175,14 +190,14 @@ def _chunks(groups: Iterable[Group], size: int) -> Iterator[list[Group]]:
         yield batch
 
 
-def _forwards(chunks: Iterator[list[Group]], most: int) -> Iterator[list[list[Group]]]:
-    """Consecutive chunks taken together, up to ``most`` of them and :data:`FORWARD_TOKENS` tokens (a chunk larger
-    than that goes alone)."""
+def _forwards(chunks: Iterator[list[Group]], most: int, limit: int) -> Iterator[list[list[Group]]]:
+    """Consecutive chunks taken together, up to ``most`` of them and ``limit`` tokens (a chunk larger than that goes
+    alone)."""
     batch: list[list[Group]] = []
     tokens = 0
     for chunk in chunks:
         size = sum(len(g) for g in chunk)
-        if batch and tokens + size > FORWARD_TOKENS:
+        if batch and tokens + size > limit:
             yield batch
             batch, tokens = [], 0
         batch.append(chunk)
@@ -319,7 +334,8 @@ def prefill(
 
     chunk_starts: list[int] = []  # first token of each chunk
     anchors_after: list[int] = []  # anchor rows (prefix + timestamps) up to the end of each chunk
-    for chunks in _forwards(_chunks(groups, config.chunk), config.chunks_per_forward):
+    limit = FORWARD_TOKENS if config.per_forward is not None else forward_tokens(model)
+    for chunks in _forwards(_chunks(groups, config.chunk), config.chunks_per_forward, limit):
         start = store.length
         embeds, is_ts, segments, ts_rows, ts_per_chunk = _lay_out(model, chunks, config, stats, start, chunk_starts,
                                                                   anchors_after, anchors.dropped)

@@ -205,8 +205,9 @@ class KVStore:
         length is known, grow once to the sparse rows it will take (the rows so far scaled up, with a margin), not by
         doublings that each copy the buffer while the old one is alive."""
         room = n_sparse
-        if self.sparse.capacity < n_sparse and 0 < dense_end < self.expected:
-            room = max(room, int(n_sparse * self.expected / dense_end * 1.05) + 1)
+        video = dense_end - self.prefix_length  # the prefix has no sparse rows: scale by the video's tokens only
+        if self.sparse.capacity < n_sparse and 0 < video and dense_end < self.expected:
+            room = max(room, int(n_sparse * (self.expected - self.prefix_length) / video * 1.05) + 1)
         self.sparse.reserve(room)
 
     def to(self, device) -> "KVStore":
