@@ -126,7 +126,7 @@ def test_a_cpu_forward_keeps_its_activations_within_the_budget():
     model = tiny_qwen2()
     cfg = model.config
     per_token = (3 * cfg.intermediate_size + 6 * cfg.hidden_size) * 4
-    assert prefill_module.forward_tokens(model) == min(prefill_module.FORWARD_TOKENS,
+    assert prefill_module.forward_tokens(model, PrefillConfig()) == min(prefill_module.FORWARD_TOKENS,
                                                        prefill_module.CPU_FORWARD_BYTES // per_token)
     budget = 3 * 15 * per_token  # room for three 15-token groups per forward
     old = prefill_module.CPU_FORWARD_BYTES

@@ -41,19 +41,6 @@ FORWARD_TOKENS = 8192  # a forward takes several chunks only while they stay wit
 CPU_FORWARD_BYTES = 48 << 20  # on a CPU, and within the activations of a forward's MLP and attention, this many bytes
 
 
-def forward_tokens(model: torch.nn.Module) -> int:
-    """The most tokens one pre-fill forward takes: :data:`FORWARD_TOKENS`, and on a CPU as many as keep the forward's
-    activations (about 3 x intermediate + 6 x hidden values per token) within :data:`CPU_FORWARD_BYTES`: there the
-    KV store and the activations share host memory, and a bigger forward raises the peak that streaming bounds
-    (docs/performance.md). On a GPU, speed decides: a forward of several chunks amortizes its launches."""
-    param = next(model.parameters())
-    if param.device.type == "cuda":
-        return FORWARD_TOKENS
-    cfg = model.config
-    per_token = (3 * cfg.intermediate_size + 6 * cfg.hidden_size) * param.element_size()
-    return max(1, min(FORWARD_TOKENS, CPU_FORWARD_BYTES // per_token))
-
-
 @dataclass(frozen=True)
 class PrefillConfig:
     """How a sequence is pre-filled: chunk size in groups, window in chunks, timestamp semantics, sparse pooling.
@@ -93,6 +80,20 @@ class PrefillConfig:
         if self.per_forward is not None:
             return self.per_forward
         return min(8, 8 if self.window is None else self.window + 1)
+
+
+def forward_tokens(model: torch.nn.Module, config: PrefillConfig) -> int:
+    """The most tokens one pre-fill forward takes: :data:`FORWARD_TOKENS`, and unless ``config.per_forward`` is
+    given, on a CPU as many as keep the forward's activations (about 3 x intermediate + 6 x hidden values per token)
+    within :data:`CPU_FORWARD_BYTES`: there the KV store and the activations share host memory, and a bigger forward
+    raises the peak that streaming bounds (docs/performance.md). On a GPU, speed decides: a forward of several
+    chunks amortizes its launches."""
+    param = next(model.parameters())
+    if param.device.type == "cuda" or config.per_forward is not None:
+        return FORWARD_TOKENS
+    cfg = model.config
+    per_token = (3 * cfg.intermediate_size + 6 * cfg.hidden_size) * param.element_size()
+    return max(1, min(FORWARD_TOKENS, CPU_FORWARD_BYTES // per_token))
 
 
 @dataclass
@@ -334,8 +335,7 @@ def prefill(
 
     chunk_starts: list[int] = []  # first token of each chunk
     anchors_after: list[int] = []  # anchor rows (prefix + timestamps) up to the end of each chunk
-    limit = FORWARD_TOKENS if config.per_forward is not None else forward_tokens(model)
-    for chunks in _forwards(_chunks(groups, config.chunk), config.chunks_per_forward, limit):
+    for chunks in _forwards(_chunks(groups, config.chunk), config.chunks_per_forward, forward_tokens(model, config)):
         start = store.length
         embeds, is_ts, segments, ts_rows, ts_per_chunk = _lay_out(model, chunks, config, stats, start, chunk_starts,
                                                                   anchors_after, anchors.dropped)
