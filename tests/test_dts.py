@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from videoxl.model.dts import DTS, group_frames
@@ -121,7 +122,17 @@ def test_raw_view_layout():
             torch.testing.assert_close(x[1, ch, t], frames[4 + ch // (c // 4), 4 * (ch % (c // 4)) + t])
 
 
-def test_dts_matches_explicit_restatement():
+@pytest.fixture
+def float64():
+    """Everything in float64 (but the softmax, float32 by design), so a comparison does not depend on the order of
+    float32 sums (thread count, kernel)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def test_dts_matches_explicit_restatement(float64):
     torch.manual_seed(0)
     c = 64
     dts = DTS(c, max_relative=2).eval()  # a small clip distance so clipping is exercised with T = 4
@@ -137,7 +148,8 @@ def test_dts_matches_explicit_restatement():
         fast = dts(group_frames(frames))
         slow = dts_by_hand(frames, dts)
     assert fast.shape == (2, c, 1, 3, 3)
-    torch.testing.assert_close(fast, slow, atol=2e-4, rtol=2e-4)
+    # what is left is the softmax, in float32 by design (as the released code): ~4e-5
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-4)
 
 
 def test_fresh_temporal_attention_is_identity():

@@ -481,11 +481,18 @@ def test_every_task_end_to_end(task, request, tmp_path):
     assert json.loads(out.read_text()) == summary and len(benchmarks.read_rows(rows_path)) == len(rows)
 
 
-def test_workers_give_the_serial_rows_even_when_one_dies(mlvu, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def mlvu_serial(mlvu):
+    """The MLVU mini set's samples and their rows run serially in this process (dense): the reference the worker
+    processes and the Ray actors must reproduce, computed once for both."""
+    samples, _ = TASKS["mlvu"].read(mlvu)
+    return samples, benchmarks.run(str(DEFAULT_MODEL), TASKS["mlvu"], samples, Run("dense"))
+
+
+def test_workers_give_the_serial_rows_even_when_one_dies(mlvu_serial, tmp_path, monkeypatch):
     task = TASKS["mlvu"]
-    samples, _ = task.read(mlvu)
+    samples, serial = mlvu_serial
     run = Run("dense")
-    serial = benchmarks.run(str(DEFAULT_MODEL), task, samples, run)
     marker = tmp_path / "kill-once"
     marker.touch()
     monkeypatch.setenv("VIDEOXL_EVAL_KILL_ONCE", str(marker))
@@ -495,13 +502,12 @@ def test_workers_give_the_serial_rows_even_when_one_dies(mlvu, tmp_path, monkeyp
     assert strip(parallel) == strip(serial)
 
 
-def test_ray_gives_the_serial_rows_even_when_an_actor_dies(mlvu, tmp_path, monkeypatch):
+def test_ray_gives_the_serial_rows_even_when_an_actor_dies(mlvu_serial, tmp_path, monkeypatch):
     pytest.importorskip("ray")  # an optional extra (videoxl[ray]); skipped where it is not installed
     from videoxl.eval.distributed import run_ray
 
     task = TASKS["mlvu"]
-    samples, _ = task.read(mlvu)
-    serial = benchmarks.run(str(DEFAULT_MODEL), task, samples, Run("dense"))
+    samples, serial = mlvu_serial
     marker = tmp_path / "kill-once"
     marker.touch()
     monkeypatch.setenv("VIDEOXL_EVAL_KILL_ONCE", str(marker))
