@@ -9,7 +9,8 @@ the 7B model, the compute is negligible. Loops (one row each, with its dense equ
 
 * ``prefill``: chunked pre-fill of ``--frames`` frames (groups of 9 timestamp + 144 visual tokens, chunks of 4
   groups, window 3); a step is one forward of the LLM. Dense: transformers' forward over as many tokens as one
-  chunked forward takes (its op count does not depend on the length).
+  chunked forward takes (its op count does not depend on the length). The engine's byte-sized layer slices are
+  scaled to the tiny widths, so layers are sliced as at 7B in bf16.
 * ``answer``: selection for one question (top-4 chunks of one group) plus the question's pre-fill over the mixed
   cache; one step. Dense: the question's forward over a ``DynamicCache`` of the whole video.
 * ``generate``: ``--new-tokens`` greedy tokens after the question; a step is one token (the answer's ops with
@@ -37,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from videoxl.engine.accounting import attention_flops, causal_pairs, linear_flops_per_token  # noqa: E402
+from videoxl.engine import store as store_module  # noqa: E402
 from videoxl.engine.decode import Decoder, configure  # noqa: E402
 from videoxl.engine.dispatch import OpCounter  # noqa: E402
 from videoxl.engine.layout import Group  # noqa: E402
@@ -138,9 +140,19 @@ def dense_cache(model, video):
     return cache
 
 
+def slice_like_7b(cfg, big) -> None:
+    """Pooling, page summaries and the pre-fill's past keys work on slices of layers sized in bytes
+    (``store.SLICE_BYTES``): scale the budget by this model's KV bytes per token over the 7B model's in bf16, so
+    the tiny widths are sliced as the 7B model is (fewer layers per slice, more ops)."""
+    tiny = cfg.num_key_value_heads * cfg.head_dim * 4  # float32
+    real = big.num_key_value_heads * big.head_dim * 2  # bf16
+    store_module.SLICE_BYTES = store_module.SLICE_BYTES * tiny // real
+
+
 def measure(frames: int, new_tokens: int) -> list[dict]:
     model = build_model()
     cfg, big = model.config, qwen7b()
+    slice_like_7b(cfg, big)
     prefix, groups, tokens = make_input(model, frames)
     warm_prefix, warm_groups, _ = make_input(model, 64, seed=1)
     warm = prefill(model, warm_prefix, warm_groups(), PREFILL)  # warm-up: kernels, allocator, the attention hook
