@@ -10,7 +10,7 @@ the 7B model, the compute is negligible. Loops (one row each, with its dense equ
 * ``prefill``: chunked pre-fill of ``--frames`` frames (groups of 9 timestamp + 144 visual tokens, chunks of 4
   groups, window 3); a step is one forward of the LLM. Dense: transformers' forward over as many tokens as one
   chunked forward takes (its op count does not depend on the length). The engine's byte-sized layer slices are
-  scaled to the tiny widths, so layers are sliced as at 7B in bf16.
+  scaled to the tiny widths, so layers are sliced as at 7B in bf16 on a GPU.
 * ``answer``: selection for one question (top-4 chunks of one group) plus the question's pre-fill over the mixed
   cache; one step. Dense: the question's forward over a ``DynamicCache`` of the whole video.
 * ``generate``: ``--new-tokens`` greedy tokens after the question; a step is one token (the answer's ops with
@@ -142,11 +142,11 @@ def dense_cache(model, video):
 
 def slice_like_7b(cfg, big) -> None:
     """Pooling, page summaries and the pre-fill's past keys work on slices of layers sized in bytes
-    (``store.SLICE_BYTES``): scale the budget by this model's KV bytes per token over the 7B model's in bf16, so
-    the tiny widths are sliced as the 7B model is (fewer layers per slice, more ops)."""
+    (``store.GPU_SLICE_BYTES`` on a GPU): give this CPU run that budget scaled by this model's KV bytes per token
+    over the 7B model's in bf16, so the tiny widths are sliced as the 7B model is on a GPU."""
     tiny = cfg.num_key_value_heads * cfg.head_dim * 4  # float32
     real = big.num_key_value_heads * big.head_dim * 2  # bf16
-    store_module.SLICE_BYTES = store_module.SLICE_BYTES * tiny // real
+    store_module.SLICE_BYTES = store_module.GPU_SLICE_BYTES * tiny // real
 
 
 def measure(frames: int, new_tokens: int) -> list[dict]:

@@ -333,7 +333,7 @@ class PrefillStep:
             dense, anchors = self.store.dense, self.anchors.buf
             self._past_kv = None  # the previous slice's copy goes first
             per_layer = self.store.bytes_per_token // self.store.layers * (self.start - self.w0 + self.a_max)
-            layers = next(s for s in layer_slices(self.store.layers, per_layer) if layer in s)
+            layers = next(s for s in layer_slices(self.store.layers, per_layer, self.store.device) if layer in s)
             parts = []
             if self.w0 < self.start:
                 parts.append(dense.block(layers, self.w0, self.start))

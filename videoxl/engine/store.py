@@ -31,14 +31,17 @@ class GroupSpan:
     sparse_end: int
 
 
-SLICE_BYTES = 32 << 20  # transient bytes the work on a forward's KVs after it (pooling, summaries) may take at once
+SLICE_BYTES = 32 << 20  # transient bytes the work on a forward's KVs (pooling, summaries, past keys) may take at once
+GPU_SLICE_BYTES = 256 << 20  # the same on a GPU: below a 7B forward's own activations (~0.4 GB for 2,448 tokens)
 
 
-def layer_slices(layers: int, bytes_per_layer: int) -> list[range]:
+def layer_slices(layers: int, bytes_per_layer: int, device: torch.device) -> list[range]:
     """The layers in consecutive slices whose work of ``bytes_per_layer`` each stays within :data:`SLICE_BYTES`
-    together: all layers at once cost more transient memory than a pre-fill forward (a peak above dense pre-fill's),
-    one at a time costs a launch per op per layer."""
-    step = max(1, SLICE_BYTES // max(1, bytes_per_layer))
+    together (:data:`GPU_SLICE_BYTES` on a GPU): all layers at once cost more transient memory than a pre-fill
+    forward on a CPU (a peak above dense pre-fill's), one at a time costs a launch per op per layer (on a GPU, where
+    launches decide, slices are larger)."""
+    budget = GPU_SLICE_BYTES if torch.device(device).type == "cuda" else SLICE_BYTES
+    step = max(1, budget // max(1, bytes_per_layer))
     return [range(lo, min(lo + step, layers)) for lo in range(0, layers, step)]
 
 
@@ -182,7 +185,7 @@ class KVStore:
         rerotate = rope.table(positions[pooled], dev, self.dtype)
         # a few layers at a time (layer_slices): about 6 copies of a layer's gathered keys and values live at once
         per_layer = 6 * 2 * self.kv_heads * gather.numel() * self.head_dim * torch.finfo(self.dtype).bits // 8
-        for layers in layer_slices(self.layers, per_layer):
+        for layers in layer_slices(self.layers, per_layer, self.device):
             lo, hi = layers.start, layers.stop
             k_all, v_all = self.dense.rows(layers, gather)  # (l, Hkv, vis + ts, D)
             k_new = torch.zeros((hi - lo, self.kv_heads, n_sparse - first, self.head_dim), dtype=self.dtype,

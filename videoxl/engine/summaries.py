@@ -104,7 +104,7 @@ class GroupSummaries:
         # (layers, Hkv, tokens, D) -> (layers, Hkv, pages, PAGE, D)
         per_layer = 6 * store.kv_heads * (store.length - first) * store.head_dim * torch.finfo(store.dtype).bits // 8
         lows, highs = [], []
-        for layers in layer_slices(store.layers, per_layer):
+        for layers in layer_slices(store.layers, per_layer, store.device):
             k = store.dense.keys(layers, first, store.length)
             if table is not None:
                 k = self.rope.apply(k, table)
