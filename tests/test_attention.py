@@ -49,6 +49,24 @@ def test_merge_of_disjoint_key_ranges_is_exact_attention():
     torch.testing.assert_close(merge(parts).double(), ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_two_part_merge_in_the_outputs_dtype_is_within_one_rounding(dtype):
+    """Two parts (the pre-fill's own square and its past) merge in the outputs' dtype: against the exact attention,
+    no further off than the exact result rounded to that dtype, twice over."""
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(4, 6, 16, generator=g).to(dtype)
+    k, v = torch.randn(2, 30, 16, generator=g).to(dtype), torch.randn(2, 30, 16, generator=g).to(dtype)
+    parts = [attend(q, k[:, :24], v[:, :24], 0.3), attend(q, k[:, 24:], v[:, 24:], 0.3, causal=True)]
+    allowed = torch.zeros(6, 30, dtype=torch.bool)
+    allowed[:, :24] = True
+    allowed[:, 24:] = torch.ones(6, 6, dtype=torch.bool).tril()
+    ref, _ = full_attention(q.double(), k.double(), v.double(), 0.3, allowed)
+    out = merge(parts)
+    assert out.dtype == dtype
+    rounding = (ref.to(dtype).double() - ref).abs().max().item()
+    assert (out.double() - ref).abs().max().item() <= 2 * rounding + 1e-6
+
+
 @pytest.mark.parametrize("splits", [1, 2, 3, 7])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # float64: no fused kernel, segment by segment
 def test_split_keys_merge_to_the_same_attention(splits, dtype):
