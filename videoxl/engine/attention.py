@@ -317,14 +317,14 @@ class PrefillStep:
         self.pairs = n * (n + 1) // 2 + len(global_rows) * self.start
         for r0, r1, ws, a in self.segments:
             self.pairs += (r1 - r0 - sum(is_global[r0:r1])) * (a + self.start - ws)
-        self._device: dict | None = None
+        self._global_rows_on: torch.Tensor | None = None  # global_rows on the compute device, moved once
         self._past_layers: range | None = None  # the layers whose past keys _past_kv holds
-        self._past_kv: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        self._past_kv: tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]] | None = None
 
-    def _on(self, device: torch.device) -> dict:
-        if self._device is None:
-            self._device = {"global_rows": self.global_rows.to(device, non_blocking=True)}
-        return self._device
+    def _rows_on(self, device: torch.device) -> torch.Tensor:
+        if self._global_rows_on is None:
+            self._global_rows_on = self.global_rows.to(device, non_blocking=True)
+        return self._global_rows_on
 
     def _past_keys(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """[dense[w0:start] | anchors[:A]] of one layer: a view when either part is empty, else a copy made for a
@@ -373,7 +373,7 @@ class PrefillStep:
         own = _causal(q, k, v, scale)  # the step's own tokens
         past = self._past(layer, q, scale)
         if self.global_past:  # the global rows' past is everything before the step: it replaces their segment's
-            rows = self._on(q.device)["global_rows"]
+            rows = self._rows_on(q.device)
             k_all, v_all = store.dense.k[layer][:, : self.start], store.dense.v[layer][:, : self.start]
             (out, lse), = _segments(q.index_select(2, rows), k_all[None], v_all[None],
                                     [(0, rows.numel(), 0, self.start)], scale)
