@@ -8,9 +8,11 @@ sits above the decoder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import random
 import threading
 import weakref
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..cache import cache_dir
+from ..cache import cache_dir, exclusive
 from ..errors import InputError
 from .decode import Decoder
 from .layout import Group
@@ -133,6 +135,25 @@ _found: "weakref.WeakKeyDictionary[torch.nn.Module, RetrievalHeads]" = weakref.W
 _found_lock = threading.Lock()
 
 
+def _read(path) -> RetrievalHeads | None:
+    try:
+        return RetrievalHeads.from_json(path.read_text())
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _find_and_cache(model: torch.nn.Module, tokenizer, path) -> RetrievalHeads:
+    log.info("finding the retrieval heads of this model (once; cached in %s)", path.parent)
+    found = find_retrieval_heads(model, tokenizer)
+    try:
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(found.to_json())
+        tmp.replace(path)
+    except OSError as e:  # a read-only cache: still usable, found again next time
+        log.warning("could not cache the retrieval heads in %s (%s)", path, e)
+    return found
+
+
 def retrieval_heads(model: torch.nn.Module, tokenizer=None) -> RetrievalHeads:
     """The retrieval heads of ``model``: from memory, from the disk cache (``cache_dir()/retrieval-heads``, keyed by
     :func:`model_key`), or found now (seconds for small models) and cached."""
@@ -140,17 +161,11 @@ def retrieval_heads(model: torch.nn.Module, tokenizer=None) -> RetrievalHeads:
         if model in _found:
             return _found[model]
         path = cache_dir() / "retrieval-heads" / f"{model_key(model)}.json"
-        try:
-            found = RetrievalHeads.from_json(path.read_text())
-        except (OSError, ValueError, KeyError):
-            log.info("finding the retrieval heads of this model (once; cached in %s)", path.parent)
-            found = find_retrieval_heads(model, tokenizer)
-            try:
+        found = _read(path)
+        if found is None:
+            with contextlib.suppress(OSError):
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
-                tmp.write_text(found.to_json())
-                tmp.replace(path)
-            except OSError as e:  # a read-only cache: still usable, found again next time
-                log.warning("could not cache the retrieval heads in %s (%s)", path, e)
+            with exclusive(path.with_suffix(".lock")):  # another process finding them: wait, then read theirs
+                found = _read(path) or _find_and_cache(model, tokenizer, path)
         _found[model] = found
         return found
