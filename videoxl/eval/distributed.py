@@ -36,7 +36,9 @@ def run_ray(address: str, model: str, task: Task, samples: list[Sample], run: Ru
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address=None if address == "auto" else address)
+        # a local Ray started for this run alone gets no dashboard (its processes would take CPU from the samples)
+        ray.init(address=None if address == "auto" else address,
+                 **({"include_dashboard": False} if address == "auto" else {}))
     try:
         return _run(ray, ActorPool, model, task, samples, run, on_row, dtype, max_frames, actors)
     finally:
