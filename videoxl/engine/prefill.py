@@ -38,7 +38,7 @@ from .store import KVStore
 
 SUPPORTED_FAMILIES = ("llama", "qwen2")
 FORWARD_TOKENS = 8192  # a forward takes several chunks only while they stay within this many tokens
-CPU_FORWARD_BYTES = 48 << 20  # on a CPU, a forward's activations (MLP and attention) stay within this many bytes
+CPU_FORWARD_BYTES = 24 << 20  # on a CPU, a forward's activations (MLP and attention) stay within this many bytes
 
 
 @dataclass(frozen=True)
