@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from videoxl.engine.accounting import attention_flops, causal_pairs, linear_flops_per_token  # noqa: E402
+from videoxl.engine import prefill as prefill_module  # noqa: E402
 from videoxl.engine import store as store_module  # noqa: E402
 from videoxl.engine.decode import Decoder, configure  # noqa: E402
 from videoxl.engine.dispatch import OpCounter  # noqa: E402
@@ -140,19 +141,22 @@ def dense_cache(model, video):
     return cache
 
 
-def slice_like_7b(cfg, big) -> None:
+def size_like_7b_on_a_gpu(cfg, big) -> None:
     """Pooling, page summaries and the pre-fill's past keys work on slices of layers sized in bytes
     (``store.GPU_SLICE_BYTES`` on a GPU): give this CPU run that budget scaled by this model's KV bytes per token
-    over the 7B model's in bf16, so the tiny widths are sliced as the 7B model is on a GPU."""
+    over the 7B model's in bf16, so the tiny widths are sliced as the 7B model is on a GPU. A GPU's forwards take
+    up to ``FORWARD_TOKENS`` tokens (a CPU's only what its activation budget allows): so do this run's."""
     tiny = cfg.num_key_value_heads * cfg.head_dim * 4  # float32
     real = big.num_key_value_heads * big.head_dim * 2  # bf16
     store_module.SLICE_BYTES = store_module.GPU_SLICE_BYTES * tiny // real
+    per_token = (3 * cfg.intermediate_size + 6 * cfg.hidden_size) * 4
+    prefill_module.CPU_FORWARD_BYTES = prefill_module.FORWARD_TOKENS * per_token
 
 
 def measure(frames: int, new_tokens: int) -> list[dict]:
     model = build_model()
     cfg, big = model.config, qwen7b()
-    slice_like_7b(cfg, big)
+    size_like_7b_on_a_gpu(cfg, big)
     prefix, groups, tokens = make_input(model, frames)
     warm_prefix, warm_groups, _ = make_input(model, 64, seed=1)
     warm = prefill(model, warm_prefix, warm_groups(), PREFILL)  # warm-up: kernels, allocator, the attention hook

@@ -33,7 +33,7 @@ def held_mb(video) -> float:
     if pages is not None:
         total += sum(g.buf.numel() * g.buf.element_size() for g in pages[:2] if g.buf is not None)
     if video.anchors is not None:
-        total += sum(t.numel() * t.element_size() for t in video.anchors.buf.k + video.anchors.buf.v)
+        total += video.anchors.index.numel() * video.anchors.index.element_size()  # store rows: the KVs are the store's
     return total / 2**20
 
 

@@ -29,7 +29,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from .store import KVStore, _Buffer, layer_slices
+from .store import KVStore, layer_slices
 
 ATTENTION_NAME = "videoxl"
 log = logging.getLogger(__name__)
@@ -240,25 +240,28 @@ def merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
 
 # -- pre-fill ----------------------------------------------------------------------------------------------------
 class Anchors:
-    """The keys every later token sees, kept contiguous: the prefix, then each chunk's timestamp KVs in order.
+    """The store rows every later token sees, in order: the prefix, then each chunk's timestamp rows.
 
-    Pre-fill writes them as it goes; a chunk that has left the window is then seen through one slice
-    ``[:n]`` of this buffer instead of a gather of scattered timestamp rows from the store.
+    Pre-fill appends them as it goes; a chunk that has left the window is then seen through the first rows of this
+    list, gathered from the store together with the window in one copy per layer slice (the store holds these rows
+    already: no second copy of their KVs is kept).
     """
 
-    def __init__(self, store: KVStore, device: torch.device, dtype: torch.dtype):
-        self.buf = _Buffer(store.layers, store.kv_heads, store.head_dim, dtype, device)
-        self.length = 0  # rows held
-        self.dropped = 0  # rows dropped by :meth:`drop` (a forgotten history's timestamps); rows written = both
+    def __init__(self):
+        self.index = torch.empty(0, dtype=torch.long)  # store rows, on the host
+        self.dropped = 0  # rows dropped by :meth:`drop` (a forgotten history's timestamps); rows added = both
 
-    def reserve(self, n: int) -> None:
-        self.buf.reserve(n)
+    @property
+    def length(self) -> int:
+        return self.index.numel()
+
+    def add(self, rows: torch.Tensor) -> None:
+        self.index = torch.cat([self.index, rows])
 
     def drop(self, start: int, n: int) -> None:
         """Drop held rows [start, start + n) (the later ones move down): the timestamps of groups a live stream has
         forgotten, which later chunks then no longer see."""
-        self.buf.drop(start, n, self.length)
-        self.length -= n
+        self.index = torch.cat([self.index[:start], self.index[start + n:]])
         self.dropped += n
 
 
@@ -297,7 +300,6 @@ class PrefillStep:
         # every index is built here from Python ints, so nothing in the step reads a tensor's values on the host
         self.global_rows = torch.tensor(global_rows, dtype=torch.long)
         self.anchor_index = torch.tensor([self.start + r for r in anchor_rows], dtype=torch.long)
-        self.n_anchor_rows = len(anchor_rows)
         is_global = [False] * n
         for r in global_rows:
             is_global[r] = True
@@ -317,6 +319,9 @@ class PrefillStep:
         self.pairs = n * (n + 1) // 2 + len(global_rows) * self.start
         for r0, r1, ws, a in self.segments:
             self.pairs += (r1 - r0 - sum(is_global[r0:r1])) * (a + self.start - ws)
+        # the store rows of [window | anchors[:a_max]], the past every segment's keys are views of
+        self.past_index = torch.cat([torch.arange(self.w0, self.start), anchors.index[: self.a_max]])
+        self._past_index_on: torch.Tensor | None = None
         self._global_rows_on: torch.Tensor | None = None  # global_rows on the compute device, moved once
         self._past_layers: range | None = None  # the layers whose past keys _past_kv holds
         self._past_kv: tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]] | None = None
@@ -327,25 +332,19 @@ class PrefillStep:
         return self._global_rows_on
 
     def _past_keys(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """[dense[w0:start] | anchors[:A]] of one layer: a view when either part is empty, else a copy made for a
-        slice of layers at once (:func:`layer_slices`: two ops per slice, not per layer)."""
+        """[dense[w0:start] | anchors[:A]] of one layer: a view when there are no anchors, else one gather of those
+        store rows made for a slice of layers at once (:func:`layer_slices`: two ops per slice, not per layer)."""
         if self._past_layers is None or layer not in self._past_layers:
-            dense, anchors = self.store.dense, self.anchors.buf
+            dense = self.store.dense
             self._past_kv = None  # the previous slice's copy goes first
             per_layer = self.store.bytes_per_token // self.store.layers * (self.start - self.w0 + self.a_max)
             layers = next(s for s in layer_slices(self.store.layers, per_layer, self.store.device) if layer in s)
-            parts = []
-            if self.w0 < self.start:
-                parts.append(dense.block(layers, self.w0, self.start))
             if self.a_max:
-                parts.append(anchors.block(layers, 0, self.a_max))
-            if len(parts) == 1:
-                k, v = parts[0]
+                if self._past_index_on is None:
+                    self._past_index_on = self.past_index.to(self.store.device, non_blocking=True)
+                k, v = dense.rows(layers, self._past_index_on)
             else:
-                (k1, v1), (k2, v2) = parts
-                if k2.dtype != k1.dtype:
-                    k2, v2 = k2.to(k1.dtype), v2.to(v1.dtype)
-                k, v = torch.cat([k1, k2], 2), torch.cat([v1, v2], 2)
+                k, v = dense.block(layers, self.w0, self.start)
             self._past_layers, self._past_kv = layers, (k.split(1), v.split(1))  # (1, Hkv, T, D) views
         i = layer - self._past_layers.start
         return self._past_kv[0][i], self._past_kv[1][i]
@@ -384,15 +383,9 @@ class PrefillStep:
         return own[0] if past is None else merge([own, past])
 
     def finish(self) -> None:
-        """After the forward: the step's anchor rows, copied from the store for every layer at once (no chunk of
-        this step reads them), then counted."""
-        anchors = self.anchors
+        """After the forward: the step's anchor rows join the anchors (no chunk of this step reads them)."""
         self._past_layers = self._past_kv = None
-        if self.n_anchor_rows:
-            every, buf = range(self.store.layers), anchors.buf
-            k, v = self.store.dense.rows(every, self.anchor_index.to(self.store.device, non_blocking=True))
-            buf.write_block(every, anchors.length, k.to(buf.K.device, buf.K.dtype), v.to(buf.K.device, buf.K.dtype))
-        anchors.length += self.n_anchor_rows
+        self.anchors.add(self.anchor_index)
 
 
 # -- decoding ----------------------------------------------------------------------------------------------------

@@ -6,10 +6,10 @@ the prefix, causally to the chunk itself, to every token of the previous ``windo
 tokens of all earlier chunks; nothing else is computed, so attention memory is (chunk tokens x keys it attends to)
 and total attention work grows linearly with the video once the timestamp memory is small next to the window.
 
-No step builds a mask. What a chunk sees is contiguous: the *anchors* (the prefix, then the timestamp KVs of the
-chunks that left the window, appended to their own buffer as chunks stream in), the window (one slice of the KV
-store) and its own tokens (a causal square). Each is one mask-free fused-attention call, merged exactly by
-log-sum-exp (attention.py). Indices are built once per chunk, on the host, and moved once.
+No step builds a mask. What a chunk sees before it is one key buffer: the window (a slice of the KV store) and the
+*anchors* (the store rows of the prefix, then of the timestamps of the chunks that left the window), gathered from
+the store once per layer slice; then its own tokens (a causal square). Each is one mask-free fused-attention call,
+merged exactly by log-sum-exp (attention.py). Indices are built once per chunk, on the host, and moved once.
 
 Timestamp tokens come in two variants (VectorSpaceLab/Video-XL ``Video-XL-2/eval/lvu/w_chunk``, and the streaming variant of the
 Hugging Face release):
@@ -216,7 +216,6 @@ def _prefill_prefix(model, embeds: torch.Tensor, store: KVStore, anchors: Anchor
     n_prefix = embeds.shape[0]
     store.reserve(max(expected_tokens, n_prefix))
     if n_prefix:
-        anchors.reserve(n_prefix)
         step = PrefillStep(store, anchors, n_prefix, [(0, n_prefix, 0, 0)], [], list(range(n_prefix)))
         out = run_step(model, embeds, torch.arange(n_prefix, device=embeds.device), step)
         store.commit(n_prefix)
@@ -292,7 +291,6 @@ def _forward(model, store: KVStore, anchors: Anchors, embeds: torch.Tensor, is_t
     """Run one forward of chunks at the end of ``store`` and commit its KVs: (hidden states, attended pairs)."""
     start, n = store.length, embeds.shape[0]
     store.reserve(start + n)
-    anchors.reserve(anchors.length + len(ts_rows))
     step = PrefillStep(store, anchors, n, segments, ts_rows if timestamps == "global" else [], ts_rows)
     out = run_step(model, embeds, torch.arange(start, start + n, device=embeds.device), step)
     store.commit(n, is_ts)
@@ -326,7 +324,7 @@ def prefill(
     stats = PrefillStats(config=model.config)
     hidden: list[torch.Tensor] | None = [] if keep_hidden else None
     started = time.perf_counter()
-    anchors = Anchors(store, param.device, param.dtype)
+    anchors = Anchors()
     summaries = GroupSummaries(store, rope)
     video = PrefilledVideo(store, config, stats, hidden, summaries, anchors)
     if on_start is not None:
