@@ -120,3 +120,13 @@ def test_not_a_gguf_file_is_named(tmp_path):
     path.write_bytes(b"PK\x03\x04 not gguf at all")
     with pytest.raises(ValueError, match="weights.gguf is not a GGUF file"):
         read_gguf(path)
+
+
+def test_a_truncated_gguf_file_is_named(tmp_path):
+    path = tmp_path / "tiny.gguf"
+    _write_tiny_llama(path)
+    whole = path.read_bytes()
+    for cut in (40, len(whole) // 3, len(whole) - 100):  # in the metadata, in the tensor infos or data, at the end
+        path.write_bytes(whole[:cut])
+        with pytest.raises(ValueError, match="tiny.gguf: a truncated or corrupt GGUF file"):
+            read_gguf(path)

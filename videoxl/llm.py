@@ -18,11 +18,15 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .cache import cache_dir, exclusive
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +57,22 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 
 
 def read_gguf(path: Path) -> tuple[dict, dict[str, GGUFTensor]]:
-    """The metadata and the tensors of a GGUF file (version 2 or 3), the tensors as views of the mapped file."""
+    """The metadata and the tensors of a GGUF file (version 2 or 3), the tensors as views of the mapped file.
+    Raises ValueError naming the file when it is not GGUF, or is truncated or corrupt."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file")
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        return _parse_gguf(buf)
+    except (struct.error, KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"{path}: a truncated or corrupt GGUF file ({e})") from None
+
+
+def _parse_gguf(buf: mmap.mmap) -> tuple[dict, dict[str, GGUFTensor]]:
     from gguf.quants import GGML_QUANT_SIZES
 
-    with open(path, "rb") as f:
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    at = 0
+    at = 4
 
     def take(fmt: str):
         nonlocal at
@@ -80,12 +94,9 @@ def read_gguf(path: Path) -> tuple[dict, dict[str, GGUFTensor]]:
             return [value(inner) for _ in range(n)]
         return take(_SCALARS[kind])
 
-    if bytes(buf[:4]) != b"GGUF":
-        raise ValueError(f"{path} is not a GGUF file")
-    at = 4
     version, tensors, entries = take("<I"), take("<Q"), take("<Q")
     if version not in (2, 3):
-        raise ValueError(f"{path}: GGUF version {version} is not supported (2 or 3)")
+        raise ValueError(f"GGUF version {version} is not supported (2 or 3)")
     meta = {}
     for _ in range(entries):
         key = string()
@@ -103,7 +114,10 @@ def read_gguf(path: Path) -> tuple[dict, dict[str, GGUFTensor]]:
         block, block_bytes = GGML_QUANT_SIZES[kind]
         row_bytes = dims[0] // block * block_bytes
         rows = int(np.prod(dims[1:], dtype=np.int64)) if len(dims) > 1 else 1
-        view = data[start + offset: start + offset + rows * row_bytes].reshape(rows, row_bytes)
+        view = data[start + offset: start + offset + rows * row_bytes]
+        if view.size != rows * row_bytes:
+            raise ValueError(f"tensor {name} runs past the end of the file")
+        view = view.reshape(rows, row_bytes)
         out[name] = GGUFTensor(kind, tuple(reversed(dims)), view)
     return meta, out
 
@@ -132,7 +146,7 @@ def _unpermute(w: torch.Tensor, heads: int) -> torch.Tensor:
     return w.reshape(heads, rows // heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
-def llama_from_gguf(meta: dict, tensors: dict[str, GGUFTensor]):
+def llama_from_gguf(meta: dict, tensors: dict[str, GGUFTensor]) -> LlamaForCausalLM:
     """A transformers ``LlamaForCausalLM`` (float32) holding a GGUF file's weights, dequantized."""
     from gguf.quants import dequantize
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -170,7 +184,7 @@ def llama_from_gguf(meta: dict, tensors: dict[str, GGUFTensor]):
     return model.eval()
 
 
-def tokenizer_from_gguf(meta: dict):
+def tokenizer_from_gguf(meta: dict) -> PreTrainedTokenizerFast:
     """A transformers fast tokenizer from a GGUF file's byte-level BPE vocabulary, merges and chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
