@@ -204,7 +204,6 @@ def tokenizer_from_gguf(meta: dict) -> PreTrainedTokenizerFast:
              "pad_token": "padding_token_id"}
     ids = {k: meta.get(f"tokenizer.ggml.{v}") for k, v in names.items()}
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, **{k: tokens[i] for k, i in ids.items() if i is not None})
-    tok.add_special_tokens({"additional_special_tokens": []})
     tok.add_tokens(special, special_tokens=True)
     if "tokenizer.chat_template" in meta:
         tok.chat_template = meta["tokenizer.chat_template"]
@@ -231,6 +230,10 @@ def smollm2_checkpoint() -> Path:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             tmp.rename(target)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (target / "model.safetensors").is_file():  # without locks, another process may have won
+                raise
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
