@@ -70,7 +70,7 @@ def read_gguf(path: Path) -> tuple[dict, dict[str, GGUFTensor]]:
 
 
 def _parse_gguf(buf: mmap.mmap) -> tuple[dict, dict[str, GGUFTensor]]:
-    from gguf.quants import GGML_QUANT_SIZES
+    from gguf import GGML_QUANT_SIZES
 
     at = 4
 
@@ -148,7 +148,7 @@ def _unpermute(w: torch.Tensor, heads: int) -> torch.Tensor:
 
 def llama_from_gguf(meta: dict, tensors: dict[str, GGUFTensor]) -> LlamaForCausalLM:
     """A transformers ``LlamaForCausalLM`` (float32) holding a GGUF file's weights, dequantized."""
-    from gguf.quants import dequantize
+    from gguf import dequantize
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if meta.get("general.architecture") != "llama":
