@@ -38,7 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from videoxl.engine.accounting import attention_flops, causal_pairs, linear_flops_per_token  # noqa: E402
-from videoxl.engine import prefill as prefill_module  # noqa: E402
 from videoxl.engine import store as store_module  # noqa: E402
 from videoxl.engine.decode import Decoder, configure  # noqa: E402
 from videoxl.engine.dispatch import OpCounter  # noqa: E402
@@ -49,7 +48,7 @@ LAUNCH_US = 6.0  # host time of one eager kernel launch (5-10 us measured on CUD
 GPU_FLOPS = 600e12  # sustained bf16 FLOP/s of an H100 on large matrix products
 GPU_BYTES = 3e12  # HBM bytes/s of an H100
 PREFIX, TIMESTAMP, VISUAL, QUESTION = 20, 9, 144, 24
-PREFILL = PrefillConfig(chunk=4, window=3)
+PREFILL = PrefillConfig(chunk=4, window=3, per_forward=4)  # a GPU's forwards: window + 1 chunks
 SELECT = dict(topk=4, chunk=1)
 QWEN7B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
               num_attention_heads=28, num_key_value_heads=4, head_dim=128)
@@ -141,22 +140,19 @@ def dense_cache(model, video):
     return cache
 
 
-def size_like_7b_on_a_gpu(cfg, big) -> None:
+def slice_like_7b(cfg, big) -> None:
     """Pooling, page summaries and the pre-fill's past keys work on slices of layers sized in bytes
     (``store.GPU_SLICE_BYTES`` on a GPU): give this CPU run that budget scaled by this model's KV bytes per token
-    over the 7B model's in bf16, so the tiny widths are sliced as the 7B model is on a GPU. A GPU's forwards take
-    up to ``FORWARD_TOKENS`` tokens (a CPU's only what its activation budget allows): so do this run's."""
+    over the 7B model's in bf16, so the tiny widths are sliced as the 7B model is on a GPU."""
     tiny = cfg.num_key_value_heads * cfg.head_dim * 4  # float32
     real = big.num_key_value_heads * big.head_dim * 2  # bf16
     store_module.SLICE_BYTES = store_module.GPU_SLICE_BYTES * tiny // real
-    per_token = (3 * cfg.intermediate_size + 6 * cfg.hidden_size) * 4
-    prefill_module.CPU_FORWARD_BYTES = prefill_module.FORWARD_TOKENS * per_token
 
 
 def measure(frames: int, new_tokens: int) -> list[dict]:
     model = build_model()
     cfg, big = model.config, qwen7b()
-    size_like_7b_on_a_gpu(cfg, big)
+    slice_like_7b(cfg, big)
     prefix, groups, tokens = make_input(model, frames)
     warm_prefix, warm_groups, _ = make_input(model, 64, seed=1)
     warm = prefill(model, warm_prefix, warm_groups(), PREFILL)  # warm-up: kernels, allocator, the attention hook

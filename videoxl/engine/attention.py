@@ -319,9 +319,7 @@ class PrefillStep:
         self.pairs = n * (n + 1) // 2 + len(global_rows) * self.start
         for r0, r1, ws, a in self.segments:
             self.pairs += (r1 - r0 - sum(is_global[r0:r1])) * (a + self.start - ws)
-        # the store rows of [window | anchors[:a_max]], the past every segment's keys are views of
-        self.past_index = torch.cat([torch.arange(self.w0, self.start), anchors.index[: self.a_max]])
-        self._past_index_on: torch.Tensor | None = None
+        self._past_index: torch.Tensor | None = None  # store rows of [window | anchors[:a_max]], on the device
         self._global_rows_on: torch.Tensor | None = None  # global_rows on the compute device, moved once
         self._past_layers: range | None = None  # the layers whose past keys _past_kv holds
         self._past_kv: tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]] | None = None
@@ -340,9 +338,10 @@ class PrefillStep:
             per_layer = self.store.bytes_per_token // self.store.layers * (self.start - self.w0 + self.a_max)
             layers = next(s for s in layer_slices(self.store.layers, per_layer, self.store.device) if layer in s)
             if self.a_max:
-                if self._past_index_on is None:
-                    self._past_index_on = self.past_index.to(self.store.device, non_blocking=True)
-                k, v = dense.rows(layers, self._past_index_on)
+                if self._past_index is None:
+                    rows = torch.cat([torch.arange(self.w0, self.start), self.anchors.index[: self.a_max]])
+                    self._past_index = rows.to(self.store.device, non_blocking=True)
+                k, v = dense.rows(layers, self._past_index)
             else:
                 k, v = dense.block(layers, self.w0, self.start)
             self._past_layers, self._past_kv = layers, (k.split(1), v.split(1))  # (1, Hkv, T, D) views

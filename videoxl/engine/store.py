@@ -32,7 +32,7 @@ class GroupSpan:
 
 
 SLICE_BYTES = 4 << 20  # transient bytes the work on a forward's KVs (pooling, summaries, past keys) may take at once
-# on a CPU, where they add to the peak that streaming bounds (SmolLM2 at 8k tokens: 596 MB peak with 32 MB, 557 with 4)
+# on a CPU, where they add to the peak that streaming bounds (docs/performance.md)
 GPU_SLICE_BYTES = 256 << 20  # the same on a GPU: below a 7B forward's own activations (~0.4 GB for 2,448 tokens)
 
 
